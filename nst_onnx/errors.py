@@ -1,0 +1,27 @@
+"""Errors the user can act on: one line, what went wrong and what to do, and an exit code.
+
+The CLI prints ``str(error)`` and exits with ``error.exit_code``; nothing else reaches the
+terminal unless ``--debug`` is given.
+"""
+
+from __future__ import annotations
+
+
+class NstError(Exception):
+    """Base class: a failure the user can understand from its one-line message (exit 1)."""
+
+    exit_code = 1
+
+
+class BadInput(NstError):
+    """Bad input from the user: a file, an option value, a layer name (exit 2)."""
+
+    exit_code = 2
+
+
+class WeightsError(BadInput):
+    """A weights file that is missing, corrupt, hostile or not the pinned one."""
+
+
+class ModelError(BadInput):
+    """An exported model that is missing, tampered with or from an incompatible version."""

@@ -1,0 +1,69 @@
+"""An independent float64 numpy reference of the forward loss (no ONNX, no graph code).
+
+Direct convolution via sliding windows, explicit BGR flip and mean, plain pooling; the
+loss definitions as written in DESIGN.md. Finite differences of this give the gradients
+the graph must match.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numpy.lib.stride_tricks import sliding_window_view
+
+MEAN_BGR = np.array([103.939, 116.779, 123.68])
+BLOCKS = (2, 2, 4, 4, 4)
+
+
+def conv3x3(x: np.ndarray, w: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """x (C, H, W), w (O, C, 3, 3) → (O, H, W); zero padding 1, cross-correlation."""
+    xp = np.pad(x, ((0, 0), (1, 1), (1, 1)))
+    win = sliding_window_view(xp, (3, 3), axis=(1, 2))  # C, H, W, 3, 3
+    return np.einsum("chwij,ocij->ohw", win, w, optimize=True) + b[:, None, None]
+
+
+def pool(x: np.ndarray, kind: str) -> np.ndarray:
+    c, h, w = x.shape
+    h2, w2 = h // 2, w // 2
+    v = x[:, : 2 * h2, : 2 * w2].reshape(c, h2, 2, w2, 2)
+    return v.max(axis=(2, 4)) if kind == "max" else v.mean(axis=(2, 4))
+
+
+def features(image_rgb: np.ndarray, weights: dict, layers: list[str], pooling: str) -> dict:
+    """image (3, H, W) RGB 0..255 → {relu name: (C, h, w)} for the requested layers."""
+    x = image_rgb[::-1].astype(np.float64) - MEAN_BGR[:, None, None]
+    out, deepest = {}, max(_order(n) for n in layers)
+    for bi, n in enumerate(BLOCKS, start=1):
+        if bi > 1:
+            x = pool(x, pooling)
+        for ci in range(1, n + 1):
+            name = f"{bi}_{ci}"
+            if _order("relu" + name) > deepest:
+                return out
+            w, b = weights[f"conv{name}"]
+            x = np.maximum(conv3x3(x, w.astype(np.float64), b.astype(np.float64)), 0)
+            if "relu" + name in layers:
+                out["relu" + name] = x
+    return out
+
+
+def _order(name: str) -> int:
+    b, c = name[4:].split("_")
+    return int(b) * 10 + int(c)
+
+
+def gram(f: np.ndarray) -> np.ndarray:
+    fm = f.reshape(f.shape[0], -1)
+    return fm @ fm.T / fm.size
+
+
+def loss(image_rgb, weights, content_layers, style_layers, pooling,
+         content_targets, gram_targets, wc, ws, wtv) -> float:
+    feats = features(image_rgb, weights, list(content_layers) + list(style_layers), pooling)
+    total = 0.0
+    for i, n in enumerate(content_layers):
+        total += wc[i] * np.mean((feats[n] - content_targets[n]) ** 2)
+    for i, n in enumerate(style_layers):
+        total += ws[i] * np.mean((gram(feats[n]) - gram_targets[n]) ** 2)
+    x = image_rgb.astype(np.float64)
+    total += wtv * 0.5 * (np.sum(np.diff(x, axis=1) ** 2) + np.sum(np.diff(x, axis=2) ** 2))
+    return float(total)
