@@ -158,7 +158,10 @@ def _forward(g: _Graph, weights: Weights, spec: LossSpec, image: str, need_backw
         b = g.const(lw.b, f"{conv.name}.bias")
         z = g.op("Conv", h, w, b, kernel_shape=[3, 3], pads=[1, 1, 1, 1], hint=conv.name)
         a = g.op("Relu", z, outputs=[conv.relu])
-        mask = g.op("Greater", a, g.const(0.0), hint=f"{conv.relu}_mask") if need_backward else ""
+        # ReLU's derivative as a float 0/1 mask: a Mul by it is several times faster in
+        # onnxruntime than Where on a boolean mask (and Cast∘Greater beats Sign)
+        mask = g.op("Cast", g.op("Greater", a, g.const(0.0)), to=FLOAT,
+                    hint=f"{conv.relu}_mask") if need_backward else ""
         tape.append(_Tape(conv, w, a, mask, pool_in, pool_out, pool_idx))
         acts[conv.relu] = a
         h = a
@@ -275,7 +278,7 @@ def _backward(g: _Graph, tape: list[_Tape], tap_grads: dict[str, list[str]]) -> 
 
 
 def relu_grad(g: _Graph, grad: str, mask: str) -> str:
-    return g.op("Where", mask, grad, g.const(0.0), hint="g_z")
+    return g.op("Mul", grad, mask, hint="g_z")
 
 
 def conv_input_grad(g: _Graph, gz: str, weight: str, conv: Conv) -> str:

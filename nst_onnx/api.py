@@ -1,0 +1,213 @@
+"""The public Python API: ``StyleTransfer`` → ``prepare`` a ``Problem`` → ``stylize``.
+
+    st = StyleTransfer(device="cpu")            # finds or exports the model
+    img = st.stylize("photo.jpg", "painting.jpg", size=512, iterations=500)
+
+    problem = st.prepare("photo.jpg", ["a.jpg", "b.jpg"], size=256, style_blend=[0.7, 0.3])
+    loss, grad = problem.loss_and_grad(x)       # x: float64 (H, W, 3), RGB in [0, 255]
+
+The second form lets another program drive its own optimiser.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from .errors import BadInput
+from .export import export_model, read_manifest
+from .graph import DEFAULT_CONTENT_LAYERS, DEFAULT_STYLE_LAYERS, LossSpec
+from .images import fit_longest_side, load_image, to_nchw, to_pil
+from .optimize import OptimizeResult, Progress, adam, lbfgs
+from .runtime import Evaluator, Terms, make_session, physical_cores, resolve_device
+from .vgg19 import min_size
+
+OPTIMIZERS = ("lbfgs", "adam")
+
+
+@dataclass
+class LossWeights:
+    """The objective's knobs (jcjohnson/neural-style's defaults and meaning)."""
+
+    content_weight: float = 5.0
+    style_weight: float = 100.0  # applies to each style layer
+    tv_weight: float = 1e-3
+    style_layer_weights: Sequence[float] | None = None  # multipliers, one per style layer
+    style_blend: Sequence[float] | None = None  # one per style image; normalised to sum 1
+    style_scale: float = 1.0  # style image size relative to the output size
+
+
+@dataclass
+class Problem:
+    """One content, its style targets and weights: the loss and its gradient at any image."""
+
+    shape: tuple[int, int, int]  # (H, W, 3)
+    content: np.ndarray  # float32 (1, 3, H, W), the resized content
+    styles: list[np.ndarray]  # float32 (1, 3, h, w) each, as used for the targets
+    evaluator: Evaluator
+    weights: LossWeights
+
+    def evaluate(self, x_chw: np.ndarray) -> Terms:
+        """Fast path: x as (3, H, W) or (1, 3, H, W), any float dtype."""
+        return self.evaluator(x_chw.reshape(1, 3, *self.shape[:2]))
+
+    def loss_and_grad(self, x: np.ndarray) -> tuple[float, np.ndarray]:
+        """x: float64 (H, W, 3), RGB in [0, 255] → (loss, gradient of x's shape, float64)."""
+        x = np.asarray(x)
+        if x.shape != self.shape:
+            raise BadInput(f"x has shape {x.shape}; this problem's shape is {self.shape}")
+        t = self.evaluate(x.transpose(2, 0, 1))
+        return t.loss, t.grad[0].transpose(1, 2, 0).astype(np.float64)
+
+    def initial(self, init: str | os.PathLike = "content", seed: int = 0) -> np.ndarray:
+        """Starting image (3, H, W) float64: 'content', 'noise', 'style' or an image path."""
+        h, w = self.shape[:2]
+        if init == "content":
+            return self.content[0].astype(np.float64)
+        if init == "noise":
+            return np.random.default_rng(seed).uniform(0, 255, (3, h, w))
+        img = Image.fromarray(np.uint8(np.clip(self.styles[0][0].transpose(1, 2, 0), 0, 255))) \
+            if init == "style" else load_image(init, "init image")
+        return to_nchw(img.resize((w, h), Image.LANCZOS))[0].astype(np.float64)
+
+
+@dataclass
+class Result:
+    """A finished run: the image and how it got there."""
+
+    image: Image.Image
+    optimize: OptimizeResult
+    settings: dict = field(default_factory=dict)
+
+    def summary(self) -> dict:
+        o = self.optimize
+        return {"iterations": o.iterations, "evaluations": o.evaluations,
+                "initial_loss": o.initial_loss, "initial_terms": o.initial_terms,
+                "final_loss": o.loss, "final_terms": o.terms, "seconds": o.seconds,
+                "seconds_per_iteration": o.seconds / max(o.iterations, 1),
+                "stop_reason": o.stop_reason, "restarts": o.restarts}
+
+
+class StyleTransfer:
+    """Style transfer with one exported model on one device; reuse it for many images."""
+
+    def __init__(self, device: str = "auto", threads: int | None = None, pooling: str = "max",
+                 content_layers: Sequence[str] = DEFAULT_CONTENT_LAYERS,
+                 style_layers: Sequence[str] = DEFAULT_STYLE_LAYERS,
+                 models_dir: str | os.PathLike | None = None,
+                 weights: str | os.PathLike | None = None,
+                 cache_dir: str | os.PathLike | None = None,
+                 log: Callable[[str], None] = print):
+        self.spec = LossSpec(tuple(content_layers), tuple(style_layers), pooling)
+        self.device = resolve_device(device)
+        self.threads = threads or physical_cores()
+        self.model_dir = export_model(self.spec, Path(models_dir) if models_dir else None,
+                                      weights_path=weights,
+                                      cache_dir=Path(cache_dir) if cache_dir else None, log=log)
+        self.manifest = read_manifest(self.model_dir)
+        self._features = make_session(self.model_dir / "features.onnx", self.device, self.threads)
+        self._loss = make_session(self.model_dir / "loss.onnx", self.device, self.threads)
+        self._feature_names = [o.name for o in self._features.get_outputs()]
+
+    @property
+    def min_size(self) -> int:
+        return min_size(list(self.spec.all_layers))
+
+    def features(self, image: np.ndarray) -> dict[str, np.ndarray]:
+        """(1, 3, H, W) float32 → {'features_relu4_2': …, 'gram_relu1_1': …}."""
+        return dict(zip(self._feature_names, self._features.run(None, {"image": image})))
+
+    def prepare(self, content, styles, size: int = 512, **weights) -> Problem:
+        """Load and resize the images, compute the targets once, and bind them."""
+        lw = LossWeights(**weights)
+        styles = list(styles) if isinstance(styles, (list, tuple)) else [styles]
+        if not styles:
+            raise BadInput("give at least one style image")
+        self._check(lw, len(styles), size)
+        content_img = fit_longest_side(load_image(content, "content image"), size)
+        if min(content_img.size) < self.min_size:
+            raise BadInput(f"content image is {content_img.size[0]}×{content_img.size[1]} at "
+                           f"--size {size}; the chosen layers need at least {self.min_size} px "
+                           f"on each side: raise --size")
+        style_side = max(self.min_size, round(size * lw.style_scale))
+        style_arrays = []
+        for i, s in enumerate(styles):
+            img = fit_longest_side(load_image(s, f"style image {i + 1}"), style_side)
+            if min(img.size) < self.min_size:
+                raise BadInput(f"style image {i + 1} is too narrow at this size "
+                               f"({img.size[0]}×{img.size[1]}); raise --size or --style-scale")
+            style_arrays.append(to_nchw(img))
+        x_content = to_nchw(content_img)
+        fixed = {}
+        for name, value in self.features(x_content).items():
+            if name.startswith("features_"):
+                fixed["target_" + name[len("features_"):]] = value
+        blend = np.asarray(lw.style_blend if lw.style_blend is not None else [1.0] * len(styles),
+                           np.float64)
+        blend = blend / blend.sum()
+        for b, s in zip(blend, style_arrays):
+            for name, value in self.features(s).items():
+                if name.startswith("gram_"):
+                    key = "target_" + name
+                    fixed[key] = fixed.get(key, 0.0) + b * value.astype(np.float64)
+        layer_w = np.asarray(lw.style_layer_weights if lw.style_layer_weights is not None
+                             else [1.0] * len(self.spec.style_layers), np.float64)
+        fixed["content_weights"] = np.full(len(self.spec.content_layers), lw.content_weight)
+        fixed["style_weights"] = lw.style_weight * layer_w
+        fixed["tv_weight"] = np.asarray(lw.tv_weight)
+        h, w = x_content.shape[2:]
+        return Problem((h, w, 3), x_content, style_arrays,
+                       Evaluator(self._loss, fixed, self.device), lw)
+
+    def _check(self, lw: LossWeights, n_styles: int, size: int) -> None:
+        if size < self.min_size:
+            raise BadInput(f"--size {size} is too small: the chosen layers need ≥ {self.min_size}")
+        for name in ("content_weight", "style_weight", "tv_weight"):
+            if not (getattr(lw, name) >= 0 and np.isfinite(getattr(lw, name))):
+                raise BadInput(f"{name.replace('_', '-')} must be a finite number ≥ 0")
+        if lw.style_scale <= 0:
+            raise BadInput("--style-scale must be > 0")
+        if lw.style_blend is not None:
+            if len(lw.style_blend) != n_styles:
+                raise BadInput(f"--style-blend has {len(lw.style_blend)} weights for "
+                               f"{n_styles} style images: give one per style")
+            if min(lw.style_blend) < 0 or sum(lw.style_blend) <= 0:
+                raise BadInput("--style-blend weights must be ≥ 0 and not all zero")
+        if lw.style_layer_weights is not None and \
+                len(lw.style_layer_weights) != len(self.spec.style_layers):
+            raise BadInput(f"--style-layer-weights has {len(lw.style_layer_weights)} values for "
+                           f"{len(self.spec.style_layers)} style layers: give one per layer")
+
+    def run(self, problem: Problem, iterations: int = 500, init="content", seed: int = 0,
+            optimizer: str = "lbfgs", lr: float = 2.0, history: int = 10,
+            callback: Callable[[Progress], None] | None = None) -> Result:
+        """Optimise the image; returns the best iterate seen, whatever stopped the run."""
+        if iterations < 0:
+            raise BadInput("--iterations must be ≥ 0")
+        if optimizer not in OPTIMIZERS:
+            raise BadInput(f"unknown optimizer {optimizer!r}: use lbfgs or adam")
+        if history < 1:
+            raise BadInput("--history must be ≥ 1")
+        x0 = problem.initial(init, seed)
+        if optimizer == "lbfgs":
+            res = lbfgs(problem.evaluate, x0, iterations, history, callback)
+        else:
+            res = adam(problem.evaluate, x0, iterations, lr, callback)
+        settings = {"size": max(problem.shape[:2]), "iterations": iterations, "init": str(init),
+                    "seed": seed, "optimizer": optimizer, "lr": lr, "history": history,
+                    "pooling": self.spec.pooling, "content_layers": list(self.spec.content_layers),
+                    "style_layers": list(self.spec.style_layers), **asdict(problem.weights)}
+        return Result(to_pil(res.x[None]), res, settings)
+
+    def stylize(self, content, styles, size: int = 512, iterations: int = 500,
+                init="content", seed: int = 0, optimizer: str = "lbfgs", lr: float = 2.0,
+                history: int = 10, callback: Callable[[Progress], None] | None = None,
+                **weights) -> Image.Image:
+        """Content + style(s) → stylised PIL image. ``weights``: see :class:`LossWeights`."""
+        problem = self.prepare(content, styles, size, **weights)
+        return self.run(problem, iterations, init, seed, optimizer, lr, history, callback).image

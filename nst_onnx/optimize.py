@@ -1,0 +1,196 @@
+"""Optimisers over the image: scipy's L-BFGS-B (default) and Adam, both within [0, 255].
+
+Both keep the best iterate seen and return it, whatever ends the run: the iteration budget,
+convergence, a failed line search (L-BFGS-B restarts from the best point a few times
+first), a non-finite loss, or an interrupt (Ctrl-C / SIGTERM).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+from scipy.optimize import Bounds, minimize
+
+from .runtime import Terms
+
+LOW, HIGH = 0.0, 255.0
+MAX_RESTARTS = 3
+
+
+class Interrupted(Exception):
+    """Raised from a signal handler to stop the optimiser; ``exit_code`` is 130 or 143."""
+
+    def __init__(self, exit_code: int = 130):
+        super().__init__("interrupted")
+        self.exit_code = exit_code
+
+
+@dataclass
+class Progress:
+    """What a callback sees after each iteration."""
+
+    iteration: int
+    iterations: int
+    evaluations: int
+    loss: float
+    terms: dict[str, float]
+    seconds: float
+    x: np.ndarray  # current iterate, float64 (H, W, 3); do not modify
+
+
+@dataclass
+class OptimizeResult:
+    x: np.ndarray
+    loss: float
+    terms: dict[str, float]
+    initial_loss: float
+    initial_terms: dict[str, float]
+    iterations: int
+    evaluations: int
+    stop_reason: str
+    seconds: float
+    restarts: int = 0
+    interrupted: Interrupted | None = field(default=None, repr=False)
+
+
+class _Tracker:
+    """Wraps the evaluation: counts, keeps the best iterate, and the first one's loss."""
+
+    def __init__(self, evaluate: Callable[[np.ndarray], Terms], shape):
+        self.evaluate, self.shape = evaluate, shape
+        self.evaluations = 0
+        self.best_loss = math.inf
+        self.best_x = None
+        self.best_terms: dict[str, float] = {}
+        self.first: Terms | None = None
+        self.last: Terms | None = None
+
+    def __call__(self, x: np.ndarray) -> Terms:
+        t = self.evaluate(x.reshape(self.shape))
+        self.evaluations += 1
+        self.first = self.first or t
+        self.last = t
+        if not (math.isfinite(t.loss) and np.isfinite(t.grad).all()):
+            raise FloatingPointError("the loss or its gradient is not finite")
+        if t.loss < self.best_loss:
+            self.best_loss, self.best_x, self.best_terms = t.loss, x.copy(), t.terms
+        return t
+
+
+def lbfgs(evaluate: Callable[[np.ndarray], Terms], x0: np.ndarray, iterations: int,
+          history: int = 10, callback: Callable[[Progress], None] | None = None) -> OptimizeResult:
+    """L-BFGS-B on the flattened image in float64, bounds [0, 255].
+
+    ``evaluate`` takes an (H, W, 3) float64 image. The loss is scaled internally so f starts
+    near 1e3 (scipy's tests are relative, but O(1e12) values and float32 gradients mixed with
+    float64 make it stop early); tolerances are zero so only true convergence stops it early.
+    """
+    shape = x0.shape
+    track = _Tracker(evaluate, shape)
+    start = time.perf_counter()
+    first = track(x0.ravel().astype(np.float64))
+    scale = 1e3 / max(abs(first.loss), 1e-12)
+    done = 0
+    restarts = 0
+    reason = "iteration budget reached"
+
+    def fun(x):
+        t = track(x)
+        return t.loss * scale, t.grad.astype(np.float64).ravel() * scale
+
+    def cb(xk):
+        nonlocal done
+        done += 1
+        if callback:
+            last = track.last
+            callback(Progress(done, iterations, track.evaluations, last.loss, last.terms,
+                              time.perf_counter() - start, xk.reshape(shape)))
+
+    interrupted = None
+    x = x0.ravel().astype(np.float64)
+    while done < iterations:
+        try:
+            res = minimize(fun, x, jac=True, method="L-BFGS-B", bounds=Bounds(LOW, HIGH), callback=cb,
+                           options={"maxiter": iterations - done, "maxcor": history,
+                                    "ftol": 0.0, "gtol": 0.0,
+                                    "maxfun": max(2 * (iterations - done), 20),
+                                    "maxls": 40})
+        except Interrupted as e:
+            interrupted, reason = e, "interrupted"
+            break
+        except FloatingPointError as e:
+            reason = f"stopped: {e}; kept the best image"
+            break
+        msg = res.message if isinstance(res.message, str) else res.message.decode()
+        if done >= iterations or res.nit >= iterations:
+            reason = "iteration budget reached"
+            break
+        if "ABNORMAL" in msg.upper() and restarts < MAX_RESTARTS:
+            restarts += 1  # line search failed: restart with a fresh history from the best point
+            x = track.best_x.copy()
+            continue
+        reason = _explain(msg)
+        break
+    return OptimizeResult(_shaped(track, x0), track.best_loss, track.best_terms,
+                          first.loss, first.terms, done, track.evaluations, reason,
+                          time.perf_counter() - start, restarts, interrupted)
+
+
+def _shaped(track: _Tracker, x0: np.ndarray) -> np.ndarray:
+    x = track.best_x if track.best_x is not None else x0
+    return np.clip(x.reshape(x0.shape), LOW, HIGH)
+
+
+def _explain(msg: str) -> str:
+    m = msg.upper()
+    if "ABNORMAL" in m:
+        return "line search failed repeatedly (no further progress possible); kept the best image"
+    if "REL_REDUCTION_OF_F" in m or "PROJG" in m:
+        return "converged"
+    if "MAXFUN" in m or "TOTAL NO. OF F" in m:
+        return "evaluation budget reached"
+    if "ITERATIONS" in m or "MAXITER" in m:
+        return "iteration budget reached"
+    return msg.lower()
+
+
+def adam(evaluate: Callable[[np.ndarray], Terms], x0: np.ndarray, iterations: int,
+         lr: float = 2.0, callback: Callable[[Progress], None] | None = None,
+         beta1: float = 0.9, beta2: float = 0.999, eps: float = 1e-8) -> OptimizeResult:
+    """Adam in pixel units (lr ≈ pixel step), projected onto [0, 255] after each step."""
+    shape = x0.shape
+    track = _Tracker(evaluate, shape)
+    start = time.perf_counter()
+    x = x0.ravel().astype(np.float64)
+    m = np.zeros_like(x)
+    v = np.zeros_like(x)
+    reason, interrupted, done = "iteration budget reached", None, 0
+    first = None
+    try:
+        for i in range(1, iterations + 1):
+            t = track(x)
+            first = first or t
+            g = t.grad.astype(np.float64).ravel()
+            m = beta1 * m + (1 - beta1) * g
+            v = beta2 * v + (1 - beta2) * g * g
+            step = lr * (m / (1 - beta1 ** i)) / (np.sqrt(v / (1 - beta2 ** i)) + eps)
+            x = np.clip(x - step, LOW, HIGH)
+            done = i
+            if callback:
+                callback(Progress(i, iterations, track.evaluations, t.loss, t.terms,
+                                  time.perf_counter() - start, x.reshape(shape)))
+        if iterations:
+            track(x)  # the final step's loss, so the best iterate includes it
+    except Interrupted as e:
+        interrupted, reason = e, "interrupted"
+    except FloatingPointError as e:
+        reason = f"stopped: {e}; kept the best image"
+    first = first or track.first
+    return OptimizeResult(_shaped(track, x0), track.best_loss, track.best_terms,
+                          first.loss if first else math.nan, first.terms if first else {},
+                          done, track.evaluations, reason, time.perf_counter() - start, 0,
+                          interrupted)

@@ -1,0 +1,150 @@
+"""Benchmark one loss+gradient evaluation: nst-onnx (onnxruntime) against PyTorch.
+
+Both run in worker processes of their own (so each has its own peak RSS), are warmed up,
+then asked to evaluate in turn — interleaved, same image, same thread count — and the
+median of the repeats is reported with the ratio onnx/torch and analytic GFLOP/s.
+
+    python scripts/bench_eval.py --sizes 256 512 --repeats 7 --threads 2
+
+PyTorch is optional and benchmark-only (`pip install torch==2.13.0`); without it only the
+onnxruntime side is measured.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "scripts"))
+
+
+def conv_flops(h: int, w: int, spec) -> float:
+    """Multiply-adds ×2 of the forward convs and their input-gradient convs, plus Gram terms."""
+    from nst_onnx.vgg19 import channels, convs_up_to, downsampling
+
+    total = 0.0
+    for conv in convs_up_to(list(spec.all_layers)):
+        d = downsampling(conv.relu)
+        hw = (h >> d) * (w >> d)
+        total += 2 * 2 * 9 * conv.in_channels * conv.out_channels * hw
+    for n in spec.style_layers:
+        d = downsampling(n)
+        total += 2 * 2 * channels(n) ** 2 * (h >> d) * (w >> d)
+    return total
+
+
+def peak_rss_mb() -> float:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmHWM"):
+                return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def worker(kind: str, size: int, threads: int, weights_path: str | None) -> None:
+    """Set up one side, then evaluate each time the parent writes a line; report as JSON."""
+    from nst_onnx.graph import LossSpec
+    from nst_onnx.weights import load_weights
+
+    spec = LossSpec()
+    weights = load_weights(weights_path, log=lambda m: print(m, file=sys.stderr))
+    rng = np.random.default_rng(0)
+    content = rng.uniform(0, 255, (1, 3, size, size)).astype(np.float32)
+    style = rng.uniform(0, 255, (1, 3, size, size)).astype(np.float32) ** 2 / 255
+    x = rng.uniform(0, 255, (1, 3, size, size)).astype(np.float32)
+    if kind == "onnx":
+        from nst_onnx.api import build_problem_sessions
+
+        evaluate = build_problem_sessions(weights, spec, content, [style], threads)
+        fn = lambda: evaluate(x)  # noqa: E731
+    else:
+        from torch_reference import TorchLoss
+
+        tl = TorchLoss(weights, spec, threads)
+        tl.set_targets(content, style)
+        fn = lambda: tl.loss_and_grad(x)  # noqa: E731
+    fn()
+    print(json.dumps({"ready": True}), flush=True)
+    for line in sys.stdin:
+        if line.strip() != "run":
+            break
+        t = time.perf_counter()
+        fn()
+        print(json.dumps({"t": time.perf_counter() - t}), flush=True)
+    print(json.dumps({"rss_mb": peak_rss_mb()}), flush=True)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--sizes", type=int, nargs="+", default=[256, 512])
+    ap.add_argument("--repeats", type=int, default=7)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--weights", default=None)
+    ap.add_argument("--worker", nargs=2, help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.worker:
+        worker(args.worker[0], int(args.worker[1]), args.threads, args.weights)
+        return
+
+    from nst_onnx.graph import LossSpec
+
+    try:
+        import torch  # noqa: F401
+
+        kinds = ["onnx", "torch"]
+    except ImportError:
+        print("(torch not installed: measuring onnxruntime only)")
+        kinds = ["onnx"]
+    rows = []
+    for size in args.sizes:
+        procs = {}
+        for k in kinds:
+            cmd = [sys.executable, __file__, "--worker", k, str(size), "--threads",
+                   str(args.threads)] + (["--weights", args.weights] if args.weights else [])
+            procs[k] = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                        text=True, bufsize=1)
+            json.loads(procs[k].stdout.readline())  # one at a time: set-up does not overlap
+        times = {k: [] for k in kinds}
+        for _ in range(args.repeats):
+            for k in kinds:  # interleaved
+                procs[k].stdin.write("run\n")
+                times[k].append(json.loads(procs[k].stdout.readline())["t"])
+        rss = {}
+        for k in kinds:
+            procs[k].stdin.write("quit\n")
+            procs[k].stdin.flush()
+            rss[k] = json.loads(procs[k].stdout.readline())["rss_mb"]
+            procs[k].wait()
+        flops = conv_flops(size, size, LossSpec())
+        row = {"size": size, "gflop": flops / 1e9}
+        for k in kinds:
+            med = statistics.median(times[k])
+            row[k] = {"median_s": med, "peak_rss_mb": rss[k], "gflops": flops / med / 1e9}
+        if "torch" in row:
+            row["time_ratio"] = row["onnx"]["median_s"] / row["torch"]["median_s"]
+            row["rss_ratio"] = row["onnx"]["peak_rss_mb"] / row["torch"]["peak_rss_mb"]
+        rows.append(row)
+        print(json.dumps(row), flush=True)
+    print()
+    print(f"threads={args.threads}, repeats={args.repeats} (median), one evaluation = loss + grad")
+    print("| size | GFLOP | onnx s | onnx GFLOP/s | onnx RSS MB | torch s | torch RSS MB | time ratio | RSS ratio |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for r in rows:
+        t = r.get("torch", {})
+        print(f"| {r['size']}² | {r['gflop']:.0f} | {r['onnx']['median_s']:.3f} | "
+              f"{r['onnx']['gflops']:.0f} | {r['onnx']['peak_rss_mb']:.0f} | "
+              f"{t.get('median_s', float('nan')):.3f} | {t.get('peak_rss_mb', float('nan')):.0f} | "
+              f"{r.get('time_ratio', float('nan')):.2f} | {r.get('rss_ratio', float('nan')):.2f} |")
+
+
+if __name__ == "__main__":
+    main()

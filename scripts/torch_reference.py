@@ -1,0 +1,63 @@
+"""The same network and loss in PyTorch, for benchmarks and comparisons only (never imported
+by nst_onnx). Weights come from nst_onnx's numpy loader, so both sides use identical numbers.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from nst_onnx.graph import LossSpec
+from nst_onnx.vgg19 import MEAN_BGR, convs_up_to
+from nst_onnx.weights import Weights
+
+
+class TorchLoss:
+    """Gatys loss on VGG19 exactly as DESIGN.md defines it (autograd for the gradient)."""
+
+    def __init__(self, weights: Weights, spec: LossSpec, threads: int):
+        torch.set_num_threads(threads)
+        self.spec = spec
+        self.convs = [(c, torch.from_numpy(weights.layers[c.name].weight.copy()),
+                       torch.from_numpy(weights.layers[c.name].b.copy()))
+                      for c in convs_up_to(list(spec.all_layers))]
+        self.mean = torch.tensor(MEAN_BGR, dtype=torch.float32).view(1, 3, 1, 1)
+        self.targets: dict[str, torch.Tensor] = {}
+
+    def features(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        h = x.flip(1) - self.mean  # RGB → BGR, Caffe mean
+        out = {}
+        for conv, w, b in self.convs:
+            if conv.name.endswith("_1") and conv.name != "conv1_1":
+                h = (F.max_pool2d if self.spec.pooling == "max" else F.avg_pool2d)(h, 2, 2)
+            h = F.relu(F.conv2d(h, w, b, padding=1))
+            out[conv.relu] = h
+        return out
+
+    @staticmethod
+    def gram(f: torch.Tensor) -> torch.Tensor:
+        fm = f.reshape(f.shape[1], -1)
+        return fm @ fm.T / fm.numel()
+
+    def set_targets(self, content: np.ndarray, style: np.ndarray) -> None:
+        with torch.no_grad():
+            fc = self.features(torch.from_numpy(content).float())
+            fs = self.features(torch.from_numpy(style).float())
+        self.targets = {n: fc[n] for n in self.spec.content_layers}
+        self.targets |= {"gram_" + n: self.gram(fs[n]) for n in self.spec.style_layers}
+
+    def loss(self, x: torch.Tensor, wc=5.0, ws=100.0, wtv=1e-3) -> torch.Tensor:
+        f = self.features(x)
+        total = sum(wc * torch.mean((f[n] - self.targets[n]) ** 2) for n in self.spec.content_layers)
+        total = total + sum(ws * torch.mean((self.gram(f[n]) - self.targets["gram_" + n]) ** 2)
+                            for n in self.spec.style_layers)
+        dy = x[:, :, 1:, :] - x[:, :, :-1, :]
+        dx = x[:, :, :, 1:] - x[:, :, :, :-1]
+        return total + wtv * 0.5 * ((dy ** 2).sum() + (dx ** 2).sum())
+
+    def loss_and_grad(self, x_np: np.ndarray) -> tuple[float, np.ndarray]:
+        x = torch.from_numpy(x_np).float().requires_grad_(True)
+        loss = self.loss(x)
+        loss.backward()
+        return float(loss), x.grad.numpy()
