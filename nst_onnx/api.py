@@ -24,7 +24,14 @@ from .export import export_model, read_manifest
 from .graph import DEFAULT_CONTENT_LAYERS, DEFAULT_STYLE_LAYERS, LossSpec
 from .images import fit_longest_side, load_image, to_nchw, to_pil
 from .optimize import OptimizeResult, Progress, adam, lbfgs
-from .runtime import Evaluator, Terms, make_session, physical_cores, resolve_device
+from .runtime import (
+    Evaluator,
+    Terms,
+    make_session,
+    physical_cores,
+    release_free_memory,
+    resolve_device,
+)
 from .vgg19 import min_size
 
 OPTIMIZERS = ("lbfgs", "adam")
@@ -110,17 +117,24 @@ class StyleTransfer:
                                       weights_path=weights,
                                       cache_dir=Path(cache_dir) if cache_dir else None, log=log)
         self.manifest = read_manifest(self.model_dir)
-        self._features = make_session(self.model_dir / "features.onnx", self.device, self.threads)
         self._loss = make_session(self.model_dir / "loss.onnx", self.device, self.threads)
-        self._feature_names = [o.name for o in self._features.get_outputs()]
 
     @property
     def min_size(self) -> int:
         return min_size(list(self.spec.all_layers))
 
-    def features(self, image: np.ndarray) -> dict[str, np.ndarray]:
-        """(1, 3, H, W) float32 → {'features_relu4_2': …, 'gram_relu1_1': …}."""
-        return dict(zip(self._feature_names, self._features.run(None, {"image": image})))
+    def features(self, images: list[np.ndarray]) -> list[dict[str, np.ndarray]]:
+        """(1, 3, H, W) float32 images → [{'features_relu4_2': …, 'gram_relu1_1': …}, …].
+
+        The features session lives only for this call: targets are computed once per
+        problem, and its weights (~60 MB) would otherwise sit beside the loss session's.
+        """
+        session = make_session(self.model_dir / "features.onnx", self.device, self.threads)
+        names = [o.name for o in session.get_outputs()]
+        out = [dict(zip(names, session.run(None, {"image": x}))) for x in images]
+        del session
+        release_free_memory()
+        return out
 
     def prepare(self, content, styles, size: int = 512, **weights) -> Problem:
         """Load and resize the images, compute the targets once, and bind them."""
@@ -143,15 +157,16 @@ class StyleTransfer:
                                f"({img.size[0]}×{img.size[1]}); raise --size or --style-scale")
             style_arrays.append(to_nchw(img))
         x_content = to_nchw(content_img)
+        content_feats, *style_feats = self.features([x_content, *style_arrays])
         fixed = {}
-        for name, value in self.features(x_content).items():
+        for name, value in content_feats.items():
             if name.startswith("features_"):
                 fixed["target_" + name[len("features_"):]] = value
         blend = np.asarray(lw.style_blend if lw.style_blend is not None else [1.0] * len(styles),
                            np.float64)
         blend = blend / blend.sum()
-        for b, s in zip(blend, style_arrays):
-            for name, value in self.features(s).items():
+        for b, feats in zip(blend, style_feats):
+            for name, value in feats.items():
                 if name.startswith("gram_"):
                     key = "target_" + name
                     fixed[key] = fixed.get(key, 0.0) + b * value.astype(np.float64)

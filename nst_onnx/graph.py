@@ -88,7 +88,7 @@ class _Graph:
            **attrs) -> str | list[str]:
         names = outputs if isinstance(outputs, list) else [
             self.fresh(hint or op_type.lower()) for _ in range(outputs)]
-        self.nodes.append(helper.make_node(op_type, list(inputs), names, **attrs))
+        self.nodes.append(helper.make_node(op_type, list(inputs), names, name=names[0], **attrs))
         return names[0] if len(names) == 1 else names
 
     def const(self, value, name: str | None = None, dtype=np.float32) -> str:
@@ -125,15 +125,18 @@ def _weight_tensor(g: _Graph, conv: Conv, lw: LayerWeights) -> str:
 
 @dataclass
 class _Tape:
-    """What the backward pass needs from the forward pass, per convolution."""
+    """What the backward pass needs from the forward pass, per convolution.
+
+    Only small things are kept: boolean ReLU masks (1 byte per element) rather than the
+    float activations, the pool input's shape rather than the tensor, and max-pool indices.
+    """
 
     conv: Conv
     weight: str
-    act: str  # rectified output a
-    mask: str  # a > 0
-    pool_in: str | None = None  # activation entering the pool before this conv
-    pool_out: str | None = None
-    pool_idx: str | None = None
+    mask: str | None  # a > 0 (bool); None where a max pool's mask stands in for it
+    pool_shape: str | None = None  # shape of the activation entering this conv's pool
+    pool_idx: str | None = None  # max pool arg-max indices
+    pool_mask: str | None = None  # max pool output > 0 (bool)
 
 
 def _forward(g: _Graph, weights: Weights, spec: LossSpec, image: str, need_backward: bool):
@@ -141,28 +144,36 @@ def _forward(g: _Graph, weights: Weights, spec: LossSpec, image: str, need_backw
     h = g.op("Sub", image, g.const(mean_rgb, "mean_rgb"), hint="centered")
     tape: list[_Tape] = []
     acts: dict[str, str] = {}
-    for conv in convs_up_to(list(spec.all_layers)):
-        pool_in = pool_out = pool_idx = None
+    convs = convs_up_to(list(spec.all_layers))
+    for i, conv in enumerate(convs):
+        t = _Tape(conv, "", None)
         if conv.name.endswith("_1") and conv.name != "conv1_1":
-            pool_in = h
-            if spec.pooling == "max" and need_backward:
-                pool_out, pool_idx = g.op("MaxPool", h, outputs=2, kernel_shape=[2, 2],
-                                          strides=[2, 2], hint="pool")
-            elif spec.pooling == "max":
-                pool_out = g.op("MaxPool", h, kernel_shape=[2, 2], strides=[2, 2], hint="pool")
+            kw = dict(kernel_shape=[2, 2], strides=[2, 2], hint="pool")
+            if spec.pooling == "avg":
+                y = g.op("AveragePool", h, **kw)
+            elif need_backward:
+                y, t.pool_idx = g.op("MaxPool", h, outputs=2, **kw)
+                if tape[-1].mask is None:
+                    # the winner of each window is > 0 exactly when the ReLU before it passed
+                    # gradient: this quarter-size mask replaces that ReLU's full-size one
+                    t.pool_mask = g.op("Greater", y, g.const(0.0), hint="pool_mask")
             else:
-                pool_out = g.op("AveragePool", h, kernel_shape=[2, 2], strides=[2, 2], hint="pool")
-            h = pool_out
+                y = g.op("MaxPool", h, **kw)
+            if need_backward:
+                t.pool_shape = g.op("Shape", h, hint="pool_in_shape")
+            h = y
         lw = weights.layers[conv.name]
-        w = _weight_tensor(g, conv, lw)
+        t.weight = _weight_tensor(g, conv, lw)
         b = g.const(lw.b, f"{conv.name}.bias")
-        z = g.op("Conv", h, w, b, kernel_shape=[3, 3], pads=[1, 1, 1, 1], hint=conv.name)
+        z = g.op("Conv", h, t.weight, b, kernel_shape=[3, 3], pads=[1, 1, 1, 1], hint=conv.name)
         a = g.op("Relu", z, outputs=[conv.relu])
-        # ReLU's derivative as a float 0/1 mask: a Mul by it is several times faster in
-        # onnxruntime than Where on a boolean mask (and Cast∘Greater beats Sign)
-        mask = g.op("Cast", g.op("Greater", a, g.const(0.0)), to=FLOAT,
-                    hint=f"{conv.relu}_mask") if need_backward else ""
-        tape.append(_Tape(conv, w, a, mask, pool_in, pool_out, pool_idx))
+        # a ReLU whose only way to the loss is a max pool needs no full-size mask (see above)
+        only_via_maxpool = (spec.pooling == "max" and i + 1 < len(convs)
+                            and convs[i + 1].name.endswith("_1")
+                            and conv.relu not in spec.all_layers)
+        if need_backward and not only_via_maxpool:
+            t.mask = g.op("Greater", a, g.const(0.0), hint=f"{conv.relu}_mask")
+        tape.append(t)
         acts[conv.relu] = a
         h = a
     return acts, tape
@@ -269,16 +280,21 @@ def _backward(g: _Graph, tape: list[_Tape], tap_grads: dict[str, list[str]]) -> 
             grad = g.op("Sum", *([grad] if grad else []) + taps, hint=f"g_{t.conv.relu}")
         if grad is None:
             continue
-        gz = relu_grad(g, grad, t.mask)
-        grad = conv_input_grad(g, gz, t.weight, t.conv)
-        if t.pool_in is not None:
-            grad = (maxpool_grad(g, grad, t.pool_in, t.pool_idx) if t.pool_idx
-                    else avgpool_grad(g, grad, t.pool_in))
+        if t.mask is not None:
+            grad = relu_grad(g, grad, t.mask)
+        grad = conv_input_grad(g, grad, t.weight, t.conv)
+        if t.pool_idx is not None:
+            if t.pool_mask is not None:
+                grad = relu_grad(g, grad, t.pool_mask)
+            grad = maxpool_grad(g, grad, t.pool_shape, t.pool_idx)
+        elif t.pool_shape is not None:
+            grad = avgpool_grad(g, grad, t.pool_shape)
     return grad
 
 
 def relu_grad(g: _Graph, grad: str, mask: str) -> str:
-    return g.op("Mul", grad, mask, hint="g_z")
+    """g · (a > 0). The mask is stored as bool; Mul by its float cast beats Where 3×."""
+    return g.op("Mul", grad, g.op("Cast", mask, to=FLOAT), hint="g_z")
 
 
 def conv_input_grad(g: _Graph, gz: str, weight: str, conv: Conv) -> str:
@@ -292,30 +308,30 @@ def conv_input_grad(g: _Graph, gz: str, weight: str, conv: Conv) -> str:
     return g.op("Conv", gz, wf, kernel_shape=[3, 3], pads=[1, 1, 1, 1], hint=f"g_in_{conv.name}")
 
 
-def maxpool_grad(g: _Graph, grad: str, pool_in: str, indices: str) -> str:
+def maxpool_grad(g: _Graph, grad: str, in_shape: str, indices: str) -> str:
     """Route each window's gradient to its recorded arg-max; everything else is zero."""
     flat = g.const(np.array([-1], np.int64))
-    size = g.op("Reshape", g.op("Size", pool_in), flat)
+    size = g.op("ReduceProd", in_shape, keepdims=1)
     zeros = g.op("ConstantOfShape", size, value=helper.make_tensor("z", FLOAT, [1], [0.0]))
     scattered = g.op("ScatterElements", zeros, g.op("Reshape", indices, flat),
                      g.op("Reshape", grad, flat), axis=0)
-    return g.op("Reshape", scattered, g.op("Shape", pool_in), hint="g_pool")
+    return g.op("Reshape", scattered, in_shape, hint="g_pool")
 
 
-def avgpool_grad(g: _Graph, grad: str, pool_in: str) -> str:
+def avgpool_grad(g: _Graph, grad: str, in_shape: str) -> str:
     """g/4 copied to each window's four pixels; rows/columns the pool floored away get zero."""
     quarter = g.op("Mul", grad, g.const(0.25))
     up = g.op("Resize", quarter, "", g.const(np.array([1, 1, 2, 2], np.float32)), mode="nearest",
               coordinate_transformation_mode="asymmetric", nearest_mode="floor")
-    hw_in = _hw(g, pool_in)
-    hw_up = _hw(g, up)
+    hw_in = _hw(g, in_shape)
+    hw_up = _hw(g, g.op("Shape", up))
     pad_end = g.op("Sub", hw_in, hw_up)
     pads = g.op("Concat", g.const(np.zeros(6, np.int64)), pad_end, axis=0)
     return g.op("Pad", up, pads, hint="g_pool")
 
 
-def _hw(g: _Graph, x: str) -> str:
-    return g.op("Slice", g.op("Shape", x), g.const(np.array([2], np.int64)),
+def _hw(g: _Graph, shape: str) -> str:
+    return g.op("Slice", shape, g.const(np.array([2], np.int64)),
                 g.const(np.array([4], np.int64)))
 
 

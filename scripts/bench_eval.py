@@ -62,10 +62,17 @@ def worker(kind: str, size: int, threads: int, weights_path: str | None) -> None
     style = rng.uniform(0, 255, (1, 3, size, size)).astype(np.float32) ** 2 / 255
     x = rng.uniform(0, 255, (1, 3, size, size)).astype(np.float32)
     if kind == "onnx":
-        from nst_onnx.api import build_problem_sessions
+        import tempfile
 
-        evaluate = build_problem_sessions(weights, spec, content, [style], threads)
-        fn = lambda: evaluate(x)  # noqa: E731
+        from nst_onnx.api import StyleTransfer
+        from nst_onnx.export import export_model
+
+        models = Path(tempfile.mkdtemp(prefix="nst-bench-"))
+        export_model(spec, models, weights=weights)
+        st = StyleTransfer(device="cpu", threads=threads, models_dir=models)
+        u8 = lambda a: a[0].transpose(1, 2, 0).astype(np.uint8)  # noqa: E731
+        problem = st.prepare(u8(content), u8(style), size=size)
+        fn = lambda: problem.evaluate(x)  # noqa: E731
     else:
         from torch_reference import TorchLoss
 
@@ -89,6 +96,7 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=7)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--weights", default=None)
+    ap.add_argument("--no-torch", action="store_true", help="measure onnxruntime only")
     ap.add_argument("--worker", nargs=2, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.worker:
@@ -100,7 +108,7 @@ def main() -> None:
     try:
         import torch  # noqa: F401
 
-        kinds = ["onnx", "torch"]
+        kinds = ["onnx"] if args.no_torch else ["onnx", "torch"]
     except ImportError:
         print("(torch not installed: measuring onnxruntime only)")
         kinds = ["onnx"]
