@@ -100,6 +100,18 @@ class Result:
                 "stop_reason": o.stop_reason, "restarts": o.restarts}
 
 
+def check_run_options(iterations: int, optimizer: str, lr: float, history: int) -> None:
+    """Refuse bad optimiser settings before any work starts."""
+    if iterations < 0:
+        raise BadInput("--iterations must be ≥ 0")
+    if optimizer not in OPTIMIZERS:
+        raise BadInput(f"unknown optimizer {optimizer!r}: use lbfgs or adam")
+    if history < 1:
+        raise BadInput("--history must be ≥ 1")
+    if not (lr > 0 and np.isfinite(lr)):
+        raise BadInput("--lr must be a finite number > 0")
+
+
 class StyleTransfer:
     """Style transfer with one exported model on one device; reuse it for many images."""
 
@@ -202,12 +214,7 @@ class StyleTransfer:
             optimizer: str = "lbfgs", lr: float = 2.0, history: int = 10,
             callback: Callable[[Progress], None] | None = None) -> Result:
         """Optimise the image; returns the best iterate seen, whatever stopped the run."""
-        if iterations < 0:
-            raise BadInput("--iterations must be ≥ 0")
-        if optimizer not in OPTIMIZERS:
-            raise BadInput(f"unknown optimizer {optimizer!r}: use lbfgs or adam")
-        if history < 1:
-            raise BadInput("--history must be ≥ 1")
+        check_run_options(iterations, optimizer, lr, history)
         x0 = problem.initial(init, seed)
         if optimizer == "lbfgs":
             res = lbfgs(problem.evaluate, x0, iterations, history, callback)

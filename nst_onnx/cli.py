@@ -153,7 +153,7 @@ def stylize(
 ) -> None:
     """Repaint CONTENT in the manner of STYLE(S); write the result to -o."""
     def go():
-        from .api import StyleTransfer
+        from .api import StyleTransfer, check_run_options
         from .images import output_format, save_image
         from .optimize import Interrupted
 
@@ -163,6 +163,7 @@ def stylize(
         if save_every < 0:
             raise BadInput("--save-every must be ≥ 0")
         output_format(output)
+        check_run_options(iterations, optimizer, lr, history)
         log = _log(quiet or as_json)
         st = StyleTransfer(device=device, threads=threads, pooling=pooling,
                            content_layers=content_layers.split(","),

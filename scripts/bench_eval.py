@@ -144,7 +144,8 @@ def main() -> None:
         print(json.dumps(row), flush=True)
     print()
     print(f"threads={args.threads}, repeats={args.repeats} (median), one evaluation = loss + grad")
-    print("| size | GFLOP | onnx s | onnx GFLOP/s | onnx RSS MB | torch s | torch RSS MB | time ratio | RSS ratio |")
+    print("| size | GFLOP | onnx s | onnx GFLOP/s | onnx RSS MB | torch s | torch RSS MB "
+          "| time ratio | RSS ratio |")
     print("|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         t = r.get("torch", {})

@@ -1,0 +1,136 @@
+"""`nst stylize` end to end at small sizes: outputs, options, errors, signals, determinism."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+from PIL import Image
+from typer.testing import CliRunner
+
+from nst_onnx.cli import app
+
+runner = CliRunner()
+
+
+def nst(models_dir, *args):
+    r = runner.invoke(app, [*args, "--models", str(models_dir)])
+    return r
+
+
+def test_stylize_json_loss_decreases_and_keeps_aspect(models_dir, images, tmp_path):
+    out = tmp_path / "out.png"
+    r = nst(models_dir, "stylize", str(images["tubingen"]), str(images["starry_night"]),
+            "-o", str(out), "--size", "96", "--iterations", "8", "--json", "--threads", "2")
+    assert r.exit_code == 0, r.output
+    summary = json.loads(r.stdout.strip().splitlines()[-1])
+    assert summary["final_loss"] < 0.5 * summary["initial_loss"]
+    assert summary["iterations"] == 8 and summary["evaluations"] >= 8
+    assert summary["stop_reason"] == "iteration budget reached"
+    img = Image.open(out)
+    cw, ch = Image.open(images["tubingen"]).size
+    assert max(img.size) == 96
+    assert abs(img.size[0] / img.size[1] - cw / ch) < 0.03
+    # the PNG carries the settings
+    meta = json.loads(img.text["nst-onnx"])
+    assert meta["settings"]["iterations"] == 8 and meta["model"] == summary["model"]
+
+
+def test_adam_and_blended_styles_and_save_every(models_dir, images, tmp_path):
+    out = tmp_path / "adam.jpg"
+    r = nst(models_dir, "stylize", str(images["tubingen"]), str(images["starry_night"]),
+            str(images["tubingen"]), "--style-blend", "0.8,0.2", "-o", str(out), "--size", "64",
+            "--iterations", "6", "--optimizer", "adam", "--lr", "5", "--save-every", "2",
+            "--json")
+    assert r.exit_code == 0, r.output
+    s = json.loads(r.stdout.strip().splitlines()[-1])
+    assert s["final_loss"] < s["initial_loss"]
+    assert Image.open(out).format == "JPEG"
+    for i in (2, 4):
+        assert (tmp_path / f"adam.iter{i}.jpg").exists()
+    assert not (tmp_path / "adam.iter6.jpg").exists()  # the final image is OUT itself
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--style-blend", "1,2"], "--style-blend has 2 weights for 1 style"),
+    (["--content-layers", "relu9_9"], "unknown layer"),
+    (["--tv-weight", "-1"], "tv-weight must be"),
+    (["--size", "8"], "too small"),
+    (["--optimizer", "sgd"], "unknown optimizer"),
+    (["--device", "tpu"], "unknown device"),
+    (["-o", "out.gif2"], "cannot tell the image format"),
+])
+def test_bad_options_exit_2_with_one_line(models_dir, images, tmp_path, args, message):
+    os.chdir(tmp_path)
+    r = nst(models_dir, "stylize", str(images["tubingen"]), str(images["starry_night"]),
+            "--iterations", "1", "--size", "64", *args)
+    assert r.exit_code == 2, r.output
+    assert message in r.output
+    assert "Traceback" not in r.output
+    assert len(r.output.strip().splitlines()) == 1
+
+
+def test_bad_paths_exit_2_before_any_work(models_dir, images, tmp_path):
+    r = nst(models_dir, "stylize", str(tmp_path / "missing.jpg"), str(images["starry_night"]))
+    assert r.exit_code == 2 and "not found" in r.output
+    r = nst(models_dir, "stylize", str(images["tubingen"]), str(images["starry_night"]),
+            "-o", str(images["tubingen"]))
+    assert r.exit_code == 2 and "is one of the inputs" in r.output
+    r = nst(models_dir, "stylize", str(images["tubingen"]), str(images["starry_night"]),
+            "-o", str(tmp_path / "no" / "dir" / "x.png"))
+    assert r.exit_code == 2 and "does not exist" in r.output
+    junk = tmp_path / "junk.jpg"
+    junk.write_bytes(b"this is not a jpeg")
+    r = nst(models_dir, "stylize", str(junk), str(images["starry_night"]), "-o",
+            str(tmp_path / "o.png"))
+    assert r.exit_code == 2 and "not a readable image" in r.output
+
+
+def test_same_seed_same_bytes(models_dir, images, tmp_path):
+    outs = []
+    for i in range(2):
+        out = tmp_path / f"d{i}.png"
+        r = nst(models_dir, "stylize", str(images["tubingen"]), str(images["starry_night"]),
+                "-o", str(out), "--size", "64", "--iterations", "5", "--init", "noise",
+                "--seed", "3", "--quiet", "--threads", "2")
+        assert r.exit_code == 0, r.output
+        outs.append(np.asarray(Image.open(out)))
+    assert np.array_equal(outs[0], outs[1])
+
+
+def test_sigint_saves_best_image_and_exits_130(models_dir, images, tmp_path):
+    out = tmp_path / "interrupted.png"
+    cmd = [sys.executable, "-m", "nst_onnx.cli", "stylize", str(images["tubingen"]),
+           str(images["starry_night"]), "-o", str(out), "--size", "128", "--iterations", "10000",
+           "--models", str(models_dir), "--threads", "2"]
+    proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 60
+    # wait until the run has made some iterations (progress lines arrive on stderr)
+    seen = 0
+    for line in proc.stderr:
+        if "/10000" in line:
+            seen += 1
+            if seen >= 2:
+                break
+        assert time.time() < deadline
+    proc.send_signal(signal.SIGINT)
+    rest = proc.stderr.read()
+    assert proc.wait(timeout=60) == 130, rest
+    assert "Traceback" not in rest
+    img = Image.open(out)
+    img.load()
+    assert max(img.size) == 128
+
+
+def test_info_json(models_dir):
+    r = runner.invoke(app, ["info", "--json", "--models", str(models_dir)])
+    assert r.exit_code == 0
+    data = json.loads(r.stdout)
+    assert "CPUExecutionProvider" in data["providers"]
+    assert data["models"] and data["models"][0]["key"].startswith("vgg19-max")
