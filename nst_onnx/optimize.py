@@ -13,7 +13,6 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
-from scipy.optimize import Bounds, minimize
 
 from .runtime import Terms
 
@@ -89,14 +88,20 @@ def lbfgs(evaluate: Callable[[np.ndarray], Terms], x0: np.ndarray, iterations: i
     near 1e3 (scipy's tests are relative, but O(1e12) values and float32 gradients mixed with
     float64 make it stop early); tolerances are zero so only true convergence stops it early.
     """
+    from scipy.optimize import Bounds, minimize  # late: see nst_onnx.cli.main (BLAS threads)
+
     shape = x0.shape
     track = _Tracker(evaluate, shape)
     start = time.perf_counter()
-    first = track(x0.ravel().astype(np.float64))
-    scale = 1e3 / max(abs(first.loss), 1e-12)
     done = 0
     restarts = 0
     reason = "iteration budget reached"
+    try:
+        first = track(x0.ravel().astype(np.float64))
+    except Interrupted as e:
+        return OptimizeResult(x0.copy(), math.nan, {}, math.nan, {}, 0, track.evaluations,
+                              "interrupted", time.perf_counter() - start, 0, e)
+    scale = 1e3 / max(abs(first.loss), 1e-12)
 
     def fun(x):
         t = track(x)

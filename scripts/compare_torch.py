@@ -12,14 +12,18 @@ PyTorch is a benchmark-only dependency: `pip install torch==2.13.0`.
 
 from __future__ import annotations
 
-import argparse
-import json
-import sys
-import tempfile
-import time
-from pathlib import Path
+import os
 
-from PIL import Image
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")  # as the `nst` command does (see cli.py)
+
+import argparse  # noqa: E402
+import json  # noqa: E402
+import sys  # noqa: E402
+import tempfile
+import time  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+from PIL import Image  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))

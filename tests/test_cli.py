@@ -104,7 +104,8 @@ def test_same_seed_same_bytes(models_dir, images, tmp_path):
     assert np.array_equal(outs[0], outs[1])
 
 
-def test_sigint_saves_best_image_and_exits_130(models_dir, images, tmp_path):
+@pytest.mark.parametrize("sig, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_signal_saves_best_image_and_exits(models_dir, images, tmp_path, sig, code):
     out = tmp_path / "interrupted.png"
     cmd = [sys.executable, "-m", "nst_onnx.cli", "stylize", str(images["tubingen"]),
            str(images["starry_night"]), "-o", str(out), "--size", "128", "--iterations", "10000",
@@ -119,9 +120,9 @@ def test_sigint_saves_best_image_and_exits_130(models_dir, images, tmp_path):
             if seen >= 2:
                 break
         assert time.time() < deadline
-    proc.send_signal(signal.SIGINT)
+    proc.send_signal(sig)
     rest = proc.stderr.read()
-    assert proc.wait(timeout=60) == 130, rest
+    assert proc.wait(timeout=60) == code, rest
     assert "Traceback" not in rest
     img = Image.open(out)
     img.load()
