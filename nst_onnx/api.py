@@ -22,7 +22,7 @@ from PIL import Image
 from .errors import BadInput
 from .export import export_model, read_manifest
 from .graph import DEFAULT_CONTENT_LAYERS, DEFAULT_STYLE_LAYERS, LossSpec
-from .images import fit_longest_side, load_image, to_nchw, to_pil
+from .images import MAX_PIXELS, fit_longest_side, load_image, to_nchw, to_pil
 from .optimize import OptimizeResult, Progress, adam, lbfgs
 from .runtime import (
     Evaluator,
@@ -102,8 +102,8 @@ class Result:
 
 def check_run_options(iterations: int, optimizer: str, lr: float, history: int) -> None:
     """Refuse bad optimiser settings before any work starts."""
-    if iterations < 0:
-        raise BadInput("--iterations must be ≥ 0")
+    if iterations < 1:
+        raise BadInput("--iterations must be ≥ 1")
     if optimizer not in OPTIMIZERS:
         raise BadInput(f"unknown optimizer {optimizer!r}: use lbfgs or adam")
     if history < 1:
@@ -123,6 +123,7 @@ class StyleTransfer:
                  cache_dir: str | os.PathLike | None = None,
                  log: Callable[[str], None] = print):
         self.spec = LossSpec(tuple(content_layers), tuple(style_layers), pooling)
+        self.log = log
         self.device = resolve_device(device)
         self.threads = threads or physical_cores()
         self.model_dir = export_model(self.spec, Path(models_dir) if models_dir else None,
@@ -148,14 +149,19 @@ class StyleTransfer:
         release_free_memory()
         return out
 
-    def prepare(self, content, styles, size: int = 512, **weights) -> Problem:
-        """Load and resize the images, compute the targets once, and bind them."""
+    def prepare(self, content, styles, size: int = 512,
+                max_image_pixels: int | None = MAX_PIXELS, **weights) -> Problem:
+        """Load and resize the images, compute the targets once, and bind them.
+
+        ``max_image_pixels``: refuse image files whose header claims more (None: no limit).
+        """
         lw = LossWeights(**weights)
         styles = list(styles) if isinstance(styles, (list, tuple)) else [styles]
         if not styles:
             raise BadInput("give at least one style image")
         self._check(lw, len(styles), size)
-        content_img = fit_longest_side(load_image(content, "content image"), size)
+        content_img = fit_longest_side(
+            load_image(content, "content image", max_image_pixels, self.log), size)
         if min(content_img.size) < self.min_size:
             raise BadInput(f"content image is {content_img.size[0]}×{content_img.size[1]} at "
                            f"--size {size}; the chosen layers need at least {self.min_size} px "
@@ -163,7 +169,8 @@ class StyleTransfer:
         style_side = max(self.min_size, round(size * lw.style_scale))
         style_arrays = []
         for i, s in enumerate(styles):
-            img = fit_longest_side(load_image(s, f"style image {i + 1}"), style_side)
+            img = fit_longest_side(
+                load_image(s, f"style image {i + 1}", max_image_pixels, self.log), style_side)
             if min(img.size) < self.min_size:
                 raise BadInput(f"style image {i + 1} is too narrow at this size "
                                f"({img.size[0]}×{img.size[1]}); raise --size or --style-scale")

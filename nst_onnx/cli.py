@@ -25,6 +25,7 @@ import typer
 
 from . import __version__
 from .errors import BadInput, NstError
+from .images import MAX_PIXELS
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Neural style transfer (Gatys et al.) on onnxruntime — no PyTorch.")
@@ -91,6 +92,7 @@ def info(models: ModelsOpt = None, cache_dir: CacheOpt = None,
         import onnxruntime as ort
 
         from .export import default_models_dir
+        from .resources import available_mb, estimate_peak_mb
         from .runtime import physical_cores
         from .weights import default_cache_dir
 
@@ -108,7 +110,10 @@ def info(models: ModelsOpt = None, cache_dir: CacheOpt = None,
                 "providers": ort.get_available_providers(), "device_auto":
                 "cuda" if "CUDAExecutionProvider" in ort.get_available_providers() else "cpu",
                 "physical_cores": physical_cores(), "models_dir": str(mdir), "models": found,
-                "cache_dir": str(cache_dir or default_cache_dir()), "python": sys.version.split()[0]}
+                "cache_dir": str(cache_dir or default_cache_dir()), "python": sys.version.split()[0],
+                "memory_available_mb": round(available_mb() or 0),
+                "memory_estimate_mb": {f"{s}x{s * 3 // 4}": round(estimate_peak_mb(s * s * 0.75e-6))
+                                       for s in (512, 1024, 2048)}}
         if as_json:
             typer.echo(json.dumps(data, indent=2))
             return
@@ -151,6 +156,13 @@ def stylize(
     threads: Annotated[int | None, typer.Option(help="Default: physical cores.")] = None,
     save_every: Annotated[int, typer.Option(help="Save an intermediate image every N "
                                             "iterations (OUT.iterN.ext).")] = 0,
+    no_clobber: Annotated[bool, typer.Option("--no-clobber", help="Refuse to overwrite an "
+                                             "existing output.")] = False,
+    max_image_pixels: Annotated[int, typer.Option(help="Refuse input images whose header "
+                                                  "claims more pixels (0: no limit).")]
+    = MAX_PIXELS,
+    force: Annotated[bool, typer.Option("--force", help="Run even if the memory estimate "
+                                        "exceeds what is available.")] = False,
     models: ModelsOpt = None, weights: WeightsOpt = None, cache_dir: CacheOpt = None,
     quiet: Annotated[bool, typer.Option(help="No progress output.")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON summary on stdout.")]
@@ -163,9 +175,9 @@ def stylize(
         from .images import output_format, save_image, to_pil
         from .optimize import Interrupted
 
-        _check_paths(content, styles, output, init)
-        if size < 1 or iterations < 0 or threads is not None and threads < 1:
-            raise BadInput("--size and --threads must be ≥ 1, --iterations ≥ 0")
+        _check_paths(content, styles, output, init, no_clobber)
+        if size < 1 or threads is not None and threads < 1:
+            raise BadInput("--size and --threads must be ≥ 1")
         if save_every < 0:
             raise BadInput("--save-every must be ≥ 0")
         output_format(output)
@@ -180,7 +192,9 @@ def stylize(
                              style_blend=_floats(style_blend, "--style-blend"),
                              style_scale=style_scale,
                              style_layer_weights=_floats(style_layer_weights,
-                                                         "--style-layer-weights"))
+                                                         "--style-layer-weights"),
+                             max_image_pixels=max_image_pixels or None)
+        memory = _check_memory(problem, st.device, force, log)
         h, w = problem.shape[:2]
         log(f"{content.name} + {', '.join(s.name for s in styles)} → {output} ({w}×{h}, "
             f"{iterations} iterations, {optimizer}, {st.device}, {st.threads} threads)")
@@ -204,7 +218,7 @@ def stylize(
             # ignore further signals while the best image is written: it lands whole
             for sig in previous:
                 signal.signal(sig, signal.SIG_IGN)
-            _finish(result, st, problem, output, content, styles, as_json, quiet)
+            _finish(result, st, problem, output, content, styles, as_json, quiet, memory)
         finally:
             progress.close()
             for sig, handler in previous.items():
@@ -214,8 +228,29 @@ def stylize(
     _guard(go, debug)
 
 
+def _check_memory(problem, device: str, force: bool, log) -> dict:
+    """Estimate the run's peak memory; refuse (exit 2) when it will not fit, unless --force."""
+    from .resources import HEADROOM, available_mb, estimate_peak_mb, largest_side
+
+    h, w = problem.shape[:2]
+    style_px = max(s.shape[2] * s.shape[3] for s in problem.styles)
+    mpx = max(h * w, style_px) / 1e6
+    est = estimate_peak_mb(mpx)
+    avail = available_mb()
+    info = {"megapixels": round(mpx, 4), "estimated_peak_mb": round(est),
+            "available_mb": None if avail is None else round(avail), "device": device}
+    if device == "cpu" and avail is not None and est > HEADROOM * avail:
+        side = largest_side(HEADROOM * avail, min(h, w) / max(h, w))
+        msg = (f"this run needs about {est / 1024:.1f} GB of memory and {avail / 1024:.1f} GB "
+               f"is available: use --size {side} or less, or pass --force")
+        if not force:
+            raise BadInput(msg)
+        log(f"warning: {msg} (--force given)")
+    return info
+
+
 def _finish(result, st, problem, output: Path, content: Path, styles: list[Path], as_json: bool,
-            quiet: bool) -> None:
+            quiet: bool, memory: dict) -> None:
     """Save the image (settings in PNG metadata) and report."""
     from .images import save_image
 
@@ -224,7 +259,8 @@ def _finish(result, st, problem, output: Path, content: Path, styles: list[Path]
                "styles": [str(s) for s in styles], "device": st.device,
                "threads": st.threads, "model": st.manifest["key"],
                "model_sha256": st.manifest["files"]["loss.onnx"]["sha256"],
-               "width": w, "height": h, "settings": result.settings, **result.summary()}
+               "width": w, "height": h, "settings": result.settings, "memory": memory,
+               **result.summary()}
     save_image(result.image, output, {"nst-onnx": json.dumps(
         {"version": __version__, **summary}, default=str)})
     if as_json:
@@ -236,7 +272,8 @@ def _finish(result, st, problem, output: Path, content: Path, styles: list[Path]
                    f"{o.seconds:.1f} s); {o.stop_reason}", err=True)
 
 
-def _check_paths(content: Path, styles: list[Path], output: Path, init: str) -> None:
+def _check_paths(content: Path, styles: list[Path], output: Path, init: str,
+                 no_clobber: bool) -> None:
     """Refuse before any long work: missing inputs, output = input, unwritable output."""
     for p in [content, *styles] + ([Path(init)] if init not in ("content", "noise", "style")
                                    else []):
@@ -248,8 +285,20 @@ def _check_paths(content: Path, styles: list[Path], output: Path, init: str) -> 
     parent = out.parent
     if not parent.is_dir():
         raise BadInput(f"output directory {parent} does not exist: create it first")
-    if not os.access(parent, os.W_OK) or (out.exists() and not os.access(out, os.W_OK)):
+    if out.exists() and no_clobber:
+        raise BadInput(f"output {output} exists and --no-clobber was given: choose another path")
+    if out.is_dir():
+        raise BadInput(f"output {output} is a directory: give a file name")
+    if out.exists() and not os.access(out, os.W_OK):
         raise BadInput(f"cannot write {output}: no permission")
+    try:  # the only sure test (read-only mounts, ACLs, root): create a file there
+        import tempfile
+
+        with tempfile.NamedTemporaryFile(dir=parent, prefix=".nst-probe-"):
+            pass
+    except OSError as e:
+        raise BadInput(f"cannot write into {parent} ({e.strerror}): choose another output path") \
+            from None
 
 
 class _Progress:

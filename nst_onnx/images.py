@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import io
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageOps, PngImagePlugin, UnidentifiedImageError
+from PIL import Image, ImageCms, ImageOps, PngImagePlugin, UnidentifiedImageError
 
 from .atomic import atomic_path
 from .errors import BadInput
@@ -14,14 +16,21 @@ from .errors import BadInput
 FORMATS = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".webp": "WEBP",
            ".tif": "TIFF", ".tiff": "TIFF", ".bmp": "BMP"}
 
-ImageLike = "str | os.PathLike | Image.Image | np.ndarray"
+MAX_PIXELS = 89_478_485  # Pillow's own default decompression-bomb limit (≈ 89 Mpx)
+WIDE_16BIT = ("I;16", "I;16B", "I;16L", "I;16N", "I")
 
 
-def load_image(src, what: str = "image") -> Image.Image:
-    """Path, PIL image or uint8 array → RGB PIL image, EXIF orientation applied.
+def load_image(src, what: str = "image", max_pixels: int | None = MAX_PIXELS,
+               warn: Callable[[str], None] | None = None) -> Image.Image:
+    """Path, PIL image or uint8 array → 8-bit sRGB PIL image.
 
-    Transparent images are composited over white (what a viewer shows).
+    * EXIF orientation is applied; an embedded ICC profile is converted to sRGB;
+    * transparency is composited over white (what a viewer shows);
+    * palette, greyscale, CMYK and 16-bit greyscale become 8-bit RGB (16-bit scaled, not clipped);
+    * animations give their first frame (and say so);
+    * a header claiming more than ``max_pixels`` is refused before any pixel is decoded.
     """
+    warn = warn or (lambda m: None)
     if isinstance(src, np.ndarray):
         arr = src
         if arr.ndim == 2:
@@ -32,17 +41,61 @@ def load_image(src, what: str = "image") -> Image.Image:
     elif isinstance(src, Image.Image):
         img = src
     else:
-        path = Path(src)
-        if not path.is_file():
-            raise BadInput(f"{what} not found: {path}")
-        try:
-            img = Image.open(path)
+        img = _open(Path(src), what, max_pixels)
+        if getattr(img, "n_frames", 1) > 1:
+            warn(f"{what} {Path(src).name} has {img.n_frames} frames: using the first")
+    return _to_srgb(img, what, warn)
+
+
+def _open(path: Path, what: str, max_pixels: int | None) -> Image.Image:
+    if not path.is_file():
+        raise BadInput(f"{what} not found: {path}")
+    if path.stat().st_size == 0:
+        raise BadInput(f"{what} {path} is an empty file")
+    try:
+        with _no_pillow_limit():
+            img = Image.open(path)  # reads the header only
+            w, h = img.size
+            if max_pixels and w * h > max_pixels:
+                raise BadInput(
+                    f"{what} {path} claims {w}×{h} pixels ({w * h / 1e6:.0f} Mpx), over the "
+                    f"{max_pixels / 1e6:.0f} Mpx safety limit; if you trust it, pass "
+                    f"--max-image-pixels {w * h}")
             img.load()
-        except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
-            raise BadInput(f"{what} {path} is not a readable image ({e})") from None
-        except Image.DecompressionBombError as e:
-            raise BadInput(f"{what} {path} is too large to decode safely ({e})") from None
+    except BadInput:
+        raise
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, EOFError) as e:
+        reason = str(e) or e.__class__.__name__
+        raise BadInput(f"{what} {path} is not a readable image ({reason})") from None
+    return img
+
+
+class _no_pillow_limit:
+    """We enforce our own (configurable) limit from the header; silence Pillow's."""
+
+    def __enter__(self):
+        self.saved = Image.MAX_IMAGE_PIXELS
+        Image.MAX_IMAGE_PIXELS = None
+
+    def __exit__(self, *exc):
+        Image.MAX_IMAGE_PIXELS = self.saved
+
+
+def _to_srgb(img: Image.Image, what: str, warn: Callable[[str], None]) -> Image.Image:
     img = ImageOps.exif_transpose(img)
+    icc = img.info.get("icc_profile")
+    if img.mode in WIDE_16BIT:
+        arr = np.asarray(img, dtype=np.float64)
+        scale = 257.0 if arr.max(initial=0) > 255 else 1.0
+        img = Image.fromarray(np.clip(np.rint(arr / scale), 0, 255).astype(np.uint8), "L")
+    if icc and img.mode in ("RGB", "RGBA", "CMYK", "L"):
+        try:
+            src = ImageCms.ImageCmsProfile(io.BytesIO(icc))
+            out_mode = "RGBA" if img.mode == "RGBA" else "RGB"
+            img = ImageCms.profileToProfile(img, src, ImageCms.createProfile("sRGB"),
+                                            outputMode=out_mode)
+        except (ImageCms.PyCMSError, OSError, ValueError) as e:
+            warn(f"{what}: ignoring its colour profile ({e})")
     if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
         rgba = img.convert("RGBA")
         white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))

@@ -135,3 +135,42 @@ def test_info_json(models_dir):
     data = json.loads(r.stdout)
     assert "CPUExecutionProvider" in data["providers"]
     assert data["models"] and data["models"][0]["key"].startswith("vgg19-max")
+
+
+def test_no_clobber_and_unwritable_output(models_dir, images, tmp_path):
+    out = tmp_path / "exists.png"
+    out.write_bytes(b"keep me")
+    r = nst(models_dir, "stylize", str(images["tubingen"]), str(images["starry_night"]),
+            "-o", str(out), "--no-clobber")
+    assert r.exit_code == 2 and "--no-clobber" in r.output
+    assert out.read_bytes() == b"keep me"
+    r = nst(models_dir, "stylize", str(images["tubingen"]), str(images["starry_night"]),
+            "-o", "/proc/nst-out.png")
+    assert r.exit_code == 2 and "cannot write into /proc" in r.output
+    r = nst(models_dir, "stylize", str(images["tubingen"]), str(images["starry_night"]),
+            "-o", str(tmp_path), "--iterations", "0")
+    assert r.exit_code == 2
+
+
+def test_zero_iterations_is_a_usage_error(models_dir, images, tmp_path):
+    r = nst(models_dir, "stylize", str(images["tubingen"]), str(images["starry_night"]),
+            "-o", str(tmp_path / "z.png"), "--iterations", "0")
+    assert r.exit_code == 2 and "--iterations must be ≥ 1" in r.output
+
+
+def test_memory_estimate_refuses_with_largest_size_unless_forced(models_dir, images, tmp_path,
+                                                                 monkeypatch):
+    import nst_onnx.resources as res
+
+    monkeypatch.setattr(res, "available_mb", lambda: 350.0)
+    out = tmp_path / "m.png"
+    args = ["stylize", str(images["tubingen"]), str(images["starry_night"]), "-o", str(out),
+            "--iterations", "1", "--json"]
+    r = nst(models_dir, *args, "--size", "128")
+    assert r.exit_code == 2 and "or pass --force" in r.output
+    side = int(r.output.split("--size ")[1].split()[0])
+    assert 16 <= side < 128 and res.estimate_peak_mb(side * side * 0.75 / 1e6) <= 0.9 * 350 + 1
+    r = nst(models_dir, *args, "--size", "128", "--force")
+    assert r.exit_code == 0, r.output
+    mem = json.loads(r.stdout.strip().splitlines()[-1])["memory"]
+    assert mem["estimated_peak_mb"] > 0 and mem["available_mb"] == 350
