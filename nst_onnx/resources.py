@@ -15,7 +15,7 @@ from __future__ import annotations
 import math
 
 BASE_MB = 300.0
-PER_MPX_MB = 2700.0
+PER_MPX_MB = 3350.0
 HEADROOM = 0.9  # refuse above 90% of what is available
 
 
