@@ -365,7 +365,23 @@ def _guard(fn, debug: bool) -> None:
 
 
 def main() -> None:
-    app()
+    """Console entry point: Click's usage errors become one line too (exit 2)."""
+    # typer vendors click in recent releases: find its exception base through a public class
+    click_error = next(c for c in typer.BadParameter.__mro__ if c.__name__ == "ClickException")
+    try:
+        code = app(standalone_mode=False)
+    except click_error as e:
+        if type(e).__name__ == "NoArgsIsHelpError" and getattr(e, "ctx", None):
+            typer.echo(e.ctx.get_help(), err=True)
+        else:
+            ctx = getattr(e, "ctx", None)
+            hint = f" (see nst {ctx.info_name} --help)" if ctx is not None and ctx.parent else ""
+            _err(f"{e.format_message()}{hint}")
+        sys.exit(e.exit_code)
+    except typer.Abort:
+        _err("interrupted")
+        sys.exit(130)
+    sys.exit(code if isinstance(code, int) else 0)
 
 
 if __name__ == "__main__":

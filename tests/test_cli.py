@@ -185,3 +185,12 @@ def test_memory_estimate_refuses_with_largest_size_unless_forced(models_dir, ima
     assert r.exit_code == 0, r.output
     mem = json.loads(r.stdout.strip().splitlines()[-1])["memory"]
     assert mem["estimated_peak_mb"] > 0 and mem["available_mb"] == 350
+
+
+def test_click_usage_errors_are_one_line_exit_2(models_dir):
+    for args in (["stylize", "a.jpg", "b.jpg", "--size", "abc"], ["stylize"], ["bogus"]):
+        r = subprocess.run([sys.executable, "-m", "nst_onnx.cli", *args], capture_output=True,
+                           text=True, timeout=60)
+        assert r.returncode == 2, r.stderr
+        lines = r.stderr.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("nst: error:"), r.stderr
