@@ -19,11 +19,12 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from . import color
 from .errors import BadInput
 from .export import export_model, read_manifest
 from .graph import DEFAULT_CONTENT_LAYERS, DEFAULT_STYLE_LAYERS, LossSpec
 from .images import MAX_PIXELS, fit_longest_side, load_image, to_nchw, to_pil
-from .optimize import OptimizeResult, Progress, adam, lbfgs
+from .optimize import Interrupted, OptimizeResult, Progress, adam, lbfgs
 from .runtime import (
     Evaluator,
     Terms,
@@ -47,6 +48,7 @@ class LossWeights:
     style_layer_weights: Sequence[float] | None = None  # multipliers, one per style layer
     style_blend: Sequence[float] | None = None  # one per style image; normalised to sum 1
     style_scale: float = 1.0  # style image size relative to the output size
+    preserve_colors: str = "none"  # none | luminance | histogram | histogram-sym | post
 
 
 @dataclass
@@ -58,6 +60,16 @@ class Problem:
     styles: list[np.ndarray]  # float32 (1, 3, h, w) each, as used for the targets
     evaluator: Evaluator
     weights: LossWeights
+    content_rgb: np.ndarray | None = None  # the content in colour, when ``content`` is not
+
+    def finish(self, x_chw: np.ndarray) -> np.ndarray:
+        """The optimised image → the output: recombined with the content's chroma where the
+        colour mode asks (luminance-only transfer, post-hoc chroma swap)."""
+        if self.weights.preserve_colors not in ("luminance", "post"):
+            return x_chw
+        rgb = (self.content_rgb if self.content_rgb is not None else self.content)[0]
+        y = color.luminance(x_chw.transpose(1, 2, 0))
+        return color.with_chroma(y, rgb.transpose(1, 2, 0).astype(np.float64)).transpose(2, 0, 1)
 
     def evaluate(self, x_chw: np.ndarray) -> Terms:
         """Fast path: x as (3, H, W) or (1, 3, H, W), any float dtype."""
@@ -74,10 +86,13 @@ class Problem:
     def initial(self, init: str | os.PathLike = "content", seed: int = 0) -> np.ndarray:
         """Starting image (3, H, W) float64: 'content', 'noise', 'style' or an image path."""
         h, w = self.shape[:2]
+        if isinstance(init, np.ndarray):  # an earlier result (3, h', w'): upscale (Lanczos)
+            return to_nchw(to_pil(init[None]).resize((w, h), Image.LANCZOS))[0].astype(np.float64)
         if init == "content":
             return self.content[0].astype(np.float64)
         if init == "noise":
             return np.random.default_rng(seed).uniform(0, 255, (3, h, w))
+
         img = Image.fromarray(np.uint8(np.clip(self.styles[0][0].transpose(1, 2, 0), 0, 255))) \
             if init == "style" else load_image(init, "init image")
         return to_nchw(img.resize((w, h), Image.LANCZOS))[0].astype(np.float64)
@@ -90,14 +105,31 @@ class Result:
     image: Image.Image
     optimize: OptimizeResult
     settings: dict = field(default_factory=dict)
+    scales: list[dict] = field(default_factory=list)  # per scale, for coarse-to-fine runs
 
     def summary(self) -> dict:
+        """Totals over all scales; initial loss of the first scale, final of the last."""
         o = self.optimize
-        return {"iterations": o.iterations, "evaluations": o.evaluations,
-                "initial_loss": o.initial_loss, "initial_terms": o.initial_terms,
-                "final_loss": o.loss, "final_terms": o.terms, "seconds": o.seconds,
-                "seconds_per_iteration": o.seconds / max(o.iterations, 1),
-                "stop_reason": o.stop_reason, "restarts": o.restarts}
+        scales = self.scales or [{"iterations": o.iterations, "evaluations": o.evaluations,
+                                  "seconds": o.seconds, "initial_loss": o.initial_loss,
+                                  "initial_terms": o.initial_terms}]
+        iterations = sum(s["iterations"] for s in scales)
+        seconds = sum(s["seconds"] for s in scales)
+        return {"iterations": iterations,
+                "evaluations": sum(s["evaluations"] for s in scales),
+                "initial_loss": scales[0]["initial_loss"],
+                "initial_terms": scales[0]["initial_terms"],
+                "final_loss": o.loss, "final_terms": o.terms, "seconds": seconds,
+                "seconds_per_iteration": seconds / max(iterations, 1),
+                "stop_reason": o.stop_reason, "restarts": o.restarts, "scales": self.scales}
+
+
+def _hwc(x: np.ndarray) -> np.ndarray:
+    return x[0].transpose(1, 2, 0).astype(np.float64)
+
+
+def _nchw(x: np.ndarray) -> np.ndarray:
+    return np.ascontiguousarray(x.transpose(2, 0, 1)[None], dtype=np.float32)
 
 
 def check_run_options(iterations: int, optimizer: str, lr: float, history: int) -> None:
@@ -176,6 +208,20 @@ class StyleTransfer:
                                f"({img.size[0]}×{img.size[1]}); raise --size or --style-scale")
             style_arrays.append(to_nchw(img))
         x_content = to_nchw(content_img)
+        content_rgb = None
+        mode = lw.preserve_colors
+        if mode == "luminance":  # optimise luminance only; chroma comes back in finish()
+            content_rgb = x_content
+            c_hwc = x_content[0].transpose(1, 2, 0).astype(np.float64)
+            cy = color.luminance(c_hwc)
+            x_content = _nchw(color.grey(cy))
+            style_arrays = [_nchw(color.grey(color.match_luminance(
+                color.luminance(_hwc(s)), cy))) for s in style_arrays]
+        elif mode in ("histogram", "histogram-sym"):
+            method = "cholesky" if mode == "histogram" else "symmetric"
+            c_hwc = x_content[0].transpose(1, 2, 0).astype(np.float64)
+            style_arrays = [_nchw(color.match_histogram(_hwc(s), c_hwc, method))
+                            for s in style_arrays]
         content_feats, *style_feats = self.features([x_content, *style_arrays])
         fixed = {}
         for name, value in content_feats.items():
@@ -196,7 +242,7 @@ class StyleTransfer:
         fixed["tv_weight"] = np.asarray(lw.tv_weight)
         h, w = x_content.shape[2:]
         return Problem((h, w, 3), x_content, style_arrays,
-                       Evaluator(self._loss, fixed, self.device), lw)
+                       Evaluator(self._loss, fixed, self.device), lw, content_rgb)
 
     def _check(self, lw: LossWeights, n_styles: int, size: int) -> None:
         if size < self.min_size:
@@ -206,6 +252,9 @@ class StyleTransfer:
                 raise BadInput(f"{name.replace('_', '-')} must be a finite number ≥ 0")
         if lw.style_scale <= 0:
             raise BadInput("--style-scale must be > 0")
+        if lw.preserve_colors not in color.MODES:
+            raise BadInput(f"unknown --preserve-colors {lw.preserve_colors!r}: use "
+                           + ", ".join(color.MODES))
         if lw.style_blend is not None:
             if len(lw.style_blend) != n_styles:
                 raise BadInput(f"--style-blend has {len(lw.style_blend)} weights for "
@@ -231,12 +280,110 @@ class StyleTransfer:
                     "seed": seed, "optimizer": optimizer, "lr": lr, "history": history,
                     "pooling": self.spec.pooling, "content_layers": list(self.spec.content_layers),
                     "style_layers": list(self.spec.style_layers), **asdict(problem.weights)}
-        return Result(to_pil(res.x[None]), res, settings)
+        return Result(to_pil(problem.finish(res.x)[None]), res, settings)
 
-    def stylize(self, content, styles, size: int = 512, iterations: int = 500,
-                init="content", seed: int = 0, optimizer: str = "lbfgs", lr: float = 2.0,
-                history: int = 10, callback: Callable[[Progress], None] | None = None,
-                **weights) -> Image.Image:
-        """Content + style(s) → stylised PIL image. ``weights``: see :class:`LossWeights`."""
-        problem = self.prepare(content, styles, size, **weights)
-        return self.run(problem, iterations, init, seed, optimizer, lr, history, callback).image
+    def transfer(self, content, styles, size: int = 512, iterations: int | Sequence[int] = 500,
+                 scales: int | Sequence[int] | None = None, init="content", seed: int = 0,
+                 optimizer: str = "lbfgs", lr: float = 2.0, history: int = 10,
+                 callback: Callable[[Progress], None] | None = None,
+                 before_run: Callable[[Problem, int], None] | None = None,
+                 max_image_pixels: int | None = MAX_PIXELS, **weights) -> Result:
+        """Coarse-to-fine: optimise at each size of :func:`plan_scales`, each scale started
+        from the previous result upscaled (Lanczos), targets recomputed per scale.
+
+        ``before_run(problem, final_size)`` is called before each scale's optimisation
+        (the CLI checks memory there). Returns the final scale's result; its summary counts
+        iterations, evaluations and seconds over all scales.
+        """
+        sizes, its = plan_scales(size, scales, iterations, self.min_size)
+        total = sum(its)
+        done = 0
+        per_scale = []
+        start = init
+        result = None
+        for side, n in zip(sizes, its):
+            try:
+                problem = self.prepare(content, styles, side, max_image_pixels, **weights)
+            except Interrupted as e:
+                if result is None:
+                    raise
+                result.optimize.interrupted = e  # keep the previous scale's image
+                break
+            if before_run:
+                before_run(problem, sizes[-1])
+
+            def shifted(p: Progress, offset=done) -> None:
+                if callback:
+                    callback(Progress(offset + p.iteration, total, p.evaluations, p.loss,
+                                      p.terms, p.seconds, p.x))
+
+            result = self.run(problem, n, start, seed, optimizer, lr, history, shifted)
+            o = result.optimize
+            per_scale.append({"size": side, "shape": list(problem.shape[:2]),
+                              "iterations": o.iterations, "evaluations": o.evaluations,
+                              "seconds": o.seconds, "initial_loss": o.initial_loss,
+                              "initial_terms": o.initial_terms, "final_loss": o.loss,
+                              "stop_reason": o.stop_reason})
+            done += n
+            start = o.x
+            if o.interrupted is not None:
+                break
+        result.settings.update(size=sizes[-1], scales=sizes, iterations=its)
+        result.scales = per_scale
+        return result
+
+    def stylize(self, content, styles, size: int = 512, iterations: int | Sequence[int] = 500,
+                scales: int | Sequence[int] | None = None, init="content", seed: int = 0,
+                optimizer: str = "lbfgs", lr: float = 2.0, history: int = 10,
+                callback: Callable[[Progress], None] | None = None, **weights) -> Image.Image:
+        """Content + style(s) → stylised PIL image. ``weights``: see :class:`LossWeights`;
+        ``scales``: see :func:`plan_scales`."""
+        return self.transfer(content, styles, size, iterations, scales, init, seed, optimizer,
+                             lr, history, callback, **weights).image
+
+
+AUTO_MULTISCALE_FROM = 1024  # outputs this large run coarse-to-fine unless told otherwise
+COARSEST = 256
+
+
+def plan_scales(size: int, scales: int | Sequence[int] | None,
+                iterations: int | Sequence[int], min_side: int = 16) -> tuple[list[int], list[int]]:
+    """Sizes (longest side, coarse → fine) and iterations per scale.
+
+    * ``scales`` None: one scale below 1024 px; from 1024 px up, halve down to ≥ 256 px
+      (1024 → 256, 512, 1024);
+    * an int N: N sizes, each half the next, ending at ``size``;
+    * a list: those sizes (increasing); the last is the output size.
+
+    ``iterations``: one number per scale, or one number N for all: N at the coarsest scale,
+    halved at each finer one (at least 50) — the fine scales are the expensive ones and
+    start close to their optimum.
+    """
+    if size < min_side:
+        raise BadInput(f"--size {size} is too small: the chosen layers need ≥ {min_side}")
+    if scales is None:
+        sizes = [size]
+        while size >= AUTO_MULTISCALE_FROM and sizes[0] // 2 >= COARSEST:
+            sizes.insert(0, sizes[0] // 2)
+    elif isinstance(scales, int):
+        if scales < 1:
+            raise BadInput("--scales must be ≥ 1")
+        sizes = sorted({max(min_side, round(size / 2 ** k)) for k in range(scales)})
+    else:
+        sizes = [int(v) for v in scales]
+        if not sizes or sizes != sorted(set(sizes)) or sizes[0] < min_side:
+            raise BadInput(f"--scales must be increasing sizes ≥ {min_side}, e.g. 256,512,1024")
+    if isinstance(iterations, int):
+        its = [iterations] if len(sizes) == 1 else \
+            [max(50, iterations >> k) if iterations > 50 else iterations
+             for k in range(len(sizes))]
+    else:
+        its = [int(v) for v in iterations]
+        if len(its) == 1:
+            return plan_scales(size, sizes, its[0], min_side)
+        if len(its) != len(sizes):
+            raise BadInput(f"--iterations has {len(its)} values for {len(sizes)} scales: give "
+                           "one per scale, or one for all")
+    if min(its) < 1:
+        raise BadInput("--iterations must be ≥ 1")
+    return sizes, its

@@ -26,6 +26,7 @@ import typer
 from . import __version__
 from .errors import BadInput, NstError
 from .images import MAX_PIXELS
+from .optimize import Interrupted
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Neural style transfer (Gatys et al.) on onnxruntime — no PyTorch.")
@@ -56,6 +57,17 @@ def _floats(text: str | None, what: str) -> list[float] | None:
         return [float(v) for v in text.split(",") if v.strip()]
     except ValueError:
         raise BadInput(f"{what}: expected comma-separated numbers, got {text!r}") from None
+
+
+def _ints(text: str, what: str) -> list[int]:
+    try:
+        values = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise BadInput(f"{what}: expected a number or comma-separated numbers, got {text!r}") \
+            from None
+    if not values:
+        raise BadInput(f"{what}: give at least one number")
+    return values
 
 
 def _log(quiet: bool):
@@ -134,7 +146,13 @@ def stylize(
     output: Annotated[Path, typer.Option("-o", "--output", help="Output image (.png, .jpg, "
                                          ".webp, .tif).")] = Path("out.png"),
     size: Annotated[int, typer.Option(help="Longest side of the output, px.")] = 512,
-    iterations: Annotated[int, typer.Option(help="Optimiser iterations.")] = 500,
+    iterations: Annotated[str, typer.Option(help="Optimiser iterations: one number, or one "
+                                            "per scale (500,200,100).")] = "500",
+    scales: Annotated[str | None, typer.Option(help="Coarse-to-fine: a count (3) or sizes "
+                                               "(256,512,1024). Default: 1 below 1024 px, "
+                                               "else halving down to 256.")] = None,
+    preserve_colors: Annotated[str, typer.Option(help="none, luminance, histogram, "
+                                                 "histogram-sym or post.")] = "none",
     content_weight: Annotated[float, typer.Option()] = 5.0,
     style_weight: Annotated[float, typer.Option(help="Per style layer.")] = 100.0,
     tv_weight: Annotated[float, typer.Option()] = 1e-3,
@@ -171,33 +189,37 @@ def stylize(
 ) -> None:
     """Repaint CONTENT in the manner of STYLE(S); write the result to -o."""
     def go():
-        from .api import StyleTransfer, check_run_options
+        from .api import StyleTransfer, check_run_options, plan_scales
         from .images import output_format, save_image, to_pil
-        from .optimize import Interrupted
 
         _check_paths(content, styles, output, init, no_clobber)
+        its = _ints(iterations, "--iterations")
+        scale_plan = None if scales is None else _ints(scales, "--scales")
+        if scale_plan is not None and len(scale_plan) == 1:
+            scale_plan = scale_plan[0]
         if size < 1 or threads is not None and threads < 1:
             raise BadInput("--size and --threads must be ≥ 1")
         if save_every < 0:
             raise BadInput("--save-every must be ≥ 0")
         output_format(output)
-        check_run_options(iterations, optimizer, lr, history)
+        check_run_options(min(its), optimizer, lr, history)
         log = _log(quiet or as_json)
         st = StyleTransfer(device=device, threads=threads, pooling=pooling,
                            content_layers=content_layers.split(","),
                            style_layers=style_layers.split(","), models_dir=models,
                            weights=weights, cache_dir=cache_dir, log=log)
-        problem = st.prepare(content, styles, size, content_weight=content_weight,
-                             style_weight=style_weight, tv_weight=tv_weight,
-                             style_blend=_floats(style_blend, "--style-blend"),
-                             style_scale=style_scale,
-                             style_layer_weights=_floats(style_layer_weights,
-                                                         "--style-layer-weights"),
-                             max_image_pixels=max_image_pixels or None)
-        memory = _check_memory(problem, st.device, force, log)
-        h, w = problem.shape[:2]
-        log(f"{content.name} + {', '.join(s.name for s in styles)} → {output} ({w}×{h}, "
-            f"{iterations} iterations, {optimizer}, {st.device}, {st.threads} threads)")
+        sizes, per_scale = plan_scales(size, scale_plan, its if len(its) > 1 else its[0],
+                                       st.min_size)
+        scale_note = "" if len(sizes) == 1 else \
+            f", coarse-to-fine {'→'.join(map(str, sizes))} px × {'/'.join(map(str, per_scale))}"
+        memory: dict = {}
+
+        def before_run(problem, final_size):
+            if not memory:  # the first scale's inputs are checked and loaded: say what runs
+                memory.update(_check_memory(problem, final_size, st.device, force, log))
+                log(f"{content.name} + {', '.join(s.name for s in styles)} → {output} "
+                    f"({sizes[-1]} px, {sum(per_scale)} iterations{scale_note}, {optimizer}, "
+                    f"{st.device}, {st.threads} threads)")
         progress = _Progress(quiet or as_json)
 
         def callback(p):
@@ -214,11 +236,17 @@ def stylize(
         for sig in previous:
             signal.signal(sig, on_signal)
         try:
-            result = st.run(problem, iterations, init, seed, optimizer, lr, history, callback)
+            result = st.transfer(
+                content, styles, sizes[-1], per_scale, sizes, init, seed, optimizer, lr, history,
+                callback, before_run, max_image_pixels or None, content_weight=content_weight,
+                style_weight=style_weight, tv_weight=tv_weight,
+                style_blend=_floats(style_blend, "--style-blend"), style_scale=style_scale,
+                style_layer_weights=_floats(style_layer_weights, "--style-layer-weights"),
+                preserve_colors=preserve_colors)
             # ignore further signals while the best image is written: it lands whole
             for sig in previous:
                 signal.signal(sig, signal.SIG_IGN)
-            _finish(result, st, problem, output, content, styles, as_json, quiet, memory)
+            _finish(result, st, output, content, styles, as_json, quiet, memory)
         finally:
             progress.close()
             for sig, handler in previous.items():
@@ -228,13 +256,15 @@ def stylize(
     _guard(go, debug)
 
 
-def _check_memory(problem, device: str, force: bool, log) -> dict:
-    """Estimate the run's peak memory; refuse (exit 2) when it will not fit, unless --force."""
+def _check_memory(problem, final_size: int, device: str, force: bool, log) -> dict:
+    """Estimate the run's peak memory (at its final size); refuse (exit 2) when it will not
+    fit, unless --force."""
     from .resources import HEADROOM, available_mb, estimate_peak_mb, largest_side
 
     h, w = problem.shape[:2]
+    grow = (final_size / max(h, w)) ** 2
     style_px = max(s.shape[2] * s.shape[3] for s in problem.styles)
-    mpx = max(h * w, style_px) / 1e6
+    mpx = max(h * w, style_px) * grow / 1e6
     est = estimate_peak_mb(mpx)
     avail = available_mb()
     info = {"megapixels": round(mpx, 4), "estimated_peak_mb": round(est),
@@ -249,12 +279,12 @@ def _check_memory(problem, device: str, force: bool, log) -> dict:
     return info
 
 
-def _finish(result, st, problem, output: Path, content: Path, styles: list[Path], as_json: bool,
+def _finish(result, st, output: Path, content: Path, styles: list[Path], as_json: bool,
             quiet: bool, memory: dict) -> None:
     """Save the image (settings in PNG metadata) and report."""
     from .images import save_image
 
-    h, w = problem.shape[:2]
+    w, h = result.image.size
     summary = {"output": str(output), "content": str(content),
                "styles": [str(s) for s in styles], "device": st.device,
                "threads": st.threads, "model": st.manifest["key"],
@@ -352,6 +382,9 @@ def _guard(fn, debug: bool) -> None:
     except KeyboardInterrupt:
         _err("interrupted")
         raise typer.Exit(130) from None
+    except Interrupted as e:
+        _err("interrupted before the first result: nothing written")
+        raise typer.Exit(e.exit_code) from None
     except MemoryError:
         if debug:
             raise

@@ -1,0 +1,64 @@
+"""Colour control and coarse-to-fine (issue: the paper's toolbox)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from nst_onnx import BadInput
+from nst_onnx.api import plan_scales
+from nst_onnx.color import RGB_TO_YIQ
+
+
+def _stats(x_nchw):
+    p = x_nchw[0].reshape(3, -1).astype(np.float64)
+    return p.mean(axis=1), np.cov(p)
+
+
+@pytest.mark.parametrize("mode", ["histogram", "histogram-sym"])
+def test_histogram_mode_gives_style_the_content_colour_statistics(st, images, mode):
+    plain = st.prepare(images["tubingen"], images["starry_night"], size=64)
+    p = st.prepare(images["tubingen"], images["starry_night"], size=64, preserve_colors=mode)
+    mu_c, cov_c = _stats(p.content)
+    mu_s, cov_s = _stats(p.styles[0])
+    mu_0, _ = _stats(plain.styles[0])
+    assert np.abs(mu_s - mu_c).max() < 3.0 < np.abs(mu_0 - mu_c).max()
+    assert np.abs(cov_s - cov_c).max() < 0.1 * np.abs(cov_c).max()
+
+
+@pytest.mark.parametrize("mode", ["luminance", "post"])
+def test_luminance_and_post_modes_keep_the_content_chroma(st, images, mode):
+    p = st.prepare(images["tubingen"], images["starry_night"], size=64, preserve_colors=mode)
+    out = np.asarray(st.run(p, iterations=5).image, dtype=np.float64)
+    rgb = (p.content_rgb if p.content_rgb is not None else p.content)[0].transpose(1, 2, 0)
+    iq_out = (out @ RGB_TO_YIQ.T)[..., 1:]
+    iq_content = (rgb.astype(np.float64) @ RGB_TO_YIQ.T)[..., 1:]
+    inside = (out > 1).all(-1) & (out < 254).all(-1)  # where clipping did not intervene
+    assert inside.mean() > 0.8
+    assert np.abs(iq_out - iq_content)[inside].max() < 1.5  # rounding to 8 bits only
+    if mode == "luminance":  # the optimisation itself saw only luminance
+        assert np.allclose(p.content[0][0], p.content[0][1]) and \
+            np.allclose(p.styles[0][0][0], p.styles[0][0][2])
+
+
+def test_plan_scales():
+    assert plan_scales(512, None, 500) == ([512], [500])
+    assert plan_scales(1024, None, 500) == ([256, 512, 1024], [500, 250, 125])
+    assert plan_scales(512, 3, 400) == ([128, 256, 512], [400, 200, 100])
+    assert plan_scales(600, [150, 300, 600], [300, 100, 30]) == ([150, 300, 600], [300, 100, 30])
+    with pytest.raises(BadInput, match="one per scale"):
+        plan_scales(512, 3, [100, 50])
+    with pytest.raises(BadInput, match="increasing"):
+        plan_scales(512, [512, 256], 10)
+
+
+def test_coarse_to_fine_starts_each_scale_from_the_last(st, images):
+    r = st.transfer(images["tubingen"], images["starry_night"], size=96, iterations=[10, 4],
+                    scales=[48, 96])
+    assert max(r.image.size) == 96
+    assert [s["size"] for s in r.scales] == [48, 96]
+    assert r.summary()["iterations"] == 14
+    fresh = st.prepare(images["tubingen"], images["starry_night"], size=96)
+    from_content = fresh.evaluate(fresh.initial("content")).loss
+    # the fine scale began from the upscaled coarse result, well below the content's loss
+    assert r.scales[1]["initial_loss"] < 0.8 * from_content
