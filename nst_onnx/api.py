@@ -356,8 +356,8 @@ def plan_scales(size: int, scales: int | Sequence[int] | None,
     * a list: those sizes (increasing); the last is the output size.
 
     ``iterations``: one number per scale, or one number N for all: N at the coarsest scale,
-    halved at each finer one (at least 50) — the fine scales are the expensive ones and
-    start close to their optimum.
+    falling geometrically to N/5 (at least 50) at the finest — the fine scales are the
+    expensive ones and start close to their optimum.
     """
     if size < min_side:
         raise BadInput(f"--size {size} is too small: the chosen layers need ≥ {min_side}")
@@ -374,9 +374,10 @@ def plan_scales(size: int, scales: int | Sequence[int] | None,
         if not sizes or sizes != sorted(set(sizes)) or sizes[0] < min_side:
             raise BadInput(f"--scales must be increasing sizes ≥ {min_side}, e.g. 256,512,1024")
     if isinstance(iterations, int):
-        its = [iterations] if len(sizes) == 1 else \
-            [max(50, iterations >> k) if iterations > 50 else iterations
-             for k in range(len(sizes))]
+        n = len(sizes)
+        finest = min(iterations, max(50, iterations // 5))
+        its = [round(iterations * (finest / iterations) ** (k / (n - 1))) if n > 1 else iterations
+               for k in range(n)]
     else:
         its = [int(v) for v in iterations]
         if len(its) == 1:

@@ -43,8 +43,9 @@ def test_luminance_and_post_modes_keep_the_content_chroma(st, images, mode):
 
 def test_plan_scales():
     assert plan_scales(512, None, 500) == ([512], [500])
-    assert plan_scales(1024, None, 500) == ([256, 512, 1024], [500, 250, 125])
-    assert plan_scales(512, 3, 400) == ([128, 256, 512], [400, 200, 100])
+    assert plan_scales(1024, None, 500) == ([256, 512, 1024], [500, 224, 100])
+    assert plan_scales(512, 3, 400) == ([128, 256, 512], [400, 179, 80])
+    assert plan_scales(512, 2, 30) == ([256, 512], [30, 30])
     assert plan_scales(600, [150, 300, 600], [300, 100, 30]) == ([150, 300, 600], [300, 100, 30])
     with pytest.raises(BadInput, match="one per scale"):
         plan_scales(512, 3, [100, 50])
