@@ -312,10 +312,10 @@ class StyleTransfer:
             if before_run:
                 before_run(problem, sizes[-1])
 
-            def shifted(p: Progress, offset=done) -> None:
-                if callback:
+            def shifted(p: Progress, offset=done, problem=problem) -> None:
+                if callback:  # x as the output will look (chroma recombined where asked)
                     callback(Progress(offset + p.iteration, total, p.evaluations, p.loss,
-                                      p.terms, p.seconds, p.x))
+                                      p.terms, p.seconds, problem.finish(p.x)))
 
             result = self.run(problem, n, start, seed, optimizer, lr, history, shifted)
             o = result.optimize

@@ -38,7 +38,7 @@ class Progress:
     loss: float
     terms: dict[str, float]
     seconds: float
-    x: np.ndarray  # current iterate, float64 (H, W, 3); do not modify
+    x: np.ndarray  # current image, float64 (3, H, W); do not modify
 
 
 @dataclass
