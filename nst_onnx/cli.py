@@ -25,6 +25,7 @@ import typer
 
 from . import __version__
 from .errors import BadInput, NstError
+from .graph import DEFAULT_CONTENT_LAYERS, DEFAULT_STYLE_LAYERS
 from .images import MAX_PIXELS
 from .optimize import Interrupted
 
@@ -42,8 +43,8 @@ LayersC = Annotated[str, typer.Option("--content-layers", help="Comma-separated.
 LayersS = Annotated[str, typer.Option("--style-layers", help="Comma-separated.")]
 DebugOpt = Annotated[bool, typer.Option("--debug", help="Show tracebacks.")]
 
-DEFAULT_C = "relu4_2"
-DEFAULT_S = "relu1_1,relu2_1,relu3_1,relu4_1,relu5_1"
+DEFAULT_C = ",".join(DEFAULT_CONTENT_LAYERS)
+DEFAULT_S = ",".join(DEFAULT_STYLE_LAYERS)
 
 
 def _err(msg: str) -> None:

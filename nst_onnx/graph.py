@@ -27,7 +27,7 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from .errors import BadInput
-from .vgg19 import MEAN_BGR, Conv, canonical, convs_up_to
+from .vgg19 import MEAN_BGR, Conv, canonical, channels, convs_up_to
 from .weights import LayerWeights, Weights
 
 OPSET = 17
@@ -205,11 +205,11 @@ def build_features_graph(weights: Weights, spec: LossSpec) -> onnx.ModelProto:
     for layer in spec.content_layers:
         g.op("Identity", acts[layer], outputs=[f"features_{layer}"])
         outputs.append(helper.make_tensor_value_info(
-            f"features_{layer}", FLOAT, [1, _ch(layer), f"h_{layer}", f"w_{layer}"]))
+            f"features_{layer}", FLOAT, [1, channels(layer), f"h_{layer}", f"w_{layer}"]))
     for layer in spec.style_layers:
-        gm, _, _ = gram(g, acts[layer], _ch(layer))
+        gm, _, _ = gram(g, acts[layer], channels(layer))
         g.op("Identity", gm, outputs=[f"gram_{layer}"])
-        outputs.append(helper.make_tensor_value_info(f"gram_{layer}", FLOAT, [_ch(layer)] * 2))
+        outputs.append(helper.make_tensor_value_info(f"gram_{layer}", FLOAT, [channels(layer)] * 2))
     inputs = [helper.make_tensor_value_info("image", FLOAT, [1, 3, "H", "W"])]
     return _model(g, "nst_features", inputs, outputs)
 
@@ -235,7 +235,7 @@ def build_loss_graph(weights: Weights, spec: LossSpec) -> onnx.ModelProto:
             lambda diff=diff, scale=scale: g.op("Mul", diff, scale, hint="cgrad"))
 
     for i, layer in enumerate(spec.style_layers):
-        c = _ch(layer)
+        c = channels(layer)
         ws = g.scalar_at("style_weights", i)
         gm, fm, inv_n = gram(g, acts[layer], c)
         diff = g.op("Sub", gm, f"target_gram_{layer}", hint="gdiff")
@@ -259,9 +259,9 @@ def build_loss_graph(weights: Weights, spec: LossSpec) -> onnx.ModelProto:
     inputs = [helper.make_tensor_value_info("image", FLOAT, [1, 3, "H", "W"])]
     for layer in spec.content_layers:
         inputs.append(helper.make_tensor_value_info(
-            f"target_{layer}", FLOAT, [1, _ch(layer), f"h_{layer}", f"w_{layer}"]))
+            f"target_{layer}", FLOAT, [1, channels(layer), f"h_{layer}", f"w_{layer}"]))
     for layer in spec.style_layers:
-        inputs.append(helper.make_tensor_value_info(f"target_gram_{layer}", FLOAT, [_ch(layer)] * 2))
+        inputs.append(helper.make_tensor_value_info(f"target_gram_{layer}", FLOAT, [channels(layer)] * 2))
     inputs += [
         helper.make_tensor_value_info("content_weights", FLOAT, [len(spec.content_layers)]),
         helper.make_tensor_value_info("style_weights", FLOAT, [len(spec.style_layers)]),
@@ -360,12 +360,6 @@ def _total_variation(g: _Graph, x: str, wtv: str) -> tuple[str, str]:
     tv = g.op("Mul", half_w, g.op("Add", *parts), hint="tv")
     grad = g.op("Mul", wtv, g.op("Add", *grads), hint="tv_grad")
     return tv, grad
-
-
-def _ch(layer: str) -> int:
-    from .vgg19 import channels
-
-    return channels(layer)
 
 
 def _model(g: _Graph, name: str, inputs, outputs) -> onnx.ModelProto:

@@ -20,7 +20,6 @@ import hashlib
 import io
 import os
 import pickle
-import shutil
 import struct
 import subprocess
 import sys
@@ -320,14 +319,3 @@ def load_weights(path: str | os.PathLike | None = None, cache_dir: Path | None =
               "wheel_sha256": WHEEL_SHA256, "bin_sha256": BIN_SHA256,
               "quantised": "k-means, 256 levels per layer"}
     return read_bin(data, source)
-
-
-def copy_into_cache(path: Path, cache_dir: Path) -> Path:
-    """Keep a verified local wheel in the cache so later runs find it offline."""
-    cache_dir.mkdir(parents=True, exist_ok=True)
-    target = cache_dir / WHEEL_NAME
-    if not target.exists():
-        with tempfile.NamedTemporaryFile(dir=cache_dir, delete=False) as tmp:
-            shutil.copyfile(path, tmp.name)
-        os.replace(tmp.name, target)
-    return target
