@@ -141,6 +141,58 @@ def info(models: ModelsOpt = None, cache_dir: CacheOpt = None,
 
 
 @app.command()
+def bench(sizes: Annotated[list[int] | None, typer.Option("--size", help="Square sizes to "
+                                                          "time (repeatable).")] = None,
+          repeats: Annotated[int, typer.Option(help="Timed evaluations per size.")] = 5,
+          device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
+          threads: Annotated[int | None, typer.Option()] = None,
+          models: ModelsOpt = None, weights: WeightsOpt = None, cache_dir: CacheOpt = None,
+          as_json: Annotated[bool, typer.Option("--json")] = False,
+          debug: DebugOpt = False) -> None:
+    """Time one loss+gradient evaluation (median after a warm-up) on this machine."""
+    def go():
+        import statistics
+
+        import numpy as np
+
+        from .api import StyleTransfer
+        from .graph import loss_flops
+
+        if repeats < 1:
+            raise BadInput("--repeats must be ≥ 1")
+        st = StyleTransfer(device=device, threads=threads, models_dir=models, weights=weights,
+                           cache_dir=cache_dir, log=_log(as_json))
+        rows = []
+        for size in sizes or [256, 512]:
+            rng = np.random.default_rng(0)
+            img = rng.integers(0, 256, (size, size, 3), dtype=np.uint8)
+            problem = st.prepare(img, img[::-1].copy(), size=size)
+            x = problem.initial("noise")
+            problem.evaluate(x)
+            times = []
+            for _ in range(repeats):
+                t = time.perf_counter()
+                problem.evaluate(x)
+                times.append(time.perf_counter() - t)
+            med = statistics.median(times)
+            rows.append({"size": size, "median_s": med,
+                         "gflops": loss_flops(st.spec, size, size) / med / 1e9})
+        with open("/proc/self/status") as f:
+            hwm = next((int(line.split()[1]) / 1024 for line in f if line.startswith("VmHWM")), None)
+        out = {"device": st.device, "threads": st.threads, "model": st.manifest["key"],
+               "peak_rss_mb": hwm, "results": rows}
+        if as_json:
+            typer.echo(json.dumps(out))
+            return
+        typer.echo(f"{st.device}, {st.threads} threads, {st.manifest['key']}")
+        for r in rows:
+            typer.echo(f"{r['size']:5d}²  {r['median_s']:.3f} s/evaluation  {r['gflops']:.0f} GFLOP/s")
+        if hwm:
+            typer.echo(f"peak RSS {hwm:.0f} MB")
+    _guard(go, debug)
+
+
+@app.command()
 def stylize(
     content: Annotated[Path, typer.Argument(help="Content image (photo).")],
     styles: Annotated[list[Path], typer.Argument(help="One or more style images.")],

@@ -180,6 +180,21 @@ def _forward(g: _Graph, weights: Weights, spec: LossSpec, image: str, need_backw
     return acts, tape
 
 
+def loss_flops(spec: LossSpec, h: int, w: int) -> float:
+    """Floating-point operations of one loss+gradient evaluation, counted analytically:
+    forward convolutions, their input-gradient convolutions, and the Gram products."""
+    from .vgg19 import downsampling
+
+    total = 0.0
+    for conv in convs_up_to(list(spec.all_layers)):
+        d = downsampling(conv.relu)
+        total += 2 * 2 * 9 * conv.in_channels * conv.out_channels * (h >> d) * (w >> d)
+    for n in spec.style_layers:
+        d = downsampling(n)
+        total += 2 * 2 * channels(n) ** 2 * (h >> d) * (w >> d)
+    return total
+
+
 def _size_recip(g: _Graph, x: str) -> str:
     """1 / (number of elements of x), as a float scalar."""
     n = g.op("Cast", g.op("Size", x), to=FLOAT)

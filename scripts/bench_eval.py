@@ -27,21 +27,6 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "scripts"))
 
 
-def conv_flops(h: int, w: int, spec) -> float:
-    """Multiply-adds ×2 of the forward convs and their input-gradient convs, plus Gram terms."""
-    from nst_onnx.vgg19 import channels, convs_up_to, downsampling
-
-    total = 0.0
-    for conv in convs_up_to(list(spec.all_layers)):
-        d = downsampling(conv.relu)
-        hw = (h >> d) * (w >> d)
-        total += 2 * 2 * 9 * conv.in_channels * conv.out_channels * hw
-    for n in spec.style_layers:
-        d = downsampling(n)
-        total += 2 * 2 * channels(n) ** 2 * (h >> d) * (w >> d)
-    return total
-
-
 def peak_rss_mb() -> float:
     with open("/proc/self/status") as f:
         for line in f:
@@ -103,7 +88,7 @@ def main() -> None:
         worker(args.worker[0], int(args.worker[1]), args.threads, args.weights)
         return
 
-    from nst_onnx.graph import LossSpec
+    from nst_onnx.graph import LossSpec, loss_flops
 
     try:
         import torch  # noqa: F401
@@ -132,7 +117,7 @@ def main() -> None:
             procs[k].stdin.flush()
             rss[k] = json.loads(procs[k].stdout.readline())["rss_mb"]
             procs[k].wait()
-        flops = conv_flops(size, size, LossSpec())
+        flops = loss_flops(LossSpec(), size, size)
         row = {"size": size, "gflop": flops / 1e9}
         for k in kinds:
             med = statistics.median(times[k])

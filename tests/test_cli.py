@@ -195,3 +195,11 @@ def test_click_usage_errors_are_one_line_exit_2(models_dir):
         assert r.returncode == 2, r.stderr
         lines = r.stderr.strip().splitlines()
         assert len(lines) == 1 and lines[0].startswith("nst: error:"), r.stderr
+
+
+def test_bench_json(models_dir):
+    r = runner.invoke(app, ["bench", "--size", "32", "--repeats", "1", "--json", "--models",
+                            str(models_dir), "--device", "cpu"])
+    assert r.exit_code == 0, r.output
+    data = json.loads(r.stdout)
+    assert data["results"][0]["size"] == 32 and data["results"][0]["median_s"] > 0
