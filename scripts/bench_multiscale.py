@@ -39,10 +39,12 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--models", default=None)
     ap.add_argument("-o", "--output", default=None, help="save both images: OUT.single.png …")
+    ap.add_argument("--single-result", nargs=2, type=float, metavar=("LOSS", "SECONDS"),
+                    help="reuse a measured single-scale run instead of running it again")
     args = ap.parse_args()
     st = StyleTransfer(device="cpu", threads=args.threads, models_dir=args.models)
 
-    def trace(runs: list):
+    def trace():
         t0 = time.perf_counter()
         track = []
 
@@ -50,16 +52,19 @@ def main() -> None:
             track.append((time.perf_counter() - t0, p.iteration, p.loss))
         return track, cb
 
-    track1, cb1 = trace([])
-    t0 = time.perf_counter()
-    single = st.transfer(args.content, args.style, args.size, args.single_iterations,
-                         scales=[args.size], callback=cb1)
-    t_single = time.perf_counter() - t0
-    target = single.optimize.loss
+    single = None
+    if args.single_result:
+        target, t_single = args.single_result
+    else:
+        t0 = time.perf_counter()
+        single = st.transfer(args.content, args.style, args.size, args.single_iterations,
+                             scales=[args.size])
+        t_single = time.perf_counter() - t0
+        target = single.optimize.loss
 
     sizes = [int(v) for v in args.scales.split(",")]
     its = [int(v) for v in args.iterations.split(",")]
-    track2, cb2 = trace([])
+    track2, cb2 = trace()
     t0 = time.perf_counter()
     multi = st.transfer(args.content, args.style, sizes[-1], its, scales=sizes, callback=cb2)
     t_multi = time.perf_counter() - t0
@@ -68,7 +73,7 @@ def main() -> None:
     result = {
         "size": args.size,
         "single": {"iterations": args.single_iterations, "seconds": t_single,
-                   "final_loss": target, "evaluations": single.optimize.evaluations},
+                   "final_loss": target, "reused": single is None},
         "coarse_to_fine": {"scales": sizes, "iterations": its, "seconds": t_multi,
                            "final_loss": multi.optimize.loss,
                            "per_scale": multi.scales},
@@ -80,7 +85,8 @@ def main() -> None:
     }
     print(json.dumps(result, indent=2, default=float))
     if args.output:
-        single.image.save(f"{args.output}.single.png")
+        if single is not None:
+            single.image.save(f"{args.output}.single.png")
         multi.image.save(f"{args.output}.multiscale.png")
 
 
