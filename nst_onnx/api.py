@@ -296,6 +296,11 @@ class StyleTransfer:
         iterations, evaluations and seconds over all scales.
         """
         sizes, its = plan_scales(size, scales, iterations, self.min_size)
+        if len(sizes) > 1:  # decode the files once, not once per scale
+            content = load_image(content, "content image", max_image_pixels, self.log)
+            styles = [load_image(s, f"style image {i + 1}", max_image_pixels, self.log)
+                      for i, s in enumerate(styles if isinstance(styles, (list, tuple))
+                                            else [styles])]
         total = sum(its)
         done = 0
         per_scale = []
