@@ -20,6 +20,7 @@ import onnxruntime
 
 from . import __version__
 from .atomic import write_bytes
+from .calibrate import load_scales
 from .errors import ModelError
 from .graph import OPSET, LossSpec, build_features_graph, build_loss_graph
 from .vgg19 import MEAN_BGR, channels, min_size
@@ -78,9 +79,16 @@ def export_model(spec: LossSpec, models_dir: Path | None = None, weights: Weight
     manifest_path = out / "manifest.json"
     if manifest_path.exists():
         manifest_path.unlink()  # the directory is incomplete until the new manifest lands
+    pool_scales, rescale = None, None
+    if spec.pooling == "avg":
+        pool_scales, about = load_scales()
+        rescale = {"what": "each average pool's output × a per-channel factor: mean output = "
+                           "the max pool's (nst_onnx/calibrate.py)",
+                   "median_factor": {k: round(float(np.median(v)), 3) for k, v in pool_scales.items()},
+                   "measured_on": about}
     hashes, sizes = {}, {}
     for name, build in zip(FILES, (build_features_graph, build_loss_graph)):
-        data = build(weights, spec).SerializeToString()
+        data = build(weights, spec, pool_scales).SerializeToString()
         write_bytes(out / name, data)
         hashes[name] = hashlib.sha256(data).hexdigest()
         sizes[name] = len(data)
@@ -93,6 +101,7 @@ def export_model(spec: LossSpec, models_dir: Path | None = None, weights: Weight
         "content_layers": list(spec.content_layers),
         "style_layers": list(spec.style_layers),
         "pooling": spec.pooling,
+        "avg_pool_rescale": rescale,
         "min_image_side": min_size(list(spec.all_layers)),
         "opset": OPSET,
         "preprocessing": {"input": "RGB float32 in [0, 255], NCHW",
@@ -115,6 +124,7 @@ def _is_current(out: Path, spec: LossSpec) -> bool:
     except (OSError, ValueError):
         return False
     return (m.get("format") == FORMAT and m.get("key") == spec.key
+            and (spec.pooling != "avg" or m.get("avg_pool_rescale") is not None)  # pre-0.2 export
             and all((out / n).exists() for n in FILES))
 
 

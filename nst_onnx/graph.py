@@ -8,7 +8,9 @@ The backward pass is written by hand as ONNX ops — our gradient kernels:
   weight (onnxruntime folds it once at session start);
 * 2×2 max pool: ``g_out`` scattered to the arg-max recorded by ``MaxPool``'s ``Indices``
   (exact, tie-safe: one winner per window); rows/columns lost to flooring get zero;
-* 2×2 average pool: ``g_out / 4`` upsampled (nearest), zero-padded to odd edges;
+* 2×2 average pool: ``g_out / 4`` upsampled (nearest), zero-padded to odd edges; with
+  magnitude rescaling (``y = s ⊙ avgpool(a)``, :mod:`nst_onnx.calibrate`) ``g_out`` is
+  first multiplied by the same ``s``;
 * content ``Lc = wc·mean((F−P)²)`` → ``2·wc·(F−P)/N``; Gram ``G = F Fᵀ / N``; style
   ``Ls = ws·mean((G−A)²)`` → ``4·ws·(G−A) F / (C²·N)``; TV ``wtv·½·Σ(Δx)²``.
 
@@ -19,7 +21,7 @@ nothing and its gradient is carried by ``conv1_1``'s input gradient.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -33,6 +35,7 @@ from .weights import LayerWeights, Weights
 OPSET = 17
 FLOAT = TensorProto.FLOAT
 POOLINGS = ("max", "avg")
+PoolScales = Mapping[str, np.ndarray]  # 'pool1' … 'pool4' → per-channel factor
 
 DEFAULT_CONTENT_LAYERS = ("relu4_2",)
 DEFAULT_STYLE_LAYERS = ("relu1_1", "relu2_1", "relu3_1", "relu4_1", "relu5_1")
@@ -138,9 +141,11 @@ class _Tape:
     pool_shape: str | None = None  # shape of the activation entering this conv's pool
     pool_idx: str | None = None  # max pool arg-max indices
     pool_mask: str | None = None  # max pool output > 0 (bool)
+    pool_scale: str | None = None  # average pool's magnitude factor (1, C, 1, 1)
 
 
-def _forward(g: _Graph, weights: Weights, spec: LossSpec, image: str, need_backward: bool):
+def _forward(g: _Graph, weights: Weights, spec: LossSpec, image: str, need_backward: bool,
+             pool_scales: PoolScales | None = None):
     mean_rgb = np.array(MEAN_BGR[::-1], np.float32).reshape(1, 3, 1, 1)
     h = g.op("Sub", image, g.const(mean_rgb, "mean_rgb"), hint="centered")
     tape: list[_Tape] = []
@@ -152,6 +157,10 @@ def _forward(g: _Graph, weights: Weights, spec: LossSpec, image: str, need_backw
             kw = dict(kernel_shape=[2, 2], strides=[2, 2], hint="pool")
             if spec.pooling == "avg":
                 y = g.op("AveragePool", h, **kw)
+                factor = (pool_scales or {}).get(f"pool{int(conv.name[4]) - 1}")
+                if factor is not None:  # see nst_onnx.calibrate
+                    t.pool_scale = g.const(np.asarray(factor, np.float32).reshape(1, -1, 1, 1))
+                    y = g.op("Mul", y, t.pool_scale, hint="pool_scaled")
             elif need_backward:
                 y, t.pool_idx = g.op("MaxPool", h, outputs=2, **kw)
                 if tape[-1].mask is None:
@@ -212,10 +221,14 @@ def gram(g: _Graph, f: str, channels: int) -> tuple[str, str, str]:
 # --------------------------------------------------------------------------- graphs
 
 
-def build_features_graph(weights: Weights, spec: LossSpec) -> onnx.ModelProto:
-    """image → the content layers' features and the style layers' Gram matrices."""
+def build_features_graph(weights: Weights, spec: LossSpec,
+                         pool_scales: PoolScales | None = None) -> onnx.ModelProto:
+    """image → the content layers' features and the style layers' Gram matrices.
+
+    ``pool_scales``: average pooling's per-channel factors (see :mod:`nst_onnx.calibrate`).
+    """
     g = _Graph()
-    acts, _ = _forward(g, weights, spec, "image", need_backward=False)
+    acts, _ = _forward(g, weights, spec, "image", need_backward=False, pool_scales=pool_scales)
     outputs = []
     for layer in spec.content_layers:
         g.op("Identity", acts[layer], outputs=[f"features_{layer}"])
@@ -229,10 +242,11 @@ def build_features_graph(weights: Weights, spec: LossSpec) -> onnx.ModelProto:
     return _model(g, "nst_features", inputs, outputs)
 
 
-def build_loss_graph(weights: Weights, spec: LossSpec) -> onnx.ModelProto:
+def build_loss_graph(weights: Weights, spec: LossSpec,
+                     pool_scales: PoolScales | None = None) -> onnx.ModelProto:
     """image + targets + run-time weights → loss, ∂loss/∂image, and every term."""
     g = _Graph()
-    acts, tape = _forward(g, weights, spec, "image", need_backward=True)
+    acts, tape = _forward(g, weights, spec, "image", need_backward=True, pool_scales=pool_scales)
     terms: list[str] = []
     # Each tap's full-size gradient is built lazily, when the backward pass reaches its
     # layer: nodes run in index order, so built here it would be computed during the forward
@@ -309,6 +323,8 @@ def _backward(g: _Graph, tape: list[_Tape], tap_grads: dict[str, list[Callable[[
                 grad = relu_grad(g, grad, t.pool_mask)
             grad = maxpool_grad(g, grad, t.pool_shape, t.pool_idx)
         elif t.pool_shape is not None:
+            if t.pool_scale is not None:
+                grad = g.op("Mul", grad, t.pool_scale)
             grad = avgpool_grad(g, grad, t.pool_shape)
     return grad
 

@@ -28,13 +28,17 @@ def pool(x: np.ndarray, kind: str) -> np.ndarray:
     return v.max(axis=(2, 4)) if kind == "max" else v.mean(axis=(2, 4))
 
 
-def features(image_rgb: np.ndarray, weights: dict, layers: list[str], pooling: str) -> dict:
-    """image (3, H, W) RGB 0..255 → {relu name: (C, h, w)} for the requested layers."""
+def features(image_rgb: np.ndarray, weights: dict, layers: list[str], pooling: str,
+             pool_scales: dict | None = None) -> dict:
+    """image (3, H, W) RGB 0..255 → {relu name: (C, h, w)} for the requested layers.
+    ``pool_scales``: {'pool1': (C,) …} multiplies each average pool's output per channel."""
     x = image_rgb[::-1].astype(np.float64) - MEAN_BGR[:, None, None]
     out, deepest = {}, max(_order(n) for n in layers)
     for bi, n in enumerate(BLOCKS, start=1):
         if bi > 1:
             x = pool(x, pooling)
+            if pooling == "avg" and pool_scales and f"pool{bi - 1}" in pool_scales:
+                x = x * np.asarray(pool_scales[f"pool{bi - 1}"], np.float64)[:, None, None]
         for ci in range(1, n + 1):
             name = f"{bi}_{ci}"
             if _order("relu" + name) > deepest:
@@ -57,8 +61,9 @@ def gram(f: np.ndarray) -> np.ndarray:
 
 
 def loss(image_rgb, weights, content_layers, style_layers, pooling,
-         content_targets, gram_targets, wc, ws, wtv) -> float:
-    feats = features(image_rgb, weights, list(content_layers) + list(style_layers), pooling)
+         content_targets, gram_targets, wc, ws, wtv, pool_scales=None) -> float:
+    feats = features(image_rgb, weights, list(content_layers) + list(style_layers), pooling,
+                     pool_scales)
     total = 0.0
     for i, n in enumerate(content_layers):
         total += wc[i] * np.mean((feats[n] - content_targets[n]) ** 2)

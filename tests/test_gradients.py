@@ -31,13 +31,15 @@ def random_weights(seed: int, upto: str = "conv2_2") -> Weights:
 
 
 def problem(weights: Weights, spec: LossSpec, shape, seed: int, only: str | None = None):
-    """Targets from a random 'content' and 'style' image, evaluator, and the reference loss."""
+    """Targets from a random 'content' and 'style' image, evaluator, and the reference loss.
+    Average pooling gets random per-channel magnitude factors (as nst_onnx.calibrate's)."""
     rng = np.random.default_rng(seed)
+    scales = {"pool1": rng.uniform(0.5, 2.5, 64)} if spec.pooling == "avg" else None
     h, w = shape
     content = rng.uniform(0, 255, (3, h, w))
     # a style with other statistics than the content, so G − A is not a float32 cancellation
     style = rng.uniform(0, 255, (3, h + 3, w - 2)) ** 2 / 255 * np.array([1.0, 0.6, 0.3])[:, None, None]
-    fs = make_session(build_features_graph(weights, spec).SerializeToString(), threads=2)
+    fs = make_session(build_features_graph(weights, spec, scales).SerializeToString(), threads=2)
     feats_c = dict(zip([o.name for o in fs.get_outputs()],
                        fs.run(None, {"image": content[None].astype(np.float32)})))
     feats_s = dict(zip([o.name for o in fs.get_outputs()],
@@ -52,7 +54,7 @@ def problem(weights: Weights, spec: LossSpec, shape, seed: int, only: str | None
     fixed = {f"target_{n}": feats_c[f"features_{n}"] for n in spec.content_layers}
     fixed |= {f"target_gram_{n}": feats_s[f"gram_{n}"] for n in spec.style_layers}
     fixed |= {"content_weights": wc, "style_weights": ws, "tv_weight": np.array(wtv)}
-    ls = make_session(build_loss_graph(weights, spec).SerializeToString(), threads=2)
+    ls = make_session(build_loss_graph(weights, spec, scales).SerializeToString(), threads=2)
     ev = Evaluator(ls, fixed)
     dense = {k: (v.weight, v.b) for k, v in weights.layers.items()}
     ct = {n: fixed[f"target_{n}"][0].astype(np.float64) for n in spec.content_layers}
@@ -60,7 +62,7 @@ def problem(weights: Weights, spec: LossSpec, shape, seed: int, only: str | None
 
     def ref_loss(x):
         return ref.loss(x, dense, spec.content_layers, spec.style_layers, spec.pooling,
-                        ct, gt, wc, ws, wtv)
+                        ct, gt, wc, ws, wtv, scales)
 
     return ev, ref_loss, rng
 
