@@ -36,6 +36,7 @@ from .runtime import (
 from .vgg19 import min_size
 
 OPTIMIZERS = ("lbfgs", "adam")
+REFERENCE_PIXELS = 512 * 512  # where size-consistent weights equal the reference objective's
 
 
 @dataclass
@@ -49,6 +50,21 @@ class LossWeights:
     style_blend: Sequence[float] | None = None  # one per style image; normalised to sum 1
     style_scale: float = 1.0  # style image size relative to the output size
     preserve_colors: str = "none"  # none | luminance | histogram | histogram-sym | post
+    size_consistent: bool = True  # TV per pixel, as at 512×512: see tv_weight_at()
+
+    def tv_weight_at(self, h: int, w: int) -> float:
+        """The TV weight the graph gets for an h×w image.
+
+        Content and style terms are means (the Gram is divided by C·h·w), so their balance
+        does not depend on the image size; the TV term is a sum over pixels, and for photos
+        and paintings it grows with the pixel count (×4.6–5 per doubling of the side,
+        measured on the shared images), so a fixed ``tv_weight`` smooths a 1024 px result 4×
+        harder than a 512 px one. ``size_consistent`` scales it to a per-pixel weight
+        referenced to 512×512 (``tv_weight·512²/(h·w)``): identical at 512×512, and the same
+        weights keep the same balance at any size. False: the reference objective of
+        DESIGN.md (jcjohnson/neural-style's sum), for comparing loss values with it.
+        """
+        return self.tv_weight * (REFERENCE_PIXELS / (h * w) if self.size_consistent else 1.0)
 
 
 @dataclass
@@ -239,8 +255,8 @@ class StyleTransfer:
                              else [1.0] * len(self.spec.style_layers), np.float64)
         fixed["content_weights"] = np.full(len(self.spec.content_layers), lw.content_weight)
         fixed["style_weights"] = lw.style_weight * layer_w
-        fixed["tv_weight"] = np.asarray(lw.tv_weight)
         h, w = x_content.shape[2:]
+        fixed["tv_weight"] = np.asarray(lw.tv_weight_at(h, w))
         return Problem((h, w, 3), x_content, style_arrays,
                        Evaluator(self._loss, fixed, self.device), lw, content_rgb)
 

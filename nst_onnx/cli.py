@@ -209,6 +209,10 @@ def stylize(
     content_weight: Annotated[float, typer.Option()] = 5.0,
     style_weight: Annotated[float, typer.Option(help="Per style layer.")] = 100.0,
     tv_weight: Annotated[float, typer.Option()] = 1e-3,
+    size_consistent: Annotated[bool, typer.Option(help="TV weight per pixel as at 512×512, so "
+                                                  "a weight means the same at any --size; "
+                                                  "--no-size-consistent: the reference sum.")]
+    = True,
     style_blend: Annotated[str | None, typer.Option(help="Weights per style, e.g. 0.7,0.3.")]
     = None,
     style_scale: Annotated[float, typer.Option(help="Style size relative to --size.")] = 1.0,
@@ -295,7 +299,7 @@ def stylize(
                 style_weight=style_weight, tv_weight=tv_weight,
                 style_blend=_floats(style_blend, "--style-blend"), style_scale=style_scale,
                 style_layer_weights=_floats(style_layer_weights, "--style-layer-weights"),
-                preserve_colors=preserve_colors)
+                preserve_colors=preserve_colors, size_consistent=size_consistent)
             # ignore further signals while the best image is written: it lands whole
             for sig in previous:
                 signal.signal(sig, signal.SIG_IGN)

@@ -54,7 +54,7 @@ def main() -> None:
     models = Path(tempfile.mkdtemp(prefix="nst-compare-"))
     export_model(LossSpec(), models, weights=weights)
     st = StyleTransfer(device="cpu", threads=args.threads, models_dir=models)
-    problem = st.prepare(args.content, args.style, size=args.size)
+    problem = st.prepare(args.content, args.style, size=args.size, size_consistent=False)
 
     t0 = time.perf_counter()
     ours = st.run(problem, iterations=args.iterations, history=args.history)

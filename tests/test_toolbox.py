@@ -63,3 +63,23 @@ def test_coarse_to_fine_starts_each_scale_from_the_last(st, images):
     from_content = fresh.evaluate(fresh.initial("content")).loss
     # the fine scale began from the upscaled coarse result, well below the content's loss
     assert r.scales[1]["initial_loss"] < 0.8 * from_content
+
+
+def test_size_consistent_tv_keeps_its_share_across_sizes(st):
+    """A photo's TV sum grows ~5× per doubling of the side while the content and style terms
+    are means: size-consistent weights keep the TV term's size at the content image within
+    a factor 1.5 from 128 to 256 px; the reference sum moves it ~5×. At 512×512 both agree."""
+    from conftest import EXAMPLES
+
+    c, s = EXAMPLES / "tubingen.jpg", EXAMPLES / "starry_night.jpg"
+
+    def tv(size, consistent):
+        p = st.prepare(c, s, size, size_consistent=consistent)
+        return p.evaluate(p.initial("content")).terms["tv_loss"], p
+
+    (a, _), (b, p256) = tv(128, True), tv(256, True)
+    assert 1 / 1.5 < b / a < 1.5
+    (a, _), (b, _) = tv(128, False), tv(256, False)
+    assert b / a > 3.5
+    h, w = p256.shape[:2]
+    assert p256.evaluator.fixed["tv_weight"] == pytest.approx(1e-3 * 512 * 512 / (h * w))
