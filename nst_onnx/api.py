@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -174,11 +174,21 @@ class StyleTransfer:
         self.log = log
         self.device = resolve_device(device)
         self.threads = threads or physical_cores()
-        self.model_dir = export_model(self.spec, Path(models_dir) if models_dir else None,
-                                      weights_path=weights,
-                                      cache_dir=Path(cache_dir) if cache_dir else None, log=log)
+        self._export = dict(models_dir=Path(models_dir) if models_dir else None,
+                            weights_path=weights,
+                            cache_dir=Path(cache_dir) if cache_dir else None, log=log)
+        self.model_dir = export_model(self.spec, **self._export)
         self.manifest = read_manifest(self.model_dir)
         self._loss = make_session(self.model_dir / "loss.onnx", self.device, self.threads)
+        self._guided_loss = None  # built on first use of masks
+
+    def _guided_session(self):
+        """The loss with guided Grams (per-region style), exported and loaded on first use."""
+        if self._guided_loss is None:
+            model_dir = export_model(replace(self.spec, guided=True), **self._export)
+            read_manifest(model_dir)
+            self._guided_loss = make_session(model_dir / "loss.onnx", self.device, self.threads)
+        return self._guided_loss
 
     @property
     def min_size(self) -> int:
@@ -198,10 +208,12 @@ class StyleTransfer:
         return out
 
     def prepare(self, content, styles, size: int = 512,
-                max_image_pixels: int | None = MAX_PIXELS, **weights) -> Problem:
+                max_image_pixels: int | None = MAX_PIXELS, masks=None, **weights) -> Problem:
         """Load and resize the images, compute the targets once, and bind them.
 
         ``max_image_pixels``: refuse image files whose header claims more (None: no limit).
+        ``masks``: one greyscale image per style, drawn over the content (white: this style,
+        black: not it; grey blends): spatial control by guided Gram matrices.
         """
         lw = LossWeights(**weights)
         styles = list(styles) if isinstance(styles, (list, tuple)) else [styles]
@@ -238,6 +250,8 @@ class StyleTransfer:
             c_hwc = x_content[0].transpose(1, 2, 0).astype(np.float64)
             style_arrays = [_nchw(color.match_histogram(_hwc(s), c_hwc, method))
                             for s in style_arrays]
+        guides = None if masks is None else self._guides(masks, len(styles), content_img.size,
+                                                         lw, max_image_pixels)
         content_feats, *style_feats = self.features([x_content, *style_arrays])
         fixed = {}
         for name, value in content_feats.items():
@@ -250,15 +264,42 @@ class StyleTransfer:
             for name, value in feats.items():
                 if name.startswith("gram_"):
                     key = "target_" + name
-                    fixed[key] = fixed.get(key, 0.0) + b * value.astype(np.float64)
+                    if guides is not None:  # one target per region: (R, C, C)
+                        fixed.setdefault(key, []).append(value)
+                    else:
+                        fixed[key] = fixed.get(key, 0.0) + b * value.astype(np.float64)
+        if guides is not None:
+            fixed = {k: np.stack(v) if k.startswith("target_gram") else v for k, v in fixed.items()}
+            fixed["guides"] = guides
         layer_w = np.asarray(lw.style_layer_weights if lw.style_layer_weights is not None
                              else [1.0] * len(self.spec.style_layers), np.float64)
         fixed["content_weights"] = np.full(len(self.spec.content_layers), lw.content_weight)
         fixed["style_weights"] = lw.style_weight * layer_w
         h, w = x_content.shape[2:]
         fixed["tv_weight"] = np.asarray(lw.tv_weight_at(h, w))
+        session = self._loss if guides is None else self._guided_session()
         return Problem((h, w, 3), x_content, style_arrays,
-                       Evaluator(self._loss, fixed, self.device), lw, content_rgb)
+                       Evaluator(session, fixed, self.device), lw, content_rgb)
+
+    def _guides(self, masks, n_styles: int, size: tuple[int, int], lw: LossWeights,
+                max_image_pixels: int | None) -> np.ndarray:
+        """Masks → (R, 1, H, W) float32 guides in [0, 1] at the content's size."""
+        masks = list(masks) if isinstance(masks, (list, tuple)) else [masks]
+        if len(masks) != n_styles:
+            raise BadInput(f"{len(masks)} masks for {n_styles} style images: give one per style")
+        if lw.style_blend is not None:
+            raise BadInput("--style-blend does not apply with --masks: each style has its region")
+        out = []
+        for i, m in enumerate(masks, start=1):
+            img = load_image(m, f"mask {i}", max_image_pixels, self.log)
+            if abs(img.size[0] / img.size[1] - size[0] / size[1]) > 0.02 * size[0] / size[1]:
+                raise BadInput(f"mask {i} is {img.size[0]}×{img.size[1]}, the content "
+                               f"{size[0]}×{size[1]}: draw masks over the content image")
+            g = np.asarray(img.convert("L").resize(size, Image.BILINEAR), np.float32) / 255
+            if g.mean() < 1e-3:
+                raise BadInput(f"mask {i} is black: it gives its style no region")
+            out.append(g)
+        return np.stack(out)[:, None]
 
     def _check(self, lw: LossWeights, n_styles: int, size: int) -> None:
         if size < self.min_size:
@@ -303,13 +344,13 @@ class StyleTransfer:
                  optimizer: str = "lbfgs", lr: float = 2.0, history: int = 10,
                  callback: Callable[[Progress], None] | None = None,
                  before_run: Callable[[Problem, int], None] | None = None,
-                 max_image_pixels: int | None = MAX_PIXELS, **weights) -> Result:
+                 max_image_pixels: int | None = MAX_PIXELS, masks=None, **weights) -> Result:
         """Coarse-to-fine: optimise at each size of :func:`plan_scales`, each scale started
         from the previous result upscaled (Lanczos), targets recomputed per scale.
 
         ``before_run(problem, final_size)`` is called before each scale's optimisation
-        (the CLI checks memory there). Returns the final scale's result; its summary counts
-        iterations, evaluations and seconds over all scales.
+        (the CLI checks memory there). ``masks``: see :meth:`prepare`. Returns the final
+        scale's result; its summary counts iterations, evaluations and seconds over all scales.
         """
         sizes, its = plan_scales(size, scales, iterations, self.min_size)
         if len(sizes) > 1:  # decode the files once, not once per scale
@@ -317,6 +358,10 @@ class StyleTransfer:
             styles = [load_image(s, f"style image {i + 1}", max_image_pixels, self.log)
                       for i, s in enumerate(styles if isinstance(styles, (list, tuple))
                                             else [styles])]
+            if masks is not None:
+                masks = [load_image(m, f"mask {i + 1}", max_image_pixels, self.log)
+                         for i, m in enumerate(masks if isinstance(masks, (list, tuple))
+                                               else [masks])]
         total = sum(its)
         done = 0
         per_scale = []
@@ -324,7 +369,7 @@ class StyleTransfer:
         result = None
         for side, n in zip(sizes, its):
             try:
-                problem = self.prepare(content, styles, side, max_image_pixels, **weights)
+                problem = self.prepare(content, styles, side, max_image_pixels, masks, **weights)
             except Interrupted as e:
                 if result is None:
                     raise
@@ -356,11 +401,12 @@ class StyleTransfer:
     def stylize(self, content, styles, size: int = 512, iterations: int | Sequence[int] = 500,
                 scales: int | Sequence[int] | None = None, init="content", seed: int = 0,
                 optimizer: str = "lbfgs", lr: float = 2.0, history: int = 10,
-                callback: Callable[[Progress], None] | None = None, **weights) -> Image.Image:
+                callback: Callable[[Progress], None] | None = None, masks=None,
+                **weights) -> Image.Image:
         """Content + style(s) → stylised PIL image. ``weights``: see :class:`LossWeights`;
-        ``scales``: see :func:`plan_scales`."""
+        ``scales``: see :func:`plan_scales`; ``masks``: see :meth:`prepare`."""
         return self.transfer(content, styles, size, iterations, scales, init, seed, optimizer,
-                             lr, history, callback, **weights).image
+                             lr, history, callback, masks=masks, **weights).image
 
 
 AUTO_MULTISCALE_FROM = 1024  # outputs this large run coarse-to-fine unless told otherwise

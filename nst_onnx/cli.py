@@ -216,6 +216,9 @@ def stylize(
     style_blend: Annotated[str | None, typer.Option(help="Weights per style, e.g. 0.7,0.3.")]
     = None,
     style_scale: Annotated[float, typer.Option(help="Style size relative to --size.")] = 1.0,
+    masks: Annotated[str | None, typer.Option(help="One mask image per style, drawn over the "
+                                              "content (white: that style), e.g. "
+                                              "sky.png,land.png.")] = None,
     init: Annotated[str, typer.Option(help="content, noise, style or an image path.")]
     = "content",
     seed: Annotated[int, typer.Option()] = 0,
@@ -249,7 +252,8 @@ def stylize(
         from .api import StyleTransfer, check_run_options, plan_scales
         from .images import output_format, save_image, to_pil
 
-        _check_paths(content, styles, output, init, no_clobber)
+        mask_paths = None if masks is None else [Path(m) for m in masks.split(",")]
+        _check_paths(content, [*styles, *(mask_paths or [])], output, init, no_clobber)
         its = _ints(iterations, "--iterations")
         scale_plan = None if scales is None else _ints(scales, "--scales")
         if scale_plan is not None and len(scale_plan) == 1:
@@ -299,7 +303,8 @@ def stylize(
                 style_weight=style_weight, tv_weight=tv_weight,
                 style_blend=_floats(style_blend, "--style-blend"), style_scale=style_scale,
                 style_layer_weights=_floats(style_layer_weights, "--style-layer-weights"),
-                preserve_colors=preserve_colors, size_consistent=size_consistent)
+                preserve_colors=preserve_colors, size_consistent=size_consistent,
+                masks=mask_paths)
             # ignore further signals while the best image is written: it lands whole
             for sig in previous:
                 signal.signal(sig, signal.SIG_IGN)

@@ -48,6 +48,7 @@ class LossSpec:
     content_layers: tuple[str, ...] = DEFAULT_CONTENT_LAYERS
     style_layers: tuple[str, ...] = DEFAULT_STYLE_LAYERS
     pooling: str = "max"
+    guided: bool = False  # style loss per region: guided Gram matrices (Gatys et al. 2017)
 
     def __post_init__(self):
         object.__setattr__(self, "content_layers", _layers(self.content_layers, "content"))
@@ -64,7 +65,7 @@ class LossSpec:
         """Short stable name for this configuration (model directory name)."""
         c = "+".join(n[4:] for n in self.content_layers)
         s = "+".join(n[4:] for n in self.style_layers)
-        return f"vgg19-{self.pooling}-c{c}-s{s}"
+        return f"vgg19-{self.pooling}-c{c}-s{s}" + ("-guided" if self.guided else "")
 
 
 def _layers(names, what: str) -> tuple[str, ...]:
@@ -263,20 +264,13 @@ def build_loss_graph(weights: Weights, spec: LossSpec,
         tap_grads.setdefault(layer, []).append(
             lambda diff=diff, scale=scale: g.op("Mul", diff, scale, hint="cgrad"))
 
+    guides = _guides_per_layer(g, spec) if spec.guided else {}
     for i, layer in enumerate(spec.style_layers):
-        c = channels(layer)
         ws = g.scalar_at("style_weights", i)
-        gm, fm, inv_n = gram(g, acts[layer], c)
-        diff = g.op("Sub", gm, f"target_gram_{layer}", hint="gdiff")
-        mse = g.op("ReduceMean", g.op("Mul", diff, diff), keepdims=0)
-        terms.append(g.op("Mul", ws, mse, outputs=[f"style_loss_{layer}"]))
-        # ∂Ls/∂F = 4·ws·(G − A) F / (C²·N), scaled on the C×C side
-        scale = g.op("Mul", g.op("Mul", ws, g.const(4.0 / (c * c))), inv_n)
-        scaled = g.op("Mul", diff, scale, hint="gdiff_scaled")
-        shape = g.op("Shape", acts[layer])
-        tap_grads.setdefault(layer, []).append(
-            lambda scaled=scaled, fm=fm, shape=shape: g.op(
-                "Reshape", g.op("MatMul", scaled, fm), shape, hint="sgrad"))
+        loss, build_grad = (guided_style_loss(g, acts[layer], guides[layer], layer, ws)
+                            if spec.guided else style_loss(g, acts[layer], layer, ws))
+        terms.append(g.op("Identity", loss, outputs=[f"style_loss_{layer}"]))
+        tap_grads.setdefault(layer, []).append(build_grad)
 
     tv, tv_grad = _total_variation(g, "image", g.op("Identity", "tv_weight"))
     terms.append(g.op("Identity", tv, outputs=["tv_loss"]))
@@ -286,11 +280,15 @@ def build_loss_graph(weights: Weights, spec: LossSpec,
     g.op("Add", grad, tv_grad, outputs=["grad"])
 
     inputs = [helper.make_tensor_value_info("image", FLOAT, [1, 3, "H", "W"])]
+    if spec.guided:
+        inputs.append(helper.make_tensor_value_info("guides", FLOAT, ["R", 1, "H", "W"]))
     for layer in spec.content_layers:
         inputs.append(helper.make_tensor_value_info(
             f"target_{layer}", FLOAT, [1, channels(layer), f"h_{layer}", f"w_{layer}"]))
     for layer in spec.style_layers:
-        inputs.append(helper.make_tensor_value_info(f"target_gram_{layer}", FLOAT, [channels(layer)] * 2))
+        c = channels(layer)
+        inputs.append(helper.make_tensor_value_info(
+            f"target_gram_{layer}", FLOAT, ["R", c, c] if spec.guided else [c, c]))
     inputs += [
         helper.make_tensor_value_info("content_weights", FLOAT, [len(spec.content_layers)]),
         helper.make_tensor_value_info("style_weights", FLOAT, [len(spec.style_layers)]),
@@ -304,6 +302,60 @@ def build_loss_graph(weights: Weights, spec: LossSpec,
                 for n in spec.style_layers]
     outputs.append(helper.make_tensor_value_info("tv_loss", FLOAT, []))
     return _model(g, "nst_loss_and_grad", inputs, outputs)
+
+
+def style_loss(g: _Graph, f: str, layer: str, ws: str) -> tuple[str, Callable[[], str]]:
+    """``ws·mean((G − A)²)`` and a builder of its gradient ``4·ws·(G − A) F / (C²·N)``."""
+    c = channels(layer)
+    gm, fm, inv_n = gram(g, f, c)
+    diff = g.op("Sub", gm, f"target_gram_{layer}", hint="gdiff")
+    loss = g.op("Mul", ws, g.op("ReduceMean", g.op("Mul", diff, diff), keepdims=0))
+    # scaled on the C×C side, multiplied into F only when the backward walk gets here
+    scaled = g.op("Mul", diff, g.op("Mul", g.op("Mul", ws, g.const(4.0 / (c * c))), inv_n),
+                  hint="gdiff_scaled")
+    shape = g.op("Shape", f)
+    return loss, lambda: g.op("Reshape", g.op("MatMul", scaled, fm), shape, hint="sgrad")
+
+
+def _guides_per_layer(g: _Graph, spec: LossSpec) -> dict[str, str]:
+    """The ``guides`` input (R, 1, H, W) brought to each style layer's size by the same 2×2
+    average pools the features went through (floored like them)."""
+    out, t, level = {}, "guides", 0
+    for layer in sorted(spec.style_layers, key=lambda n: int(n[4])):
+        while level < int(layer[4]) - 1:
+            t = g.op("AveragePool", t, kernel_shape=[2, 2], strides=[2, 2], hint="guide")
+            level += 1
+        out[layer] = t
+    return out
+
+
+def guided_style_loss(g: _Graph, f: str, guide: str, layer: str,
+                      ws: str) -> tuple[str, Callable[[], str]]:
+    """Guided Gram matrices (Gatys et al. 2017, "Controlling Perceptual Factors"):
+    region r's features ``F_r = F ⊙ T_r``, ``G_r = F_r F_rᵀ / (C·ΣT_r²)`` — an all-ones guide
+    gives the plain Gram — and ``Ls = ws·mean_{r,i,j}((G_r − A_r)²)``, so regions share the
+    style weight as blended styles do. Gradient:
+    ``∂Ls/∂F = Σ_r T_r ⊙ 4·ws·(G_r − A_r) F_r / (R·C²·C·ΣT_r²)``."""
+    c = channels(layer)
+    fr = g.op("Mul", f, guide, hint="f_guided")  # (R, C, h, w)
+    fm = g.op("Reshape", fr, g.const(np.array([0, c, -1], np.int64)), hint="fmat_r")
+    energy = g.op("ReduceSum", g.op("Mul", guide, guide), g.const(np.array([1, 2, 3], np.int64)))
+    inv_n = g.op("Reciprocal", g.op("Max", g.op("Mul", energy, g.const(float(c))),
+                                    g.const(1e-6)))  # (R, 1, 1, 1)
+    inv_n = g.op("Reshape", inv_n, g.const(np.array([-1, 1, 1], np.int64)))
+    gm = g.op("Mul", g.op("MatMul", fm, g.op("Transpose", fm, perm=[0, 2, 1])), inv_n,
+              hint="gram_r")
+    diff = g.op("Sub", gm, f"target_gram_{layer}", hint="gdiff")
+    loss = g.op("Mul", ws, g.op("ReduceMean", g.op("Mul", diff, diff), keepdims=0))
+    r = g.op("Cast", g.op("Gather", g.op("Shape", diff), g.const(0, dtype=np.int64)), to=FLOAT)
+    coef = g.op("Div", g.op("Mul", ws, g.const(4.0 / (c * c))), r)
+    scaled = g.op("Mul", diff, g.op("Mul", inv_n, coef), hint="gdiff_scaled")
+
+    def grad() -> str:
+        per_region = g.op("Reshape", g.op("MatMul", scaled, fm), g.op("Shape", fr))
+        return g.op("ReduceSum", g.op("Mul", per_region, guide), g.const(np.array([0], np.int64)),
+                    keepdims=1, hint="sgrad")
+    return loss, grad
 
 
 def _backward(g: _Graph, tape: list[_Tape], tap_grads: dict[str, list[Callable[[], str]]]) -> str:

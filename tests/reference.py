@@ -61,14 +61,26 @@ def gram(f: np.ndarray) -> np.ndarray:
 
 
 def loss(image_rgb, weights, content_layers, style_layers, pooling,
-         content_targets, gram_targets, wc, ws, wtv, pool_scales=None) -> float:
+         content_targets, gram_targets, wc, ws, wtv, pool_scales=None, guides=None) -> float:
+    """``guides`` (R, H, W): guided Grams per region, ``gram_targets[n]`` then (R, C, C)."""
     feats = features(image_rgb, weights, list(content_layers) + list(style_layers), pooling,
                      pool_scales)
     total = 0.0
     for i, n in enumerate(content_layers):
         total += wc[i] * np.mean((feats[n] - content_targets[n]) ** 2)
     for i, n in enumerate(style_layers):
-        total += ws[i] * np.mean((gram(feats[n]) - gram_targets[n]) ** 2)
+        f = feats[n]
+        if guides is None:
+            total += ws[i] * np.mean((gram(f) - gram_targets[n]) ** 2)
+            continue
+        t = guides.astype(np.float64)
+        for _ in range(int(n[4]) - 1):  # the guide follows the features' 2×2 poolings
+            t = np.stack([pool(m[None], "avg")[0] for m in t])
+        grams = []
+        for m in t:
+            fr = (f * m).reshape(f.shape[0], -1)
+            grams.append(fr @ fr.T / (f.shape[0] * np.sum(m ** 2)))
+        total += ws[i] * np.mean((np.stack(grams) - gram_targets[n]) ** 2)
     x = image_rgb.astype(np.float64)
     total += wtv * 0.5 * (np.sum(np.diff(x, axis=1) ** 2) + np.sum(np.diff(x, axis=2) ** 2))
     return float(total)

@@ -66,6 +66,7 @@ def test_adam_and_blended_styles_and_save_every(models_dir, images, tmp_path):
     (["--optimizer", "sgd"], "unknown optimizer"),
     (["--device", "tpu"], "unknown device"),
     (["-o", "out.gif2"], "cannot tell the image format"),
+    (["--masks", "a.png,b.png"], "input not found: a.png"),
 ])
 def test_bad_options_exit_2_with_one_line(models_dir, images, tmp_path, args, message):
     os.chdir(tmp_path)
@@ -203,3 +204,22 @@ def test_bench_json(models_dir):
     assert r.exit_code == 0, r.output
     data = json.loads(r.stdout)
     assert data["results"][0]["size"] == 32 and data["results"][0]["median_s"] > 0
+
+
+def test_masks_from_the_command_line(models_dir, images, tmp_path):
+    w, h = Image.open(images["tubingen"]).size
+    half = Image.new("L", (w, h), 0)
+    half.paste(255, (0, 0, w, h // 2))
+    half.save(tmp_path / "top.png")
+    Image.eval(half, lambda v: 255 - v).save(tmp_path / "bottom.png")
+    out = tmp_path / "masked.png"
+    r = nst(models_dir, "stylize", str(images["tubingen"]), str(images["starry_night"]),
+            str(images["tubingen"]), "--masks", f"{tmp_path / 'top.png'},{tmp_path / 'bottom.png'}",
+            "-o", str(out), "--size", "64", "--iterations", "3", "--quiet")
+    assert r.exit_code == 0, r.output
+    assert Image.open(out).size == (64, 48)
+    r = nst(models_dir, "stylize", str(images["tubingen"]), str(images["starry_night"]),
+            "--masks", f"{tmp_path / 'top.png'},{tmp_path / 'bottom.png'}", "-o", str(out),
+            "--size", "64", "--iterations", "1")
+    assert r.exit_code == 2 and "2 masks for 1 style images" in r.output, r.output
+    assert len(r.output.strip().splitlines()) == 1

@@ -53,6 +53,15 @@ def problem(weights: Weights, spec: LossSpec, shape, seed: int, only: str | None
     wtv *= only in (None, "tv")
     fixed = {f"target_{n}": feats_c[f"features_{n}"] for n in spec.content_layers}
     fixed |= {f"target_gram_{n}": feats_s[f"gram_{n}"] for n in spec.style_layers}
+    guides = None
+    if spec.guided:  # two soft, overlapping regions; region 2's target from another style
+        yy, xx = np.mgrid[0:h, 0:w]
+        guides = np.stack([np.clip(xx / w * 1.5, 0, 1), np.clip(1.2 - yy / h, 0, 1)])
+        other = dict(zip([o.name for o in fs.get_outputs()],
+                         fs.run(None, {"image": np.sqrt(style[None] * 255).astype(np.float32)})))
+        fixed |= {f"target_gram_{n}": np.stack([feats_s[f"gram_{n}"], other[f"gram_{n}"]])
+                  for n in spec.style_layers}
+        fixed["guides"] = guides[:, None]
     fixed |= {"content_weights": wc, "style_weights": ws, "tv_weight": np.array(wtv)}
     ls = make_session(build_loss_graph(weights, spec, scales).SerializeToString(), threads=2)
     ev = Evaluator(ls, fixed)
@@ -62,7 +71,7 @@ def problem(weights: Weights, spec: LossSpec, shape, seed: int, only: str | None
 
     def ref_loss(x):
         return ref.loss(x, dense, spec.content_layers, spec.style_layers, spec.pooling,
-                        ct, gt, wc, ws, wtv, scales)
+                        ct, gt, wc, ws, wtv, scales, guides)
 
     return ev, ref_loss, rng
 
@@ -72,6 +81,8 @@ SPECS = [
     LossSpec(("relu2_1",), ("relu1_1", "relu1_2", "relu2_2"), "avg"),
     LossSpec(("relu1_2", "relu2_2"), ("relu2_1",), "max"),
     LossSpec(("relu1_2", "relu2_2"), ("relu2_1",), "avg"),
+    LossSpec(("relu2_1",), ("relu1_1", "relu1_2", "relu2_2"), "max", guided=True),
+    LossSpec(("relu2_1",), ("relu1_1", "relu2_2"), "avg", guided=True),
 ]
 
 

@@ -83,3 +83,47 @@ def test_size_consistent_tv_keeps_its_share_across_sizes(st):
     assert b / a > 3.5
     h, w = p256.shape[:2]
     assert p256.evaluator.fixed["tv_weight"] == pytest.approx(1e-3 * 512 * 512 / (h * w))
+
+
+def _flat_style(rgb, seed):
+    rng = np.random.default_rng(seed)
+    return np.clip(np.array(rgb) + rng.normal(0, 25, (64, 64, 3)), 0, 255).astype(np.uint8)
+
+
+def test_masks_put_each_style_in_its_region(st, images):
+    """Guided Grams: a blue style masked to the top half and a red one to the bottom make the
+    top bluer and the bottom redder than with the masks swapped (measured: blue − red of
+    92 vs 20 at the top, −42 vs 44 at the bottom)."""
+    from PIL import Image
+
+    w, h = Image.open(images["tubingen"]).size
+    top = np.zeros((h, w), np.uint8)
+    top[: h // 2] = 255
+    top, bottom = Image.fromarray(top), Image.fromarray(255 - top)
+    blue, red = _flat_style((40, 60, 200), 1), _flat_style((200, 50, 40), 2)
+
+    def blue_minus_red(masks):
+        img = st.transfer(images["tubingen"], [blue, red], 64, 40, masks=masks).image
+        x = np.asarray(img, np.float64)
+        b = x[..., 2] - x[..., 0]
+        return b[: x.shape[0] * 2 // 5].mean(), b[x.shape[0] * 3 // 5:].mean()
+
+    top_1, bottom_1 = blue_minus_red([top, bottom])
+    top_2, bottom_2 = blue_minus_red([bottom, top])
+    assert top_1 - top_2 > 50 and bottom_2 - bottom_1 > 50
+
+
+def test_bad_masks_are_refused(st, images):
+    from PIL import Image
+
+    w, h = Image.open(images["tubingen"]).size
+    white = Image.new("L", (w, h), 255)
+    c, s = images["tubingen"], images["starry_night"]
+    with pytest.raises(BadInput, match="one per style"):
+        st.prepare(c, [s, s], 64, masks=[white])
+    with pytest.raises(BadInput, match="black"):
+        st.prepare(c, [s], 64, masks=[Image.new("L", (w, h), 0)])
+    with pytest.raises(BadInput, match="draw masks over the content"):
+        st.prepare(c, [s], 64, masks=[Image.new("L", (w, h * 2), 255)])
+    with pytest.raises(BadInput, match="style-blend"):
+        st.prepare(c, [s, s], 64, masks=[white, white], style_blend=[1, 1])
