@@ -1,0 +1,53 @@
+"""Wall time and peak memory of one `nst stylize` run with defaults (issue 5: 1024 px in
+≤ 10 minutes on the 2-core machine).
+
+Runs the installed command in a child process and reads its peak resident memory from the
+OS (getrusage of the children), so the number is the whole process's, not an estimate.
+
+    python scripts/bench_large.py --size 1024 -o large.png
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = ROOT.parent / "shared" / "images"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    big = SHARED / "tubingen.jpg"
+    ap.add_argument("--content", default=str(big if big.exists() else ROOT / "examples/tubingen.jpg"))
+    ap.add_argument("--style", default=str(SHARED / "starry_night.jpg" if big.exists()
+                                           else ROOT / "examples/starry_night.jpg"))
+    ap.add_argument("--size", type=int, default=1024)
+    ap.add_argument("-o", "--output", default="large.png")
+    ap.add_argument("extra", nargs="*", help="more nst stylize options (after --)")
+    args = ap.parse_args()
+    cmd = [sys.executable, "-m", "nst_onnx.cli", "stylize", args.content, args.style, "-o",
+           args.output, "--size", str(args.size), "--json", *args.extra]
+    t0 = time.perf_counter()
+    out = subprocess.run(cmd, capture_output=True, text=True)
+    wall = time.perf_counter() - t0
+    if out.returncode != 0:
+        sys.exit(f"nst stylize failed ({out.returncode}): {out.stderr.strip()}")
+    summary = json.loads(out.stdout.strip().splitlines()[-1])
+    peak_mb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+    print(json.dumps({"command": " ".join(cmd[1:]), "wall_seconds": round(wall, 1),
+                      "peak_rss_mb": round(peak_mb), "estimated_peak_mb":
+                      summary.get("memory", {}).get("estimated_peak_mb"),
+                      "scales": [{k: s[k] for k in ("size", "shape", "iterations", "seconds",
+                                                     "initial_loss", "final_loss")}
+                                 for s in summary.get("scales", [])],
+                      "final_loss": summary["final_loss"]}, indent=2))
+
+
+if __name__ == "__main__":
+    main()
