@@ -339,7 +339,8 @@ class StyleTransfer:
                     "style_layers": list(self.spec.style_layers), **asdict(problem.weights)}
         return Result(to_pil(problem.finish(res.x)[None]), res, settings)
 
-    def transfer(self, content, styles, size: int = 512, iterations: int | Sequence[int] = 500,
+    def transfer(self, content, styles, size: int = 512,
+                 iterations: int | Sequence[int] | None = None,
                  scales: int | Sequence[int] | None = None, init="content", seed: int = 0,
                  optimizer: str = "lbfgs", lr: float = 2.0, history: int = 10,
                  callback: Callable[[Progress], None] | None = None,
@@ -398,7 +399,8 @@ class StyleTransfer:
         result.scales = per_scale
         return result
 
-    def stylize(self, content, styles, size: int = 512, iterations: int | Sequence[int] = 500,
+    def stylize(self, content, styles, size: int = 512,
+                iterations: int | Sequence[int] | None = None,
                 scales: int | Sequence[int] | None = None, init="content", seed: int = 0,
                 optimizer: str = "lbfgs", lr: float = 2.0, history: int = 10,
                 callback: Callable[[Progress], None] | None = None, masks=None,
@@ -410,21 +412,27 @@ class StyleTransfer:
 
 
 AUTO_MULTISCALE_FROM = 1024  # outputs this large run coarse-to-fine unless told otherwise
-COARSEST = 256
+COARSEST = 512  # the auto plan halves down to here
+DEFAULT_ITERATIONS = 500  # one scale
+AUTO_ITERATIONS = (150, 40)  # several scales, none given: the coarsest, then each finer one
 
 
 def plan_scales(size: int, scales: int | Sequence[int] | None,
-                iterations: int | Sequence[int], min_side: int = 16) -> tuple[list[int], list[int]]:
+                iterations: int | Sequence[int] | None = None,
+                min_side: int = 16) -> tuple[list[int], list[int]]:
     """Sizes (longest side, coarse → fine) and iterations per scale.
 
-    * ``scales`` None: one scale below 1024 px; from 1024 px up, halve down to ≥ 256 px
-      (1024 → 256, 512, 1024);
+    * ``scales`` None: one scale below 1024 px; from 1024 px up, halve down to ≥ 512 px
+      (1024 → 512, 1024; 2048 → 512, 1024, 2048);
     * an int N: N sizes, each half the next, ending at ``size``;
     * a list: those sizes (increasing); the last is the output size.
 
-    ``iterations``: one number per scale, or one number N for all: N at the coarsest scale,
-    falling geometrically to N/5 (at least 50) at the finest — the fine scales are the
-    expensive ones and start close to their optimum.
+    ``iterations``: None: 500 for one scale; for several, 150 at the coarsest and 40 at each
+    finer one (measured in ``scripts/bench_multiscale.py``: upscaled coarse results are no
+    better a start, loss for loss, than the content image, so the coarse scales are there for
+    the composition — strokes sized for the smaller picture — and the fine ones to add detail;
+    tubingen at 1024×768 takes ~9 min on 2 cores). One number N: N at the coarsest, falling
+    geometrically to N/5 (at least 50) at the finest. Or one number per scale.
     """
     if size < min_side:
         raise BadInput(f"--size {size} is too small: the chosen layers need ≥ {min_side}")
@@ -440,7 +448,10 @@ def plan_scales(size: int, scales: int | Sequence[int] | None,
         sizes = [int(v) for v in scales]
         if not sizes or sizes != sorted(set(sizes)) or sizes[0] < min_side:
             raise BadInput(f"--scales must be increasing sizes ≥ {min_side}, e.g. 256,512,1024")
-    if isinstance(iterations, int):
+    if iterations is None:
+        its = [DEFAULT_ITERATIONS] if len(sizes) == 1 else \
+            [AUTO_ITERATIONS[0]] + [AUTO_ITERATIONS[1]] * (len(sizes) - 1)
+    elif isinstance(iterations, int):
         n = len(sizes)
         finest = min(iterations, max(50, iterations // 5))
         its = [round(iterations * (finest / iterations) ** (k / (n - 1))) if n > 1 else iterations

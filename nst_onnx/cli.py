@@ -199,8 +199,9 @@ def stylize(
     output: Annotated[Path, typer.Option("-o", "--output", help="Output image (.png, .jpg, "
                                          ".webp, .tif).")] = Path("out.png"),
     size: Annotated[int, typer.Option(help="Longest side of the output, px.")] = 512,
-    iterations: Annotated[str, typer.Option(help="Optimiser iterations: one number, or one "
-                                            "per scale (500,200,100).")] = "500",
+    iterations: Annotated[str | None, typer.Option(
+        help="Optimiser iterations: one number, or one per scale (500,200,100). Default: 500; "
+             "coarse-to-fine 150 at the coarsest scale, 40 at each finer one.")] = None,
     scales: Annotated[str | None, typer.Option(help="Coarse-to-fine: a count (3) or sizes "
                                                "(256,512,1024). Default: 1 below 1024 px, "
                                                "else halving down to 256.")] = None,
@@ -254,7 +255,7 @@ def stylize(
 
         mask_paths = None if masks is None else [Path(m) for m in masks.split(",")]
         _check_paths(content, [*styles, *(mask_paths or [])], output, init, no_clobber)
-        its = _ints(iterations, "--iterations")
+        its = None if iterations is None else _ints(iterations, "--iterations")
         scale_plan = None if scales is None else _ints(scales, "--scales")
         if scale_plan is not None and len(scale_plan) == 1:
             scale_plan = scale_plan[0]
@@ -263,21 +264,22 @@ def stylize(
         if save_every < 0:
             raise BadInput("--save-every must be ≥ 0")
         output_format(output)
-        check_run_options(min(its), optimizer, lr, history)
+        check_run_options(min(its or [1]), optimizer, lr, history)
         log = _log(quiet or as_json)
         st = StyleTransfer(device=device, threads=threads, pooling=pooling,
                            content_layers=content_layers.split(","),
                            style_layers=style_layers.split(","), models_dir=models,
                            weights=weights, cache_dir=cache_dir, log=log)
-        sizes, per_scale = plan_scales(size, scale_plan, its if len(its) > 1 else its[0],
-                                       st.min_size)
+        sizes, per_scale = plan_scales(size, scale_plan,
+                                       its if its is None or len(its) > 1 else its[0], st.min_size)
         scale_note = "" if len(sizes) == 1 else \
             f", coarse-to-fine {'→'.join(map(str, sizes))} px × {'/'.join(map(str, per_scale))}"
         memory: dict = {}
 
         def before_run(problem, final_size):
             if not memory:  # the first scale's inputs are checked and loaded: say what runs
-                memory.update(_check_memory(problem, final_size, st.device, force, log))
+                memory.update(_check_memory(problem, final_size, st.device, force, log,
+                                            history if optimizer == "lbfgs" else 1))
                 log(f"{content.name} + {', '.join(s.name for s in styles)} → {output} "
                     f"({sizes[-1]} px, {sum(per_scale)} iterations{scale_note}, {optimizer}, "
                     f"{st.device}, {st.threads} threads)")
@@ -318,21 +320,23 @@ def stylize(
     _guard(go, debug)
 
 
-def _check_memory(problem, final_size: int, device: str, force: bool, log) -> dict:
+def _check_memory(problem, final_size: int, device: str, force: bool, log,
+                  pairs: int = 10) -> dict:
     """Estimate the run's peak memory (at its final size); refuse (exit 2) when it will not
-    fit, unless --force."""
+    fit, unless --force. ``pairs``: the optimiser's per-pixel float64 vector pairs (L-BFGS:
+    its history; Adam: 1)."""
     from .resources import HEADROOM, available_mb, estimate_peak_mb, largest_side
 
     h, w = problem.shape[:2]
     grow = (final_size / max(h, w)) ** 2
     style_px = max(s.shape[2] * s.shape[3] for s in problem.styles)
     mpx = max(h * w, style_px) * grow / 1e6
-    est = estimate_peak_mb(mpx)
+    est = estimate_peak_mb(mpx, pairs)
     avail = available_mb()
     info = {"megapixels": round(mpx, 4), "estimated_peak_mb": round(est),
             "available_mb": None if avail is None else round(avail), "device": device}
     if device == "cpu" and avail is not None and est > HEADROOM * avail:
-        side = largest_side(HEADROOM * avail, min(h, w) / max(h, w))
+        side = largest_side(HEADROOM * avail, min(h, w) / max(h, w), pairs)
         msg = (f"this run needs about {est / 1024:.1f} GB of memory and {avail / 1024:.1f} GB "
                f"is available: use --size {side} or less, or pass --force")
         if not force:

@@ -3,11 +3,11 @@
 Runs (1) a single-scale run at --size for --single-iterations and (2) a coarse-to-fine run
 (--scales, --iterations), both on the bundled examples from the content image, and prints
 when (wall time, including the coarse scales) the coarse-to-fine run first reaches the
-single-scale run's final loss — the loss is measured on the same objective, the final
-scale's.
+single-scale run's final loss, and for a ladder of loss levels when each run first got
+there — the loss is measured on the same objective, the final scale's.
 
     python scripts/bench_multiscale.py --size 512 --single-iterations 500 \\
-        --scales 128,256,512 --iterations 500,200,100
+        --scales 256,512 --iterations 200,300
 """
 
 from __future__ import annotations
@@ -22,6 +22,8 @@ import sys  # noqa: E402
 import time  # noqa: E402
 from pathlib import Path  # noqa: E402
 
+import numpy as np  # noqa: E402
+
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
@@ -34,8 +36,8 @@ def main() -> None:
     ap.add_argument("--style", default=str(ROOT / "examples/starry_night.jpg"))
     ap.add_argument("--size", type=int, default=512)
     ap.add_argument("--single-iterations", type=int, default=500)
-    ap.add_argument("--scales", default="128,256,512")
-    ap.add_argument("--iterations", default="500,200,100")
+    ap.add_argument("--scales", default="256,512")
+    ap.add_argument("--iterations", default="200,300")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--models", default=None)
     ap.add_argument("-o", "--output", default=None, help="save both images: OUT.single.png …")
@@ -57,8 +59,9 @@ def main() -> None:
         target, t_single = args.single_result
     else:
         t0 = time.perf_counter()
+        track1, cb1 = trace()
         single = st.transfer(args.content, args.style, args.size, args.single_iterations,
-                             scales=[args.size])
+                             scales=[args.size], callback=cb1)
         t_single = time.perf_counter() - t0
         target = single.optimize.loss
 
@@ -83,6 +86,13 @@ def main() -> None:
         {"seconds": reached[0], "iteration": reached[1], "fraction_of_single_time":
          reached[0] / t_single},
     }
+    if single is not None:
+        def first(track, level, after=0):
+            return next((round(t) for t, i, loss in track if i > after and loss <= level), None)
+        result["seconds_to_reach"] = [
+            {"loss": level, "single": first(track1, level),
+             "coarse_to_fine": first(track2, level, fine_start)}
+            for level in np.geomspace(track1[len(track1) // 10][2], target * 1.0001, 6)]
     print(json.dumps(result, indent=2, default=float))
     if args.output:
         if single is not None:
