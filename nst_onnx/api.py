@@ -181,12 +181,13 @@ class StyleTransfer:
         self.manifest = read_manifest(self.model_dir)
         self._loss = make_session(self.model_dir / "loss.onnx", self.device, self.threads)
         self._guided_loss = None  # built on first use of masks
+        self.guided_manifest: dict | None = None
 
     def _guided_session(self):
         """The loss with guided Grams (per-region style), exported and loaded on first use."""
         if self._guided_loss is None:
             model_dir = export_model(replace(self.spec, guided=True), **self._export)
-            read_manifest(model_dir)
+            self.guided_manifest = read_manifest(model_dir)
             self._guided_loss = make_session(model_dir / "loss.onnx", self.device, self.threads)
         return self._guided_loss
 

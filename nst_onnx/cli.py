@@ -310,7 +310,7 @@ def stylize(
             # ignore further signals while the best image is written: it lands whole
             for sig in previous:
                 signal.signal(sig, signal.SIG_IGN)
-            _finish(result, st, output, content, styles, as_json, quiet, memory)
+            _finish(result, st, output, content, styles, as_json, quiet, memory, mask_paths)
         finally:
             progress.close()
             for sig, handler in previous.items():
@@ -346,15 +346,17 @@ def _check_memory(problem, final_size: int, device: str, force: bool, log,
 
 
 def _finish(result, st, output: Path, content: Path, styles: list[Path], as_json: bool,
-            quiet: bool, memory: dict) -> None:
+            quiet: bool, memory: dict, masks: list[Path] | None = None) -> None:
     """Save the image (settings in PNG metadata) and report."""
     from .images import save_image
 
     w, h = result.image.size
+    manifest = st.guided_manifest if masks else st.manifest
     summary = {"output": str(output), "content": str(content),
-               "styles": [str(s) for s in styles], "device": st.device,
-               "threads": st.threads, "model": st.manifest["key"],
-               "model_sha256": st.manifest["files"]["loss.onnx"]["sha256"],
+               "styles": [str(s) for s in styles],
+               **({"masks": [str(m) for m in masks]} if masks else {}),
+               "device": st.device, "threads": st.threads, "model": manifest["key"],
+               "model_sha256": manifest["files"]["loss.onnx"]["sha256"],
                "width": w, "height": h, "settings": result.settings, "memory": memory,
                **result.summary()}
     save_image(result.image, output, {"nst-onnx": json.dumps(

@@ -215,8 +215,10 @@ def test_masks_from_the_command_line(models_dir, images, tmp_path):
     out = tmp_path / "masked.png"
     r = nst(models_dir, "stylize", str(images["tubingen"]), str(images["starry_night"]),
             str(images["tubingen"]), "--masks", f"{tmp_path / 'top.png'},{tmp_path / 'bottom.png'}",
-            "-o", str(out), "--size", "64", "--iterations", "3", "--quiet")
+            "-o", str(out), "--size", "64", "--iterations", "3", "--json")
     assert r.exit_code == 0, r.output
+    summary = json.loads(r.stdout.strip().splitlines()[-1])
+    assert summary["model"].endswith("-guided") and len(summary["masks"]) == 2
     assert Image.open(out).size == (64, 48)
     r = nst(models_dir, "stylize", str(images["tubingen"]), str(images["starry_night"]),
             "--masks", f"{tmp_path / 'top.png'},{tmp_path / 'bottom.png'}", "-o", str(out),
