@@ -80,6 +80,8 @@ def export(models: ModelsOpt = None, weights: WeightsOpt = None, cache_dir: Cach
            pooling: PoolingOpt = "max", content_layers: LayersC = DEFAULT_C,
            style_layers: LayersS = DEFAULT_S,
            force: Annotated[bool, typer.Option(help="Rebuild even if current.")] = False,
+           guided: Annotated[bool, typer.Option(help="Also the loss for --masks (otherwise "
+                                                "built on first use).")] = False,
            quiet: bool = False, debug: DebugOpt = False) -> None:
     """Build the ONNX graphs (features; loss and gradient) and their manifest."""
     def go():
@@ -87,13 +89,14 @@ def export(models: ModelsOpt = None, weights: WeightsOpt = None, cache_dir: Cach
         from .graph import LossSpec
 
         spec = LossSpec(content_layers, style_layers, pooling)
-        out = export_model(spec, models, weights_path=weights, cache_dir=cache_dir, force=force,
-                           log=_log(quiet))
-        m = read_manifest(out)
-        size = sum(f["bytes"] for f in m["files"].values()) / 1e6
-        if not quiet:
-            typer.echo(f"{out}: features.onnx + loss.onnx ({size:.1f} MB), weights "
-                       f"{m['weights']['kind']}")
+        for s in [spec, LossSpec(content_layers, style_layers, pooling, guided=True)][:1 + guided]:
+            out = export_model(s, models, weights_path=weights, cache_dir=cache_dir, force=force,
+                               log=_log(quiet))
+            m = read_manifest(out)
+            size = sum(f["bytes"] for f in m["files"].values()) / 1e6
+            if not quiet:
+                typer.echo(f"{out}: features.onnx + loss.onnx ({size:.1f} MB), weights "
+                           f"{m['weights']['kind']}")
     _guard(go, debug)
 
 
