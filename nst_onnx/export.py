@@ -44,11 +44,16 @@ def _io_table(spec: LossSpec) -> dict:
                  for n in spec.style_layers}
     img = {"image": {"shape": [1, 3, "H", "W"], "meaning": "RGB, float32, 0..255"}}
     loss_in = dict(img)
+    if spec.guided:
+        loss_in["guides"] = {"shape": ["R", 1, "H", "W"],
+                             "meaning": "one mask per region (style), 0..1, at the image's size"}
     loss_in |= {f"target_{n}": {"shape": [1, channels(n), f"h_{n}", f"w_{n}"],
                                 "meaning": f"content target: features_{n} of the content"}
                 for n in spec.content_layers}
-    loss_in |= {f"target_gram_{n}": {"shape": [channels(n)] * 2,
-                                     "meaning": f"style target: (blended) gram_{n} of the style(s)"}
+    loss_in |= {f"target_gram_{n}": {"shape": (["R"] if spec.guided else []) + [channels(n)] * 2,
+                                     "meaning": f"style target: gram_{n} of each region's style"
+                                     if spec.guided else
+                                     f"style target: (blended) gram_{n} of the style(s)"}
                 for n in spec.style_layers}
     loss_in |= {
         "content_weights": {"shape": [len(spec.content_layers)], "meaning": "wc per content layer"},
@@ -59,7 +64,8 @@ def _io_table(spec: LossSpec) -> dict:
                 "grad": {"shape": [1, 3, "H", "W"], "meaning": "∂loss/∂image"}}
     loss_out |= {f"content_loss_{n}": {"shape": [], "meaning": "wc·mean((F−P)²)"}
                  for n in spec.content_layers}
-    loss_out |= {f"style_loss_{n}": {"shape": [], "meaning": "ws·mean((G−A)²)"}
+    loss_out |= {f"style_loss_{n}": {"shape": [], "meaning": "ws·mean((G−A)²)" + (
+                     " over regions, G_r = (F⊙T_r)(F⊙T_r)ᵀ/(C·ΣT_r²)" if spec.guided else "")}
                  for n in spec.style_layers}
     loss_out["tv_loss"] = {"shape": [], "meaning": "wtv·½·Σ(Δx)²"}
     return {"features.onnx": {"inputs": img, "outputs": feat_out},

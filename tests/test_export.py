@@ -53,3 +53,14 @@ def test_export_is_idempotent_and_tampering_is_caught(tmp_path, models_dir, real
     (d / spec.key / "manifest.json").write_text(json.dumps(m))
     with pytest.raises(ModelError, match="format 999"):
         read_manifest(d / spec.key)
+
+
+def test_guided_manifest_matches_its_graph(tmp_path, real_weights):
+    spec = LossSpec(guided=True)
+    out = export_model(spec, tmp_path, weights=real_weights)
+    assert out.name.endswith("-guided")
+    m = read_manifest(out)
+    loss = onnx.load(out / "loss.onnx")
+    assert list(m["io"]["loss.onnx"]["inputs"]) == [i.name for i in loss.graph.input]
+    gram = loss.graph.input[[i.name for i in loss.graph.input].index("target_gram_relu1_1")]
+    assert [d.dim_param or d.dim_value for d in gram.type.tensor_type.shape.dim] == ["R", 64, 64]
