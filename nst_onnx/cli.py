@@ -334,12 +334,14 @@ def _check_memory(problem, final_size: int, device: str, force: bool, log,
     grow = (final_size / max(h, w)) ** 2
     style_px = max(s.shape[2] * s.shape[3] for s in problem.styles)
     mpx = max(h * w, style_px) * grow / 1e6
-    est = estimate_peak_mb(mpx, pairs)
+    guides = problem.evaluator.fixed.get("guides")
+    regions = 0 if guides is None else guides.shape[0]
+    est = estimate_peak_mb(mpx, pairs, regions)
     avail = available_mb()
     info = {"megapixels": round(mpx, 4), "estimated_peak_mb": round(est),
             "available_mb": None if avail is None else round(avail), "device": device}
     if device == "cpu" and avail is not None and est > HEADROOM * avail:
-        side = largest_side(HEADROOM * avail, min(h, w) / max(h, w), pairs)
+        side = largest_side(HEADROOM * avail, min(h, w) / max(h, w), pairs, regions)
         msg = (f"this run needs about {est / 1024:.1f} GB of memory and {avail / 1024:.1f} GB "
                f"is available: use --size {side} or less, or pass --force")
         if not force:

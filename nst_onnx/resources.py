@@ -20,11 +20,13 @@ import math
 BASE_MB = 300.0
 PER_MPX_MB = 3350.0
 HISTORY_MB = 48.0  # per megapixel per L-BFGS pair
+REGION_MB = 390.0  # per megapixel per --masks region: F⊙T_r at every style layer (measured:
+#                    2 regions at 512×384 peaked at 1175 MB against 1023 MB without masks)
 HEADROOM = 0.9  # refuse above 90% of what is available
 
 
-def estimate_peak_mb(megapixels: float, history: int = 10) -> float:
-    return BASE_MB + (PER_MPX_MB + HISTORY_MB * history) * megapixels
+def estimate_peak_mb(megapixels: float, history: int = 10, regions: int = 0) -> float:
+    return BASE_MB + (PER_MPX_MB + HISTORY_MB * history + REGION_MB * regions) * megapixels
 
 
 def available_mb() -> float | None:
@@ -39,7 +41,7 @@ def available_mb() -> float | None:
     return None
 
 
-def largest_side(budget_mb: float, aspect: float, history: int = 10) -> int:
+def largest_side(budget_mb: float, aspect: float, history: int = 10, regions: int = 0) -> int:
     """Longest side (px) whose estimate stays within ``budget_mb``; aspect = short/long ≤ 1."""
-    mpx = max(budget_mb - BASE_MB, 0.0) / (PER_MPX_MB + HISTORY_MB * history)
+    mpx = max(budget_mb - BASE_MB, 0.0) / (PER_MPX_MB + HISTORY_MB * history + REGION_MB * regions)
     return int(math.sqrt(mpx * 1e6 / max(aspect, 1e-6)))
