@@ -415,7 +415,7 @@ class StyleTransfer:
 AUTO_MULTISCALE_FROM = 1024  # outputs this large run coarse-to-fine unless told otherwise
 COARSEST = 512  # the auto plan halves down to here
 DEFAULT_ITERATIONS = 500  # one scale
-AUTO_ITERATIONS = (150, 40)  # several scales, none given: the coarsest, then each finer one
+AUTO_ITERATIONS = (120, 35)  # several scales, none given: the coarsest, then each finer one
 
 
 def plan_scales(size: int, scales: int | Sequence[int] | None,
@@ -428,11 +428,11 @@ def plan_scales(size: int, scales: int | Sequence[int] | None,
     * an int N: N sizes, each half the next, ending at ``size``;
     * a list: those sizes (increasing); the last is the output size.
 
-    ``iterations``: None: 500 for one scale; for several, 150 at the coarsest and 40 at each
+    ``iterations``: None: 500 for one scale; for several, 120 at the coarsest and 35 at each
     finer one (measured in ``scripts/bench_multiscale.py``: upscaled coarse results are no
     better a start, loss for loss, than the content image, so the coarse scales are there for
     the composition — strokes sized for the smaller picture — and the fine ones to add detail;
-    tubingen at 1024×768 takes ~9 min on 2 cores). One number N: N at the coarsest, falling
+    tubingen at 1024×768 takes ~8.6 min on 2 cores). One number N: N at the coarsest, falling
     geometrically to N/5 (at least 50) at the finest. Or one number per scale.
     """
     if size < min_side:

@@ -204,7 +204,7 @@ def stylize(
     size: Annotated[int, typer.Option(help="Longest side of the output, px.")] = 512,
     iterations: Annotated[str | None, typer.Option(
         help="Optimiser iterations: one number, or one per scale (500,200,100). Default: 500; "
-             "coarse-to-fine 150 at the coarsest scale, 40 at each finer one.")] = None,
+             "coarse-to-fine 120 at the coarsest scale, 35 at each finer one.")] = None,
     scales: Annotated[str | None, typer.Option(help="Coarse-to-fine: a count (3) or sizes "
                                                "(256,512,1024). Default: 1 below 1024 px, "
                                                "else halving down to 256.")] = None,

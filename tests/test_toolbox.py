@@ -43,8 +43,8 @@ def test_luminance_and_post_modes_keep_the_content_chroma(st, images, mode):
 
 def test_plan_scales():
     assert plan_scales(512, None) == ([512], [500])
-    assert plan_scales(1024, None) == ([512, 1024], [150, 40])
-    assert plan_scales(2048, None) == ([512, 1024, 2048], [150, 40, 40])
+    assert plan_scales(1024, None) == ([512, 1024], [120, 35])
+    assert plan_scales(2048, None) == ([512, 1024, 2048], [120, 35, 35])
     assert plan_scales(1024, None, 500) == ([512, 1024], [500, 100])
     assert plan_scales(512, 3, 400) == ([128, 256, 512], [400, 179, 80])
     assert plan_scales(512, 2, 30) == ([256, 512], [30, 30])
