@@ -140,6 +140,11 @@ class Result:
                 "stop_reason": o.stop_reason, "restarts": o.restarts, "scales": self.scales}
 
 
+def _listed(x) -> list:
+    """One image or a list/tuple of them → a list."""
+    return list(x) if isinstance(x, (list, tuple)) else [x]
+
+
 def _hwc(x: np.ndarray) -> np.ndarray:
     return x[0].transpose(1, 2, 0).astype(np.float64)
 
@@ -217,7 +222,7 @@ class StyleTransfer:
         black: not it; grey blends): spatial control by guided Gram matrices.
         """
         lw = LossWeights(**weights)
-        styles = list(styles) if isinstance(styles, (list, tuple)) else [styles]
+        styles = _listed(styles)
         if not styles:
             raise BadInput("give at least one style image")
         self._check(lw, len(styles), size)
@@ -261,16 +266,13 @@ class StyleTransfer:
         blend = np.asarray(lw.style_blend if lw.style_blend is not None else [1.0] * len(styles),
                            np.float64)
         blend = blend / blend.sum()
-        for b, feats in zip(blend, style_feats):
-            for name, value in feats.items():
-                if name.startswith("gram_"):
-                    key = "target_" + name
-                    if guides is not None:  # one target per region: (R, C, C)
-                        fixed.setdefault(key, []).append(value)
-                    else:
-                        fixed[key] = fixed.get(key, 0.0) + b * value.astype(np.float64)
+        for name in style_feats[0]:
+            if name.startswith("gram_"):
+                per_style = [f[name] for f in style_feats]
+                fixed["target_" + name] = (  # masks: one target per region, (R, C, C)
+                    np.stack(per_style) if guides is not None
+                    else sum(b * g.astype(np.float64) for b, g in zip(blend, per_style)))
         if guides is not None:
-            fixed = {k: np.stack(v) if k.startswith("target_gram") else v for k, v in fixed.items()}
             fixed["guides"] = guides
         layer_w = np.asarray(lw.style_layer_weights if lw.style_layer_weights is not None
                              else [1.0] * len(self.spec.style_layers), np.float64)
@@ -285,7 +287,7 @@ class StyleTransfer:
     def _guides(self, masks, n_styles: int, size: tuple[int, int], lw: LossWeights,
                 max_image_pixels: int | None) -> np.ndarray:
         """Masks → (R, 1, H, W) float32 guides in [0, 1] at the content's size."""
-        masks = list(masks) if isinstance(masks, (list, tuple)) else [masks]
+        masks = _listed(masks)
         if len(masks) != n_styles:
             raise BadInput(f"{len(masks)} masks for {n_styles} style images: give one per style")
         if lw.style_blend is not None:
@@ -358,12 +360,10 @@ class StyleTransfer:
         if len(sizes) > 1:  # decode the files once, not once per scale
             content = load_image(content, "content image", max_image_pixels, self.log)
             styles = [load_image(s, f"style image {i + 1}", max_image_pixels, self.log)
-                      for i, s in enumerate(styles if isinstance(styles, (list, tuple))
-                                            else [styles])]
+                      for i, s in enumerate(_listed(styles))]
             if masks is not None:
                 masks = [load_image(m, f"mask {i + 1}", max_image_pixels, self.log)
-                         for i, m in enumerate(masks if isinstance(masks, (list, tuple))
-                                               else [masks])]
+                         for i, m in enumerate(_listed(masks))]
         total = sum(its)
         done = 0
         per_scale = []

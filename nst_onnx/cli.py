@@ -88,8 +88,9 @@ def export(models: ModelsOpt = None, weights: WeightsOpt = None, cache_dir: Cach
         from .export import export_model, read_manifest
         from .graph import LossSpec
 
-        spec = LossSpec(content_layers, style_layers, pooling)
-        for s in [spec, LossSpec(content_layers, style_layers, pooling, guided=True)][:1 + guided]:
+        specs = [LossSpec(content_layers, style_layers, pooling, guided=g)
+                 for g in ([False, True] if guided else [False])]
+        for s in specs:
             out = export_model(s, models, weights_path=weights, cache_dir=cache_dir, force=force,
                                log=_log(quiet))
             m = read_manifest(out)

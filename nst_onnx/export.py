@@ -130,7 +130,7 @@ def _is_current(out: Path, spec: LossSpec) -> bool:
     except (OSError, ValueError):
         return False
     return (m.get("format") == FORMAT and m.get("key") == spec.key
-            and (spec.pooling != "avg" or m.get("avg_pool_rescale") is not None)  # pre-0.2 export
+            and (spec.pooling != "avg" or m.get("avg_pool_rescale") is not None)  # older avg: unscaled
             and all((out / n).exists() for n in FILES))
 
 
