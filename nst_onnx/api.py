@@ -1,70 +1,47 @@
-"""The public Python API: ``StyleTransfer`` → ``prepare`` a ``Problem`` → ``stylize``.
+"""The public Python API: ``StyleTransfer`` → ``prepare`` a ``Problem`` → ``run`` / ``stylize``.
 
     st = StyleTransfer(device="cpu")            # finds or exports the model
-    img = st.stylize("photo.jpg", "painting.jpg", size=512, iterations=500)
+    img = st.stylize("photo.jpg", "painting.jpg", size=512)
 
     problem = st.prepare("photo.jpg", ["a.jpg", "b.jpg"], size=256, style_blend=[0.7, 0.3])
     loss, grad = problem.loss_and_grad(x)       # x: float64 (H, W, 3), RGB in [0, 255]
 
-The second form lets another program drive its own optimiser.
+Settings are the dataclasses of :mod:`nst_onnx.config` (``RunOptions``, ``LossWeights``,
+``EngineOptions``, ``LossSpec``), or their fields as keyword arguments.
 """
 
 from __future__ import annotations
 
-import os
-from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field, replace
+import dataclasses
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
-from . import color
-from .errors import BadInput
-from .export import export_model, read_manifest
-from .graph import DEFAULT_CONTENT_LAYERS, DEFAULT_STYLE_LAYERS, LossSpec
-from .images import MAX_PIXELS, fit_longest_side, load_image, to_nchw, to_pil
-from .optimize import Interrupted, OptimizeResult, Progress, adam, lbfgs
-from .runtime import (
-    Evaluator,
-    Terms,
-    make_session,
-    physical_cores,
-    release_free_memory,
-    resolve_device,
+from .config import (
+    AUTO_ITERATIONS,
+    AUTO_MULTISCALE_FROM,
+    COARSEST,
+    DEFAULT_ITERATIONS,
+    MAX_PIXELS,
+    EngineOptions,
+    LossSpec,
+    LossWeights,
+    RunOptions,
+    settings_dict,
+    split_settings,
 )
-from .vgg19 import min_size
-
-OPTIMIZERS = ("lbfgs", "adam")
-REFERENCE_PIXELS = 512 * 512  # where size-consistent weights equal the reference objective's
-
-
-@dataclass
-class LossWeights:
-    """The objective's knobs (jcjohnson/neural-style's defaults and meaning)."""
-
-    content_weight: float = 5.0
-    style_weight: float = 100.0  # applies to each style layer
-    tv_weight: float = 1e-3
-    style_layer_weights: Sequence[float] | None = None  # multipliers, one per style layer
-    style_blend: Sequence[float] | None = None  # one per style image; normalised to sum 1
-    style_scale: float = 1.0  # style image size relative to the output size
-    preserve_colors: str = "none"  # none | luminance | histogram | histogram-sym | post
-    size_consistent: bool = True  # TV per pixel, as at 512×512: see tv_weight_at()
-
-    def tv_weight_at(self, h: int, w: int) -> float:
-        """The TV weight the graph gets for an h×w image.
-
-        Content and style terms are means (the Gram is divided by C·h·w), so their balance
-        does not depend on the image size; the TV term is a sum over pixels, and for photos
-        and paintings it grows with the pixel count (×4.6–5 per doubling of the side,
-        measured on the shared images), so a fixed ``tv_weight`` smooths a 1024 px result 4×
-        harder than a 512 px one. ``size_consistent`` scales it to a per-pixel weight
-        referenced to 512×512 (``tv_weight·512²/(h·w)``): identical at 512×512, and the same
-        weights keep the same balance at any size. False: the reference objective of
-        DESIGN.md (jcjohnson/neural-style's sum), for comparing loss values with it.
-        """
-        return self.tv_weight * (REFERENCE_PIXELS / (h * w) if self.size_consistent else 1.0)
+from .errors import BadInput, Interrupted
+from .graphs.export import export_model, read_manifest
+from .graphs.interface import features_io, inv_sizes, loss_io
+from .io import color
+from .io.images import fit_longest_side, load_image, to_nchw, to_pil
+from .run import resources
+from .run.binding import Evaluator, Terms
+from .run.optimize import OptimizeResult, Progress, adam, lbfgs
+from .run.runtime import make_session, physical_cores, release_free_memory, resolve_device
 
 
 @dataclass
@@ -76,7 +53,14 @@ class Problem:
     styles: list[np.ndarray]  # float32 (1, 3, h, w) each, as used for the targets
     evaluator: Evaluator
     weights: LossWeights
+    manifest: dict  # of the model whose loss graph this problem runs
     content_rgb: np.ndarray | None = None  # the content in colour, when ``content`` is not
+
+    @property
+    def regions(self) -> int:
+        """Mask regions (guided style loss), 0 without masks."""
+        guides = self.evaluator.fixed.get("guides")
+        return 0 if guides is None else guides.shape[0]
 
     def finish(self, x_chw: np.ndarray) -> np.ndarray:
         """The optimised image → the output: recombined with the content's chroma where the
@@ -99,18 +83,17 @@ class Problem:
         t = self.evaluate(x.transpose(2, 0, 1))
         return t.loss, t.grad[0].transpose(1, 2, 0).astype(np.float64)
 
-    def initial(self, init: str | os.PathLike = "content", seed: int = 0) -> np.ndarray:
-        """Starting image (3, H, W) float64: 'content', 'noise', 'style' or an image path."""
+    def initial(self, init="content", seed: int = 0) -> np.ndarray:
+        """Starting image (3, H, W) float64: 'content', 'noise', 'style', an image path, or
+        an earlier result (3, h', w') to upscale (Lanczos)."""
         h, w = self.shape[:2]
-        if isinstance(init, np.ndarray):  # an earlier result (3, h', w'): upscale (Lanczos)
+        if isinstance(init, np.ndarray):
             return to_nchw(to_pil(init[None]).resize((w, h), Image.LANCZOS))[0].astype(np.float64)
         if init == "content":
             return self.content[0].astype(np.float64)
         if init == "noise":
             return np.random.default_rng(seed).uniform(0, 255, (3, h, w))
-
-        img = Image.fromarray(np.uint8(np.clip(self.styles[0][0].transpose(1, 2, 0), 0, 255))) \
-            if init == "style" else load_image(init, "init image")
+        img = to_pil(self.styles[0]) if init == "style" else load_image(init, "init image")
         return to_nchw(img.resize((w, h), Image.LANCZOS))[0].astype(np.float64)
 
 
@@ -122,6 +105,9 @@ class Result:
     optimize: OptimizeResult
     settings: dict = field(default_factory=dict)
     scales: list[dict] = field(default_factory=list)  # per scale, for coarse-to-fine runs
+    memory: dict = field(default_factory=dict)  # the estimate checked before the run
+    model: dict = field(default_factory=dict)  # key and loss.onnx SHA-256 of the model used
+    engine: dict = field(default_factory=dict)  # device and threads
 
     def summary(self) -> dict:
         """Totals over all scales; initial loss of the first scale, final of the last."""
@@ -131,7 +117,8 @@ class Result:
                                   "initial_terms": o.initial_terms}]
         iterations = sum(s["iterations"] for s in scales)
         seconds = sum(s["seconds"] for s in scales)
-        return {"iterations": iterations,
+        return {**self.engine, **self.model, "settings": self.settings, "memory": self.memory,
+                "iterations": iterations,
                 "evaluations": sum(s["evaluations"] for s in scales),
                 "initial_loss": scales[0]["initial_loss"],
                 "initial_terms": scales[0]["initial_terms"],
@@ -153,52 +140,61 @@ def _nchw(x: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(x.transpose(2, 0, 1)[None], dtype=np.float32)
 
 
-def check_run_options(iterations: int, optimizer: str, lr: float, history: int) -> None:
-    """Refuse bad optimiser settings before any work starts."""
-    if iterations < 1:
-        raise BadInput("--iterations must be ≥ 1")
-    if optimizer not in OPTIMIZERS:
-        raise BadInput(f"unknown optimizer {optimizer!r}: use lbfgs or adam")
-    if history < 1:
-        raise BadInput("--history must be ≥ 1")
-    if not (lr > 0 and np.isfinite(lr)):
-        raise BadInput("--lr must be a finite number > 0")
+def fit_content(img: Image.Image, side: int, min_side: int) -> Image.Image:
+    """The content at ``side`` px (longest side), refused when a chosen layer would get no
+    pixel: the message names the smallest size that works for this picture's aspect."""
+    out = fit_longest_side(img, side)
+    if min(out.size) >= min_side:
+        return out
+    need = max(side, min_side)
+    while min(fit_longest_side(img, need).size) < min_side:
+        need += 1
+    raise BadInput(f"--size {side} is too small for this {img.size[0]}×{img.size[1]} content "
+                   f"image ({out.size[0]}×{out.size[1]}): the chosen layers need ≥ {min_side} px "
+                   f"on each side; use --size {need} or more")
 
 
 class StyleTransfer:
-    """Style transfer with one exported model on one device; reuse it for many images."""
+    """Style transfer with one exported model on one device; reuse it for many images.
 
-    def __init__(self, device: str = "auto", threads: int | None = None, pooling: str = "max",
-                 content_layers: Sequence[str] = DEFAULT_CONTENT_LAYERS,
-                 style_layers: Sequence[str] = DEFAULT_STYLE_LAYERS,
-                 models_dir: str | os.PathLike | None = None,
-                 weights: str | os.PathLike | None = None,
-                 cache_dir: str | os.PathLike | None = None,
-                 log: Callable[[str], None] = print):
-        self.spec = LossSpec(tuple(content_layers), tuple(style_layers), pooling)
+    ``StyleTransfer(device="cpu", threads=2, pooling="avg")``: keyword arguments are the
+    fields of :class:`~nst_onnx.config.EngineOptions` and :class:`~nst_onnx.config.LossSpec`.
+    """
+
+    def __init__(self, engine: EngineOptions | None = None, spec: LossSpec | None = None, *,
+                 log: Callable[[str], None] = print, **options):
+        spec_names = {f.name for f in dataclasses.fields(LossSpec)} - {"guided"}
+        self.spec = dataclasses.replace(spec or LossSpec(),
+                                        **{k: v for k, v in options.items() if k in spec_names})
+        self.options = dataclasses.replace(
+            engine or EngineOptions(), **{k: v for k, v in options.items() if k not in spec_names})
+        self.options.validate()
         self.log = log
-        self.device = resolve_device(device)
-        self.threads = threads or physical_cores()
-        self._export = dict(models_dir=Path(models_dir) if models_dir else None,
-                            weights_path=weights,
-                            cache_dir=Path(cache_dir) if cache_dir else None, log=log)
-        self.model_dir = export_model(self.spec, **self._export)
+        self.device = resolve_device(self.options.device)
+        self.threads = self.options.threads or physical_cores()
+        self._sessions: dict[LossSpec, tuple[dict, object]] = {}
+        self.model_dir = self._model(self.spec)[0]
         self.manifest = read_manifest(self.model_dir)
-        self._loss = make_session(self.model_dir / "loss.onnx", self.device, self.threads)
-        self._guided_loss = None  # built on first use of masks
-        self.guided_manifest: dict | None = None
 
-    def _guided_session(self):
-        """The loss with guided Grams (per-region style), exported and loaded on first use."""
-        if self._guided_loss is None:
-            model_dir = export_model(replace(self.spec, guided=True), **self._export)
-            self.guided_manifest = read_manifest(model_dir)
-            self._guided_loss = make_session(model_dir / "loss.onnx", self.device, self.threads)
-        return self._guided_loss
+    def _model(self, spec: LossSpec) -> tuple[Path, dict]:
+        o = self.options
+        out = export_model(spec, Path(o.models_dir) if o.models_dir else None,
+                           weights_path=o.weights,
+                           cache_dir=Path(o.cache_dir) if o.cache_dir else None, log=self.log)
+        return out, read_manifest(out)
+
+    def _loss_session(self, guided: bool):
+        """The loss session of this model (or its guided twin, exported on first use)."""
+        spec = dataclasses.replace(self.spec, guided=guided)
+        if spec not in self._sessions:
+            model_dir, manifest = self._model(spec)
+            self._sessions[spec] = manifest, make_session(model_dir / "loss.onnx", self.device,
+                                                          self.threads)
+        return self._sessions[spec]
 
     @property
     def min_size(self) -> int:
-        return min_size(list(self.spec.all_layers))
+        return self.spec.min_side
 
     def features(self, images: list[np.ndarray]) -> list[dict[str, np.ndarray]]:
         """(1, 3, H, W) float32 images → [{'features_relu4_2': …, 'gram_relu1_1': …}, …].
@@ -206,32 +202,32 @@ class StyleTransfer:
         The features session lives only for this call: targets are computed once per
         problem, and its weights (~60 MB) would otherwise sit beside the loss session's.
         """
-        session = make_session(self.model_dir / "features.onnx", self.device, self.threads)
-        names = [o.name for o in session.get_outputs()]
-        out = [dict(zip(names, session.run(None, {"image": x}))) for x in images]
+        session = make_session(self.model_dir / features_io(self.spec).file, self.device,
+                               self.threads)
+        names = features_io(self.spec).names("outputs")
+        out = [dict(zip(names, session.run(names, {"image": x}))) for x in images]
         del session
         release_free_memory()
         return out
 
-    def prepare(self, content, styles, size: int = 512,
-                max_image_pixels: int | None = MAX_PIXELS, masks=None, **weights) -> Problem:
+    def prepare(self, content, styles, size: int = RunOptions.size, *, masks=None,
+                weights: LossWeights | None = None,
+                max_image_pixels: int | None = MAX_PIXELS, **weight_overrides) -> Problem:
         """Load and resize the images, compute the targets once, and bind them.
 
-        ``max_image_pixels``: refuse image files whose header claims more (None: no limit).
-        ``masks``: one greyscale image per style, drawn over the content (white: this style,
-        black: not it; grey blends): spatial control by guided Gram matrices.
+        ``weights`` / ``weight_overrides``: :class:`~nst_onnx.config.LossWeights` (or its
+        fields). ``max_image_pixels``: refuse image files whose header claims more (None:
+        no limit). ``masks``: one greyscale image per style, drawn over the content (white:
+        this style, black: not it; grey blends): spatial control by guided Gram matrices.
         """
-        lw = LossWeights(**weights)
+        lw = dataclasses.replace(weights or LossWeights(), **weight_overrides)
         styles = _listed(styles)
         if not styles:
             raise BadInput("give at least one style image")
-        self._check(lw, len(styles), size)
-        content_img = fit_longest_side(
-            load_image(content, "content image", max_image_pixels, self.log), size)
-        if min(content_img.size) < self.min_size:
-            raise BadInput(f"content image is {content_img.size[0]}×{content_img.size[1]} at "
-                           f"--size {size}; the chosen layers need at least {self.min_size} px "
-                           f"on each side: raise --size")
+        lw.validate(len(styles), len(self.spec.style_layers))
+        content_img = fit_content(
+            load_image(content, "content image", max_image_pixels, self.log), size,
+            self.min_size)
         style_side = max(self.min_size, round(size * lw.style_scale))
         style_arrays = []
         for i, s in enumerate(styles):
@@ -241,48 +237,34 @@ class StyleTransfer:
                 raise BadInput(f"style image {i + 1} is too narrow at this size "
                                f"({img.size[0]}×{img.size[1]}); raise --size or --style-scale")
             style_arrays.append(to_nchw(img))
-        x_content = to_nchw(content_img)
-        content_rgb = None
-        mode = lw.preserve_colors
-        if mode == "luminance":  # optimise luminance only; chroma comes back in finish()
-            content_rgb = x_content
-            c_hwc = x_content[0].transpose(1, 2, 0).astype(np.float64)
-            cy = color.luminance(c_hwc)
-            x_content = _nchw(color.grey(cy))
-            style_arrays = [_nchw(color.grey(color.match_luminance(
-                color.luminance(_hwc(s)), cy))) for s in style_arrays]
-        elif mode in ("histogram", "histogram-sym"):
-            method = "cholesky" if mode == "histogram" else "symmetric"
-            c_hwc = x_content[0].transpose(1, 2, 0).astype(np.float64)
-            style_arrays = [_nchw(color.match_histogram(_hwc(s), c_hwc, method))
-                            for s in style_arrays]
+        x_content, content_rgb, style_arrays = _colour_mode(lw.preserve_colors,
+                                                            to_nchw(content_img), style_arrays)
         guides = None if masks is None else self._guides(masks, len(styles), content_img.size,
                                                          lw, max_image_pixels)
         content_feats, *style_feats = self.features([x_content, *style_arrays])
-        fixed = {}
-        for name, value in content_feats.items():
-            if name.startswith("features_"):
-                fixed["target_" + name[len("features_"):]] = value
+        spec = dataclasses.replace(self.spec, guided=guides is not None)
+        fixed = {f"target_{n}": content_feats[f"features_{n}"] for n in spec.content_layers}
         blend = np.asarray(lw.style_blend if lw.style_blend is not None else [1.0] * len(styles),
                            np.float64)
         blend = blend / blend.sum()
-        for name in style_feats[0]:
-            if name.startswith("gram_"):
-                per_style = [f[name] for f in style_feats]
-                fixed["target_" + name] = (  # masks: one target per region, (R, C, C)
-                    np.stack(per_style) if guides is not None
-                    else sum(b * g.astype(np.float64) for b, g in zip(blend, per_style)))
+        for n in spec.style_layers:
+            per_style = [f[f"gram_{n}"] for f in style_feats]
+            fixed[f"target_gram_{n}"] = (  # masks: one target per region, (R, C, C)
+                np.stack(per_style) if guides is not None
+                else sum(b * g.astype(np.float64) for b, g in zip(blend, per_style)))
         if guides is not None:
             fixed["guides"] = guides
         layer_w = np.asarray(lw.style_layer_weights if lw.style_layer_weights is not None
-                             else [1.0] * len(self.spec.style_layers), np.float64)
-        fixed["content_weights"] = np.full(len(self.spec.content_layers), lw.content_weight)
-        fixed["style_weights"] = lw.style_weight * layer_w
+                             else [1.0] * len(spec.style_layers), np.float64)
         h, w = x_content.shape[2:]
+        fixed["content_weights"] = np.full(len(spec.content_layers), lw.content_weight)
+        fixed["style_weights"] = lw.style_weight * layer_w
         fixed["tv_weight"] = np.asarray(lw.tv_weight_at(h, w))
-        session = self._loss if guides is None else self._guided_session()
+        fixed["inv_sizes"] = inv_sizes(spec, h, w)
+        manifest, session = self._loss_session(spec.guided)
         return Problem((h, w, 3), x_content, style_arrays,
-                       Evaluator(session, fixed, self.device), lw, content_rgb)
+                       Evaluator(session, loss_io(spec), fixed, self.device), lw, manifest,
+                       content_rgb)
 
     def _guides(self, masks, n_styles: int, size: tuple[int, int], lw: LossWeights,
                 max_image_pixels: int | None) -> np.ndarray:
@@ -304,88 +286,98 @@ class StyleTransfer:
             out.append(g)
         return np.stack(out)[:, None]
 
-    def _check(self, lw: LossWeights, n_styles: int, size: int) -> None:
-        if size < self.min_size:
-            raise BadInput(f"--size {size} is too small: the chosen layers need ≥ {self.min_size}")
-        for name in ("content_weight", "style_weight", "tv_weight"):
-            if not (getattr(lw, name) >= 0 and np.isfinite(getattr(lw, name))):
-                raise BadInput(f"{name.replace('_', '-')} must be a finite number ≥ 0")
-        if lw.style_scale <= 0:
-            raise BadInput("--style-scale must be > 0")
-        if lw.preserve_colors not in color.MODES:
-            raise BadInput(f"unknown --preserve-colors {lw.preserve_colors!r}: use "
-                           + ", ".join(color.MODES))
-        if lw.style_blend is not None:
-            if len(lw.style_blend) != n_styles:
-                raise BadInput(f"--style-blend has {len(lw.style_blend)} weights for "
-                               f"{n_styles} style images: give one per style")
-            if min(lw.style_blend) < 0 or sum(lw.style_blend) <= 0:
-                raise BadInput("--style-blend weights must be ≥ 0 and not all zero")
-        if lw.style_layer_weights is not None and \
-                len(lw.style_layer_weights) != len(self.spec.style_layers):
-            raise BadInput(f"--style-layer-weights has {len(lw.style_layer_weights)} values for "
-                           f"{len(self.spec.style_layers)} style layers: give one per layer")
+    def check_memory(self, problem: Problem, final_size: int, run: RunOptions) -> dict:
+        """Estimate the run's peak memory at its final size; refuse (BadInput) when it will
+        not fit, unless ``run.force``. Returns what was estimated."""
+        h, w = problem.shape[:2]
+        grow = (final_size / max(h, w)) ** 2
+        style_px = max(s.shape[2] * s.shape[3] for s in problem.styles)
+        mpx = max(h * w, style_px) * grow / 1e6
+        pairs = run.history if run.optimizer == "lbfgs" else 1
+        est = resources.estimate_peak_mb(mpx, pairs, problem.regions)
+        avail = resources.available_mb()
+        info = {"megapixels": round(mpx, 4), "estimated_peak_mb": round(est),
+                "available_mb": None if avail is None else round(avail), "device": self.device}
+        if self.device == "cpu" and avail is not None and est > resources.HEADROOM * avail:
+            side = resources.largest_side(resources.HEADROOM * avail, min(h, w) / max(h, w),
+                                          pairs, problem.regions)
+            msg = (f"this run needs about {est / 1024:.1f} GB of memory and {avail / 1024:.1f} "
+                   f"GB is available: use --size {side} or less, or pass --force")
+            if not run.force:
+                raise BadInput(msg)
+            self.log(f"warning: {msg} (--force given)")
+        return info
 
-    def run(self, problem: Problem, iterations: int = 500, init="content", seed: int = 0,
-            optimizer: str = "lbfgs", lr: float = 2.0, history: int = 10,
-            callback: Callable[[Progress], None] | None = None) -> Result:
-        """Optimise the image; returns the best iterate seen, whatever stopped the run."""
-        check_run_options(iterations, optimizer, lr, history)
-        x0 = problem.initial(init, seed)
-        if optimizer == "lbfgs":
-            res = lbfgs(problem.evaluate, x0, iterations, history, callback)
+    def run(self, problem: Problem, run: RunOptions | None = None,
+            callback: Callable[[Progress], None] | None = None, **overrides) -> Result:
+        """Optimise the image at the problem's size; returns the best iterate seen, whatever
+        stopped the run. ``run`` / ``overrides``: :class:`~nst_onnx.config.RunOptions`."""
+        run = dataclasses.replace(run or RunOptions(), **overrides)
+        run.validate()
+        iterations = run.iterations if isinstance(run.iterations, int) else DEFAULT_ITERATIONS
+        x0 = problem.initial(run.init, run.seed)
+        if run.optimizer == "lbfgs":
+            res = lbfgs(problem.evaluate, x0, iterations, run.history, callback)
         else:
-            res = adam(problem.evaluate, x0, iterations, lr, callback)
-        settings = {"size": max(problem.shape[:2]), "iterations": iterations, "init": str(init),
-                    "seed": seed, "optimizer": optimizer, "lr": lr, "history": history,
-                    "pooling": self.spec.pooling, "content_layers": list(self.spec.content_layers),
-                    "style_layers": list(self.spec.style_layers), **asdict(problem.weights)}
-        return Result(to_pil(problem.finish(res.x)[None]), res, settings)
+            res = adam(problem.evaluate, x0, iterations, run.lr, callback)
+        settings = settings_dict(dataclasses.replace(run, size=max(problem.shape[:2]),
+                                                     iterations=iterations),
+                                 problem.weights, self.spec)
+        return Result(to_pil(problem.finish(res.x)[None]), res, settings,
+                      model={"model": problem.manifest["key"],
+                             "model_sha256": problem.manifest["files"]["loss.onnx"]["sha256"]},
+                      engine={"device": self.device, "threads": self.threads})
 
-    def transfer(self, content, styles, size: int = 512,
-                 iterations: int | Sequence[int] | None = None,
-                 scales: int | Sequence[int] | None = None, init="content", seed: int = 0,
-                 optimizer: str = "lbfgs", lr: float = 2.0, history: int = 10,
+    def transfer(self, content, styles, run: RunOptions | None = None,
+                 weights: LossWeights | None = None, *, masks=None,
                  callback: Callable[[Progress], None] | None = None,
-                 before_run: Callable[[Problem, int], None] | None = None,
-                 max_image_pixels: int | None = MAX_PIXELS, masks=None, **weights) -> Result:
-        """Coarse-to-fine: optimise at each size of :func:`plan_scales`, each scale started
-        from the previous result upscaled (Lanczos), targets recomputed per scale.
+                 before_run: Callable[[Problem, list[int], list[int]], None] | None = None,
+                 **overrides) -> Result:
+        """The whole job: coarse-to-fine over the sizes of :func:`plan_scales`, each scale
+        started from the previous result upscaled (Lanczos), targets recomputed per scale;
+        the memory estimate is checked before the first.
 
-        ``before_run(problem, final_size)`` is called before each scale's optimisation
-        (the CLI checks memory there). ``masks``: see :meth:`prepare`. Returns the final
-        scale's result; its summary counts iterations, evaluations and seconds over all scales.
+        ``run``, ``weights`` or ``overrides``: :class:`~nst_onnx.config.RunOptions` and
+        :class:`~nst_onnx.config.LossWeights` (or their fields). ``masks``: see
+        :meth:`prepare`. ``before_run(problem, sizes, iterations)`` is called once the first
+        scale is prepared, before any optimisation. Returns the final scale's result; its
+        summary counts iterations, evaluations and seconds over all scales.
         """
-        sizes, its = plan_scales(size, scales, iterations, self.min_size)
-        if len(sizes) > 1:  # decode the files once, not once per scale
-            content = load_image(content, "content image", max_image_pixels, self.log)
-            styles = [load_image(s, f"style image {i + 1}", max_image_pixels, self.log)
-                      for i, s in enumerate(_listed(styles))]
-            if masks is not None:
-                masks = [load_image(m, f"mask {i + 1}", max_image_pixels, self.log)
-                         for i, m in enumerate(_listed(masks))]
-        total = sum(its)
-        done = 0
-        per_scale = []
-        start = init
-        result = None
+        run, weights = split_settings(run, weights, **overrides)
+        run.validate()
+        pixels = run.max_image_pixels
+        # decode the files once, not once per scale
+        content = load_image(content, "content image", pixels, self.log)
+        styles = [load_image(s, f"style image {i + 1}", pixels, self.log)
+                  for i, s in enumerate(_listed(styles))]
+        if masks is not None:
+            masks = [load_image(m, f"mask {i + 1}", pixels, self.log)
+                     for i, m in enumerate(_listed(masks))]
+        sizes, its = plan_scales(run.size, run.scales, run.iterations)
+        fit_content(content, sizes[0], self.min_size)
+        total, done, per_scale, start = sum(its), 0, [], run.init
+        result, memory = None, {}
         for side, n in zip(sizes, its):
             try:
-                problem = self.prepare(content, styles, side, max_image_pixels, masks, **weights)
+                problem = self.prepare(content, styles, side, masks=masks, weights=weights,
+                                       max_image_pixels=pixels)
             except Interrupted as e:
                 if result is None:
                     raise
                 result.optimize.interrupted = e  # keep the previous scale's image
                 break
-            if before_run:
-                before_run(problem, sizes[-1])
+            if not memory:
+                memory = self.check_memory(problem, sizes[-1], run)
+                if before_run:
+                    before_run(problem, sizes, its)
 
             def shifted(p: Progress, offset=done, problem=problem) -> None:
                 if callback:  # x as the output will look (chroma recombined where asked)
-                    callback(Progress(offset + p.iteration, total, p.evaluations, p.loss,
-                                      p.terms, p.seconds, problem.finish(p.x)))
+                    callback(dataclasses.replace(p, iteration=offset + p.iteration,
+                                                 iterations=total, x=problem.finish(p.x)))
 
-            result = self.run(problem, n, start, seed, optimizer, lr, history, shifted)
+            result = self.run(problem, dataclasses.replace(run, iterations=n, init=start),
+                              shifted)
             o = result.optimize
             per_scale.append({"size": side, "shape": list(problem.shape[:2]),
                               "iterations": o.iterations, "evaluations": o.evaluations,
@@ -396,31 +388,35 @@ class StyleTransfer:
             start = o.x
             if o.interrupted is not None:
                 break
-        result.settings.update(size=sizes[-1], scales=sizes, iterations=its)
-        result.scales = per_scale
+        result.settings.update(settings_dict(run, weights, self.spec), size=sizes[-1],
+                               scales=sizes, iterations=its)
+        result.scales, result.memory = per_scale, memory
         return result
 
-    def stylize(self, content, styles, size: int = 512,
-                iterations: int | Sequence[int] | None = None,
-                scales: int | Sequence[int] | None = None, init="content", seed: int = 0,
-                optimizer: str = "lbfgs", lr: float = 2.0, history: int = 10,
-                callback: Callable[[Progress], None] | None = None, masks=None,
-                **weights) -> Image.Image:
-        """Content + style(s) → stylised PIL image. ``weights``: see :class:`LossWeights`;
-        ``scales``: see :func:`plan_scales`; ``masks``: see :meth:`prepare`."""
-        return self.transfer(content, styles, size, iterations, scales, init, seed, optimizer,
-                             lr, history, callback, masks=masks, **weights).image
+    def stylize(self, content, styles, run: RunOptions | None = None,
+                weights: LossWeights | None = None, *, masks=None,
+                callback: Callable[[Progress], None] | None = None, **overrides) -> Image.Image:
+        """Content + style(s) → stylised PIL image; the arguments are :meth:`transfer`'s."""
+        return self.transfer(content, styles, run, weights, masks=masks, callback=callback,
+                             **overrides).image
 
 
-AUTO_MULTISCALE_FROM = 1024  # outputs this large run coarse-to-fine unless told otherwise
-COARSEST = 512  # the auto plan halves down to here
-DEFAULT_ITERATIONS = 500  # one scale
-AUTO_ITERATIONS = (120, 35)  # several scales, none given: the coarsest, then each finer one
+def _colour_mode(mode: str, content: np.ndarray, styles: list[np.ndarray]):
+    """(content as optimised, content in colour or None, styles) for a --preserve-colors mode."""
+    if mode == "luminance":  # optimise luminance only; chroma comes back in Problem.finish
+        cy = color.luminance(_hwc(content))
+        grey_styles = [_nchw(color.grey(color.match_luminance(color.luminance(_hwc(s)), cy)))
+                       for s in styles]
+        return _nchw(color.grey(cy)), content, grey_styles
+    if mode in ("histogram", "histogram-sym"):
+        method = "cholesky" if mode == "histogram" else "symmetric"
+        return content, None, [_nchw(color.match_histogram(_hwc(s), _hwc(content), method))
+                               for s in styles]
+    return content, None, styles
 
 
-def plan_scales(size: int, scales: int | Sequence[int] | None,
-                iterations: int | Sequence[int] | None = None,
-                min_side: int = 16) -> tuple[list[int], list[int]]:
+def plan_scales(size: int, scales: int | list[int] | None,
+                iterations: int | list[int] | None = None) -> tuple[list[int], list[int]]:
     """Sizes (longest side, coarse → fine) and iterations per scale.
 
     * ``scales`` None: one scale below 1024 px; from 1024 px up, halve down to ≥ 512 px
@@ -429,14 +425,11 @@ def plan_scales(size: int, scales: int | Sequence[int] | None,
     * a list: those sizes (increasing); the last is the output size.
 
     ``iterations``: None: 500 for one scale; for several, 120 at the coarsest and 35 at each
-    finer one (measured in ``scripts/bench_multiscale.py``: upscaled coarse results are no
-    better a start, loss for loss, than the content image, so the coarse scales are there for
-    the composition — strokes sized for the smaller picture — and the fine ones to add detail;
-    tubingen at 1024×768 takes ~8.6 min on 2 cores). One number N: N at the coarsest, falling
-    geometrically to N/5 (at least 50) at the finest. Or one number per scale.
+    finer one (docs/design.md: upscaled coarse results are no better a start, loss for loss,
+    than the content image, so the coarse scales are there for the composition and the fine
+    ones add detail). One number N: N at the coarsest, falling geometrically to N/5 (at
+    least 50) at the finest. Or one number per scale.
     """
-    if size < min_side:
-        raise BadInput(f"--size {size} is too small: the chosen layers need ≥ {min_side}")
     if scales is None:
         sizes = [size]
         while size >= AUTO_MULTISCALE_FROM and sizes[0] // 2 >= COARSEST:
@@ -444,11 +437,11 @@ def plan_scales(size: int, scales: int | Sequence[int] | None,
     elif isinstance(scales, int):
         if scales < 1:
             raise BadInput("--scales must be ≥ 1")
-        sizes = sorted({max(min_side, round(size / 2 ** k)) for k in range(scales)})
+        sizes = sorted({max(1, round(size / 2 ** k)) for k in range(scales)})
     else:
         sizes = [int(v) for v in scales]
-        if not sizes or sizes != sorted(set(sizes)) or sizes[0] < min_side:
-            raise BadInput(f"--scales must be increasing sizes ≥ {min_side}, e.g. 256,512,1024")
+        if not sizes or sizes != sorted(set(sizes)) or sizes[0] < 1:
+            raise BadInput("--scales must be increasing sizes, e.g. 256,512,1024")
     if iterations is None:
         its = [DEFAULT_ITERATIONS] if len(sizes) == 1 else \
             [AUTO_ITERATIONS[0]] + [AUTO_ITERATIONS[1]] * (len(sizes) - 1)
@@ -460,10 +453,91 @@ def plan_scales(size: int, scales: int | Sequence[int] | None,
     else:
         its = [int(v) for v in iterations]
         if len(its) == 1:
-            return plan_scales(size, sizes, its[0], min_side)
+            return plan_scales(size, sizes, its[0])
         if len(its) != len(sizes):
             raise BadInput(f"--iterations has {len(its)} values for {len(sizes)} scales: give "
                            "one per scale, or one for all")
     if min(its) < 1:
         raise BadInput("--iterations must be ≥ 1")
     return sizes, its
+
+
+def export(engine: EngineOptions | None = None, spec: LossSpec | None = None, *,
+           force: bool = False, guided: bool = False, log: Callable[[str], None] = print,
+           **options) -> list[dict]:
+    """Build the graphs (features; loss and gradient) and their manifests; with ``guided``
+    also the masks loss. Returns each model's manifest with its ``dir``."""
+    spec_names = {f.name for f in dataclasses.fields(LossSpec)} - {"guided"}
+    spec = dataclasses.replace(spec or LossSpec(),
+                               **{k: v for k, v in options.items() if k in spec_names})
+    o = dataclasses.replace(engine or EngineOptions(),
+                            **{k: v for k, v in options.items() if k not in spec_names})
+    out = []
+    for g in ([False, True] if guided else [False]):
+        d = export_model(dataclasses.replace(spec, guided=g),
+                         Path(o.models_dir) if o.models_dir else None, weights_path=o.weights,
+                         cache_dir=Path(o.cache_dir) if o.cache_dir else None, force=force,
+                         log=log)
+        out.append({"dir": str(d), **read_manifest(d)})
+    return out
+
+
+def system_info(models_dir=None, cache_dir=None) -> dict:
+    """What ``nst info`` shows: versions, providers, cores, exported models, memory."""
+    import json
+    import sys
+
+    import onnxruntime as ort
+
+    from . import __version__
+    from .graphs.export import default_models_dir
+    from .graphs.weights import default_cache_dir
+
+    mdir = Path(models_dir) if models_dir else default_models_dir()
+    found = []
+    for m in sorted(mdir.glob("*/manifest.json")) if mdir.is_dir() else []:
+        try:
+            d = json.loads(m.read_text())
+            found.append({"dir": str(m.parent), "key": d.get("key"), "format": d.get("format"),
+                          "weights": d.get("weights", {}).get("kind"),
+                          "bytes": sum(f["bytes"] for f in d.get("files", {}).values())})
+        except (OSError, ValueError):
+            found.append({"dir": str(m.parent), "error": "unreadable manifest"})
+    providers = ort.get_available_providers()
+    return {"nst_onnx": __version__, "python": sys.version.split()[0],
+            "onnxruntime": ort.__version__, "providers": providers,
+            "device_auto": "cuda" if "CUDAExecutionProvider" in providers else "cpu",
+            "physical_cores": physical_cores(), "models_dir": str(mdir), "models": found,
+            "cache_dir": str(Path(cache_dir) if cache_dir else default_cache_dir()),
+            "memory_available_mb": round(resources.available_mb() or 0),
+            "memory_estimate_mb": {f"{s}x{s * 3 // 4}":
+                                   round(resources.estimate_peak_mb(s * s * 0.75e-6))
+                                   for s in (512, 1024, 2048)}}
+
+
+def bench(st: StyleTransfer, sizes: list[int], repeats: int = 5) -> dict:
+    """Time one loss+gradient evaluation per square size (median after a warm-up)."""
+    import statistics
+    import time
+
+    from .graphs.networks import loss_flops
+
+    if repeats < 1:
+        raise BadInput("--repeats must be ≥ 1")
+    rows = []
+    for size in sizes:
+        rng = np.random.default_rng(0)
+        img = rng.integers(0, 256, (size, size, 3), dtype=np.uint8)
+        problem = st.prepare(img, img[::-1].copy(), size=size)
+        x = problem.initial("noise")
+        problem.evaluate(x)
+        times = []
+        for _ in range(repeats):
+            t = time.perf_counter()
+            problem.evaluate(x)
+            times.append(time.perf_counter() - t)
+        med = statistics.median(times)
+        rows.append({"size": size, "median_s": med,
+                     "gflops": loss_flops(st.spec, size, size) / med / 1e9})
+    return {"device": st.device, "threads": st.threads, "model": st.manifest["key"],
+            "peak_rss_mb": resources.peak_rss_mb(), "results": rows}

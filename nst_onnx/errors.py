@@ -25,3 +25,12 @@ class WeightsError(BadInput):
 
 class ModelError(BadInput):
     """An exported model that is missing, tampered with or from an incompatible version."""
+
+
+class Interrupted(Exception):
+    """Raised from a signal handler to stop a run; ``exit_code`` is 130 (SIGINT) or 143
+    (SIGTERM). The optimisers catch it and return the best image so far."""
+
+    def __init__(self, exit_code: int = 130):
+        super().__init__("interrupted")
+        self.exit_code = exit_code

@@ -37,8 +37,8 @@ def peak_rss_mb() -> float:
 
 def worker(kind: str, size: int, threads: int, weights_path: str | None) -> None:
     """Set up one side, then evaluate each time the parent writes a line; report as JSON."""
-    from nst_onnx.graph import LossSpec
-    from nst_onnx.weights import load_weights
+    from nst_onnx.config import LossSpec
+    from nst_onnx.graphs.weights import load_weights
 
     spec = LossSpec()
     weights = load_weights(weights_path, log=lambda m: print(m, file=sys.stderr))
@@ -50,7 +50,7 @@ def worker(kind: str, size: int, threads: int, weights_path: str | None) -> None
         import tempfile
 
         from nst_onnx.api import StyleTransfer
-        from nst_onnx.export import export_model
+        from nst_onnx.graphs.export import export_model
 
         models = Path(tempfile.mkdtemp(prefix="nst-bench-"))
         export_model(spec, models, weights=weights)
@@ -88,7 +88,8 @@ def main() -> None:
         worker(args.worker[0], int(args.worker[1]), args.threads, args.weights)
         return
 
-    from nst_onnx.graph import LossSpec, loss_flops
+    from nst_onnx.config import LossSpec
+    from nst_onnx.graphs.networks import loss_flops
 
     try:
         import torch  # noqa: F401

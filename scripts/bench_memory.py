@@ -1,4 +1,4 @@
-"""Peak memory of whole `nst stylize` runs by size: the calibration behind nst_onnx.resources.
+"""Peak memory of whole `nst stylize` runs by size: the calibration behind nst_onnx.run.resources.
 
 Each run is a fresh process (2 iterations on the bundled examples); its peak RSS comes from
 wait4. Prints measured vs estimated, and a least-squares fit to paste into resources.py.
@@ -23,7 +23,7 @@ sys.path.insert(0, str(ROOT))
 
 
 def main() -> None:
-    from nst_onnx.resources import estimate_peak_mb
+    from nst_onnx.run.resources import estimate_peak_mb
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--sizes", type=int, nargs="+", default=[256, 512, 768, 1024])

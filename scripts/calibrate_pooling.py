@@ -26,9 +26,9 @@ HELD_OUT = [ROOT / "examples" / "tubingen.jpg", ROOT / "examples" / "starry_nigh
 
 
 def main() -> None:
-    from nst_onnx.calibrate import SCALES_FILE, avg_pool_scales
-    from nst_onnx.images import fit_longest_side, load_image, to_nchw
-    from nst_onnx.weights import load_weights
+    from nst_onnx.graphs.calibrate import SCALES_FILE, avg_pool_scales
+    from nst_onnx.graphs.weights import load_weights
+    from nst_onnx.io.images import fit_longest_side, load_image, to_nchw
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--images", nargs="+", default=[str(SHARED / n) for n in CALIBRATE])

@@ -45,10 +45,10 @@ def main() -> None:
     from torch_reference import TorchLoss
 
     from nst_onnx import StyleTransfer
-    from nst_onnx.export import export_model
-    from nst_onnx.graph import LossSpec
-    from nst_onnx.images import to_pil
-    from nst_onnx.weights import load_weights
+    from nst_onnx.config import LossSpec
+    from nst_onnx.graphs.export import export_model
+    from nst_onnx.graphs.weights import load_weights
+    from nst_onnx.io.images import to_pil
 
     weights = load_weights()
     models = Path(tempfile.mkdtemp(prefix="nst-compare-"))

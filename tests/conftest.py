@@ -14,15 +14,15 @@ EXAMPLES = ROOT / "examples"
 
 @pytest.fixture(scope="session")
 def real_weights():
-    from nst_onnx.weights import load_weights
+    from nst_onnx.graphs.weights import load_weights
 
     return load_weights(log=lambda m: print(m, file=sys.stderr))
 
 
 @pytest.fixture(scope="session")
 def models_dir(tmp_path_factory, real_weights):
-    from nst_onnx.export import export_model
-    from nst_onnx.graph import LossSpec
+    from nst_onnx.config import LossSpec
+    from nst_onnx.graphs.export import export_model
 
     d = tmp_path_factory.mktemp("models")
     export_model(LossSpec(), d, weights=real_weights)

@@ -173,7 +173,7 @@ def test_zero_iterations_is_a_usage_error(models_dir, images, tmp_path):
 
 def test_memory_estimate_refuses_with_largest_size_unless_forced(models_dir, images, tmp_path,
                                                                  monkeypatch):
-    import nst_onnx.resources as res
+    import nst_onnx.run.resources as res
 
     monkeypatch.setattr(res, "available_mb", lambda: 350.0)
     out = tmp_path / "m.png"

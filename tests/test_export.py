@@ -8,9 +8,9 @@ import shutil
 import onnx
 import pytest
 
+from nst_onnx.config import LossSpec
 from nst_onnx.errors import ModelError
-from nst_onnx.export import export_model, read_manifest
-from nst_onnx.graph import LossSpec
+from nst_onnx.graphs.export import export_model, read_manifest
 
 
 def test_manifest_describes_the_graphs(models_dir):

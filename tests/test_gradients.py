@@ -9,10 +9,13 @@ import numpy as np
 import pytest
 import reference as ref
 
-from nst_onnx.graph import LossSpec, build_features_graph, build_loss_graph
-from nst_onnx.runtime import Evaluator, make_session
-from nst_onnx.vgg19 import CONVS
-from nst_onnx.weights import LayerWeights, Weights
+from nst_onnx.config import LossSpec
+from nst_onnx.graphs.interface import inv_sizes, loss_io
+from nst_onnx.graphs.networks import build_features_graph, build_loss_graph
+from nst_onnx.graphs.vgg19 import CONVS
+from nst_onnx.graphs.weights import LayerWeights, Weights
+from nst_onnx.run.binding import Evaluator
+from nst_onnx.run.runtime import make_session
 
 
 def random_weights(seed: int, upto: str = "conv2_2") -> Weights:
@@ -32,7 +35,7 @@ def random_weights(seed: int, upto: str = "conv2_2") -> Weights:
 
 def problem(weights: Weights, spec: LossSpec, shape, seed: int, only: str | None = None):
     """Targets from a random 'content' and 'style' image, evaluator, and the reference loss.
-    Average pooling gets random per-channel magnitude factors (as nst_onnx.calibrate's)."""
+    Average pooling gets random per-channel magnitude factors (as nst_onnx.graphs.calibrate's)."""
     rng = np.random.default_rng(seed)
     scales = {"pool1": rng.uniform(0.5, 2.5, 64)} if spec.pooling == "avg" else None
     h, w = shape
@@ -62,9 +65,10 @@ def problem(weights: Weights, spec: LossSpec, shape, seed: int, only: str | None
         fixed |= {f"target_gram_{n}": np.stack([feats_s[f"gram_{n}"], other[f"gram_{n}"]])
                   for n in spec.style_layers}
         fixed["guides"] = guides[:, None]
-    fixed |= {"content_weights": wc, "style_weights": ws, "tv_weight": np.array(wtv)}
+    fixed |= {"content_weights": wc, "style_weights": ws, "tv_weight": np.array(wtv),
+              "inv_sizes": inv_sizes(spec, h, w)}
     ls = make_session(build_loss_graph(weights, spec, scales).SerializeToString(), threads=2)
-    ev = Evaluator(ls, fixed)
+    ev = Evaluator(ls, loss_io(spec), fixed)
     dense = {k: (v.weight, v.b) for k, v in weights.layers.items()}
     ct = {n: fixed[f"target_{n}"][0].astype(np.float64) for n in spec.content_layers}
     gt = {n: fixed[f"target_gram_{n}"].astype(np.float64) for n in spec.style_layers}

@@ -16,7 +16,7 @@ import pytest
 from PIL import Image, ImageCms
 
 from nst_onnx.errors import BadInput
-from nst_onnx.images import load_image
+from nst_onnx.io.images import load_image
 
 
 def _gradient(w=40, h=30):
@@ -126,7 +126,7 @@ def test_kill_9_during_save_keeps_the_previous_file(tmp_path):
     target.write_bytes(b"previous image")
     script = (
         "import sys, time\n"
-        "from nst_onnx.atomic import atomic_path\n"
+        "from nst_onnx.io.atomic import atomic_path\n"
         f"with atomic_path({str(target)!r}) as tmp:\n"
         "    f = open(tmp, 'wb'); f.write(b'half'); f.flush()\n"
         "    print('writing', flush=True); time.sleep(60)\n"
@@ -139,8 +139,8 @@ def test_kill_9_during_save_keeps_the_previous_file(tmp_path):
 
 
 def test_non_finite_loss_stops_and_keeps_best():
-    from nst_onnx.optimize import lbfgs
-    from nst_onnx.runtime import Terms
+    from nst_onnx.run.binding import Terms
+    from nst_onnx.run.optimize import lbfgs
 
     calls = []
 

@@ -7,8 +7,8 @@ import pytest
 import reference as ref
 from conftest import ROOT
 
-from nst_onnx.graph import LossSpec
-from nst_onnx.runtime import make_session
+from nst_onnx.config import LossSpec
+from nst_onnx.run.runtime import make_session
 
 
 def _dense(weights):
@@ -65,9 +65,9 @@ def test_average_pooling_rescale_keeps_magnitudes_of_max_pooling(real_weights):
     a fraction."""
     from PIL import Image
 
-    from nst_onnx.calibrate import load_scales
-    from nst_onnx.graph import build_features_graph
-    from nst_onnx.images import to_nchw
+    from nst_onnx.graphs.calibrate import load_scales
+    from nst_onnx.graphs.networks import build_features_graph
+    from nst_onnx.io.images import to_nchw
 
     scales, _ = load_scales()
     spec_max, spec_avg = LossSpec(), LossSpec(pooling="avg")

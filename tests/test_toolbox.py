@@ -7,7 +7,7 @@ import pytest
 
 from nst_onnx import BadInput
 from nst_onnx.api import plan_scales
-from nst_onnx.color import RGB_TO_YIQ
+from nst_onnx.io.color import RGB_TO_YIQ
 
 
 def _stats(x_nchw):
@@ -105,7 +105,7 @@ def test_masks_put_each_style_in_its_region(st, images):
     blue, red = _flat_style((40, 60, 200), 1), _flat_style((200, 50, 40), 2)
 
     def blue_minus_red(masks):
-        img = st.transfer(images["tubingen"], [blue, red], 64, 40, masks=masks).image
+        img = st.transfer(images["tubingen"], [blue, red], size=64, iterations=40, masks=masks).image
         x = np.asarray(img, np.float64)
         b = x[..., 2] - x[..., 0]
         return b[: x.shape[0] * 2 // 5].mean(), b[x.shape[0] * 3 // 5:].mean()

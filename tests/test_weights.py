@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from nst_onnx.errors import WeightsError
-from nst_onnx.weights import (
+from nst_onnx.graphs.weights import (
     BIN_SHA256,
     LEGACY_MAGIC,
     RestrictedUnpickler,
@@ -102,9 +102,9 @@ def test_cli_sha_mismatch_exits_2_without_traceback(tmp_path):
 def test_keras_h5_weights_export_the_same_network(tmp_path, real_weights):
     """A Keras 'notop' .h5 (HWIO kernels) gives the same dense weights; export records it."""
     h5py = pytest.importorskip("h5py")
-    from nst_onnx.export import export_model, read_manifest
-    from nst_onnx.graph import LossSpec
-    from nst_onnx.vgg19 import CONVS
+    from nst_onnx.config import LossSpec
+    from nst_onnx.graphs.export import export_model, read_manifest
+    from nst_onnx.graphs.vgg19 import CONVS
 
     path = tmp_path / "vgg19_weights_tf_dim_ordering_tf_kernels_notop.h5"
     with h5py.File(path, "w") as f:

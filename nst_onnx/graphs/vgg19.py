@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .errors import BadInput
+from ..errors import BadInput
 
 BLOCKS: tuple[int, ...] = (2, 2, 4, 4, 4)  # convolutions per block
 CHANNELS: tuple[int, ...] = (64, 128, 256, 512, 512)
@@ -18,18 +18,22 @@ MEAN_BGR: tuple[float, float, float] = (103.939, 116.779, 123.68)
 
 @dataclass(frozen=True)
 class Conv:
-    name: str  # conv{b}_{c}
+    block: int  # 1 … 5
+    index: int  # position in its block, from 1
     in_channels: int
     out_channels: int
 
     @property
+    def name(self) -> str:
+        return f"conv{self.block}_{self.index}"
+
+    @property
     def relu(self) -> str:
-        return "relu" + self.name[4:]
+        return f"relu{self.block}_{self.index}"
 
     @property
     def keras_name(self) -> str:
-        b, c = self.name[4:].split("_")
-        return f"block{b}_conv{c}"
+        return f"block{self.block}_conv{self.index}"
 
 
 def _table() -> tuple[list[Conv], list[str]]:
@@ -37,7 +41,7 @@ def _table() -> tuple[list[Conv], list[str]]:
     cin = 3
     for b, (n, cout) in enumerate(zip(BLOCKS, CHANNELS), start=1):
         for c in range(1, n + 1):
-            conv = Conv(f"conv{b}_{c}", cin, cout)
+            conv = Conv(b, c, cin, cout)
             convs.append(conv)
             order += [conv.name, conv.relu]
             cin = cout
@@ -79,6 +83,11 @@ def channels(layer: str) -> int:
 def downsampling(layer: str) -> int:
     """How many 2×2 poolings lie between the image and this layer."""
     return int(canonical(layer)[4]) - 1
+
+
+def pool_before(conv: Conv) -> str | None:
+    """The pool that feeds this convolution (``pool1`` before ``conv2_1``), if any."""
+    return f"pool{conv.block - 1}" if conv.index == 1 and conv.block > 1 else None
 
 
 def convs_up_to(layers: list[str]) -> list[Conv]:

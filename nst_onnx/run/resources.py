@@ -45,3 +45,13 @@ def largest_side(budget_mb: float, aspect: float, history: int = 10, regions: in
     """Longest side (px) whose estimate stays within ``budget_mb``; aspect = short/long ≤ 1."""
     mpx = max(budget_mb - BASE_MB, 0.0) / (PER_MPX_MB + HISTORY_MB * history + REGION_MB * regions)
     return int(math.sqrt(mpx * 1e6 / max(aspect, 1e-6)))
+
+
+def peak_rss_mb() -> float | None:
+    """This process's peak resident memory so far (VmHWM, Linux); None where unknown."""
+    try:
+        with open("/proc/self/status") as f:
+            return next((int(line.split()[1]) / 1024 for line in f
+                         if line.startswith("VmHWM")), None)
+    except OSError:
+        return None

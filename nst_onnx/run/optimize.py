@@ -14,18 +14,12 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .runtime import Terms
+from ..errors import Interrupted
+from ..graphs.interface import group_terms
+from .binding import Terms
 
 LOW, HIGH = 0.0, 255.0
 MAX_RESTARTS = 3
-
-
-class Interrupted(Exception):
-    """Raised from a signal handler to stop the optimiser; ``exit_code`` is 130 or 143."""
-
-    def __init__(self, exit_code: int = 130):
-        super().__init__("interrupted")
-        self.exit_code = exit_code
 
 
 @dataclass
@@ -39,6 +33,11 @@ class Progress:
     terms: dict[str, float]
     seconds: float
     x: np.ndarray  # current image, float64 (3, H, W); do not modify
+
+    @property
+    def groups(self) -> dict[str, float]:
+        """The terms summed per group: {'content': …, 'style': …, 'tv': …}."""
+        return group_terms(self.terms)
 
 
 @dataclass
@@ -84,7 +83,7 @@ def lbfgs(evaluate: Callable[[np.ndarray], Terms], x0: np.ndarray, iterations: i
           history: int = 10, callback: Callable[[Progress], None] | None = None) -> OptimizeResult:
     """L-BFGS-B on the flattened image in float64, bounds [0, 255].
 
-    ``evaluate`` takes an (H, W, 3) float64 image. The loss is scaled internally so f starts
+    ``evaluate`` takes a (3, H, W) float64 image. The loss is scaled internally so f starts
     near 1e3 (scipy's tests are relative, but O(1e12) values and float32 gradients mixed with
     float64 make it stop early); tolerances are zero so only true convergence stops it early.
     """

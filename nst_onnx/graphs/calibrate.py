@@ -46,8 +46,9 @@ def avg_pool_scales(weights, images: list[np.ndarray]) -> dict[str, np.ndarray]:
     """{'pool1': (64,) float32, …}: per-channel factors making each average pool's mean
     squared output over ``images`` ((1, 3, H, W) float32 each) equal the max pool's. Channels that never fire
     on these images get their pool's median factor."""
-    from .graph import LossSpec, build_features_graph
-    from .runtime import make_session
+    from ..config import LossSpec
+    from ..run.runtime import make_session
+    from .networks import build_features_graph
 
     def pooled_mean(pooling: str, layer: str, scales: dict) -> np.ndarray:
         model = build_features_graph(weights, LossSpec((layer,), (layer,), pooling), scales)

@@ -1,23 +1,14 @@
-"""onnxruntime sessions for the exported graphs: providers, threads, targets bound once.
-
-``Evaluator`` is the hot path: one call runs the loss-and-gradient graph on an image.
-On CPU the fixed inputs (targets, weights) are passed as numpy arrays that onnxruntime
-reads in place; on CUDA they are copied to the device once and bound with I/O binding, so
-each evaluation moves only the image in and the gradient out.
-"""
+"""onnxruntime sessions for the exported graphs: devices, providers, threads, memory."""
 
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import onnxruntime as ort
 
-from .errors import BadInput
-
-DEVICES = ("auto", "cpu", "cuda")
+from ..config import DEVICES
+from ..errors import BadInput
 
 
 def physical_cores() -> int:
@@ -103,45 +94,3 @@ def release_free_memory() -> None:
         ctypes.CDLL("libc.so.6").malloc_trim(0)
     except (OSError, AttributeError):
         pass
-
-
-@dataclass
-class Terms:
-    """One evaluation: total loss, gradient (1, 3, H, W) float32, and each named term."""
-
-    loss: float
-    grad: np.ndarray
-    terms: dict[str, float]
-
-
-class Evaluator:
-    """Loss and gradient at an image, with the targets and weights fixed."""
-
-    def __init__(self, session: ort.InferenceSession, fixed: dict[str, np.ndarray],
-                 device: str = "cpu"):
-        self.session = session
-        self.device = device
-        self.output_names = [o.name for o in session.get_outputs()]
-        self.fixed = {k: np.asarray(v, dtype=np.float32, order="C") for k, v in fixed.items()}
-        self._binding = None
-        if device == "cuda":
-            self._binding = session.io_binding()
-            self._device_fixed = {k: ort.OrtValue.ortvalue_from_numpy(v, "cuda", 0)
-                                  for k, v in self.fixed.items()}
-            for k, v in self._device_fixed.items():
-                self._binding.bind_ortvalue_input(k, v)
-
-    def __call__(self, image: np.ndarray) -> Terms:
-        x = np.ascontiguousarray(image, dtype=np.float32)
-        if self._binding is None:
-            outs = self.session.run(self.output_names, {"image": x, **self.fixed})
-        else:
-            b = self._binding
-            b.bind_cpu_input("image", x)
-            for name in self.output_names:
-                b.bind_output(name, "cpu")
-            self.session.run_with_iobinding(b)
-            outs = b.copy_outputs_to_cpu()
-        named = dict(zip(self.output_names, outs))
-        terms = {k: float(v) for k, v in named.items() if k.endswith("_loss") or "_loss_" in k}
-        return Terms(float(named["loss"]), named["grad"], terms)

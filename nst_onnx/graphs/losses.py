@@ -1,0 +1,165 @@
+"""The loss terms, each with its gradient, composed the way crowsonkb/style-transfer-pytorch
+composes them: ``Scale(LayerApply(StyleLoss(target, inv_n, C), "relu1_1"), weight)``.
+
+A *loss* is a callable ``(g, f) → (loss, grad)`` on one tensor ``f``; ``grad(scale)`` builds
+``scale·∂loss/∂f`` when the backward walk reaches ``f`` (so the full-size gradient is not
+held through the forward pass), folding ``scale`` in where it is cheapest (a C×C matrix
+rather than a C×h×w tensor). A *term* is the same on the dict of named activations
+(``LayerApply``), returning its gradient as ``[(layer, grad)]``; ``Scale`` weights one.
+
+Definitions (N = C·h·w, F as C×(h·w)); the derivations are in docs/design.md:
+
+* content ``wc·mean((F−P)²)`` → ``2·wc·(F−P)/N``;
+* Gram ``G = F Fᵀ/N``; style ``ws·mean((G−A)²)`` → ``4·ws·(G−A) F/(C²·N)``;
+* guided style (Gatys et al. 2017): per region ``F_r = F⊙T_r``,
+  ``G_r = F_r F_rᵀ/(C·ΣT_r²)``, ``ws·mean_{r,i,j}((G_r−A_r)²)``;
+* total variation ``wtv·½·Σ(Δx)²`` → ``wtv·(Δ_before − Δ_after)``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+
+from .builder import GraphBuilder
+
+GradFn = Callable[[str | None], str]  # scale (a scalar tensor, or None for 1) → gradient
+Loss = Callable[[GraphBuilder, str], tuple[str, GradFn]]
+Term = Callable[[GraphBuilder, dict[str, str]], tuple[str, list[tuple[str, GradFn]]]]
+
+
+def _times(g: GraphBuilder, x: str, scale: str | None) -> str:
+    return x if scale is None else g.op("Mul", x, scale)
+
+
+def gram(g: GraphBuilder, f: str, c: int, inv_n: str) -> tuple[str, str]:
+    """``G = F Fᵀ/N`` of ``f`` (1, C, h, w); returns (G, F as C×M)."""
+    fm = g.op("Reshape", f, g.ints(c, -1), hint="fmat")
+    return g.op("Mul", g.op("Gemm", fm, fm, transB=1, hint="ffT"), inv_n, hint="gram"), fm
+
+
+@dataclass(frozen=True)
+class ContentLoss:
+    """``mean((F − P)²)`` against the content target P."""
+
+    target: str
+    inv_n: str  # 1/N, a scalar tensor
+
+    def __call__(self, g: GraphBuilder, f: str) -> tuple[str, GradFn]:
+        diff = g.op("Sub", f, self.target, hint="cdiff")
+        loss = g.op("ReduceMean", g.op("Mul", diff, diff), keepdims=0)
+
+        def grad(scale: str | None) -> str:
+            coef = _times(g, g.op("Mul", self.inv_n, g.const(2.0)), scale)
+            return g.op("Mul", diff, coef, hint="cgrad")
+        return loss, grad
+
+
+@dataclass(frozen=True)
+class StyleLoss:
+    """``mean((G − A)²)`` over the C×C Gram matrix against the style target A."""
+
+    target: str
+    inv_n: str
+    channels: int
+
+    def __call__(self, g: GraphBuilder, f: str) -> tuple[str, GradFn]:
+        c = self.channels
+        gm, fm = gram(g, f, c, self.inv_n)
+        diff = g.op("Sub", gm, self.target, hint="gdiff")
+        loss = g.op("ReduceMean", g.op("Mul", diff, diff), keepdims=0)
+
+        def grad(scale: str | None) -> str:
+            coef = _times(g, g.op("Mul", self.inv_n, g.const(4.0 / (c * c))), scale)
+            scaled = g.op("Mul", diff, coef, hint="gdiff_scaled")  # on the C×C side
+            return g.op("Reshape", g.op("MatMul", scaled, fm), g.op("Shape", f), hint="sgrad")
+        return loss, grad
+
+
+@dataclass(frozen=True)
+class GuidedStyleLoss:
+    """Guided Grams (Gatys et al. 2017, "Controlling Perceptual Factors"): ``guide`` is
+    (R, 1, h, w), ``target`` (R, C, C); an all-ones guide gives the plain Gram. Regions
+    share the weight as blended styles do (a mean over regions). Gradient:
+    ``∂/∂F = mean_r T_r ⊙ 4·(G_r − A_r) F_r/(C²·C·ΣT_r²)``."""
+
+    target: str
+    guide: str
+    channels: int
+
+    def __call__(self, g: GraphBuilder, f: str) -> tuple[str, GradFn]:
+        c = self.channels
+        fr = g.op("Mul", f, self.guide, hint="f_guided")  # (R, C, h, w)
+        fm = g.op("Reshape", fr, g.ints(0, c, -1), hint="fmat_r")
+        energy = g.op("ReduceSum", g.op("Mul", self.guide, self.guide), g.ints(1, 2, 3))
+        inv_n = g.op("Reciprocal", g.op("Max", g.op("Mul", energy, g.const(float(c))),
+                                        g.const(1e-6)))  # (R, 1, 1, 1)
+        inv_n = g.op("Reshape", inv_n, g.ints(-1, 1, 1))
+        gm = g.op("Mul", g.op("MatMul", fm, g.op("Transpose", fm, perm=[0, 2, 1])), inv_n,
+                  hint="gram_r")
+        diff = g.op("Sub", gm, self.target, hint="gdiff")
+        loss = g.op("ReduceMean", g.op("Mul", diff, diff), keepdims=0)
+
+        def grad(scale: str | None) -> str:
+            coef = _times(g, g.op("Mul", inv_n, g.const(4.0 / (c * c))), scale)
+            scaled = g.op("Mul", diff, coef, hint="gdiff_scaled")
+            per_region = g.op("Reshape", g.op("MatMul", scaled, fm), g.op("Shape", fr))
+            return g.op("ReduceMean", g.op("Mul", per_region, self.guide), axes=[0],
+                        keepdims=1, hint="sgrad")
+        return loss, grad
+
+
+@dataclass(frozen=True)
+class TotalVariation:
+    """``½·Σ(Δx)²`` over rows and columns of the image."""
+
+    def __call__(self, g: GraphBuilder, x: str) -> tuple[str, GradFn]:
+        big = np.iinfo(np.int64).max
+        parts, diffs = [], []
+        for axis in (2, 3):
+            ax = g.ints(axis)
+            nxt = g.op("Slice", x, g.ints(1), g.ints(big), ax)
+            prv = g.op("Slice", x, g.ints(0), g.ints(-1), ax)
+            d = g.op("Sub", nxt, prv, hint=f"tv_d{axis}")
+            parts.append(g.op("ReduceSum", g.op("Mul", d, d), keepdims=0))
+            diffs.append((axis, d))
+        loss = g.op("Mul", g.const(0.5), g.op("Add", *parts), hint="tv")
+
+        def grad(scale: str | None) -> str:
+            out = []
+            for axis, d in diffs:  # Δ padded before minus Δ padded after, along the axis
+                before, after = np.zeros(8, np.int64), np.zeros(8, np.int64)
+                before[axis], after[4 + axis] = 1, 1
+                out.append(g.op("Sub", g.op("Pad", d, g.const(before)),
+                                g.op("Pad", d, g.const(after))))
+            return _times(g, g.op("Add", *out), scale)
+        return loss, grad
+
+
+@dataclass(frozen=True)
+class LayerApply:
+    """A loss applied to one named activation (``"image"`` for the image itself)."""
+
+    loss: Loss
+    layer: str
+
+    def __call__(self, g: GraphBuilder, acts: dict[str, str]):
+        value, grad = self.loss(g, acts[self.layer])
+        return value, [(self.layer, grad)]
+
+
+@dataclass(frozen=True)
+class Scale:
+    """A term times a run-time weight (a scalar tensor), in its loss and its gradient."""
+
+    term: Term
+    weight: str
+
+    def __call__(self, g: GraphBuilder, acts: dict[str, str]):
+        value, grads = self.term(g, acts)
+
+        def scaled(grad: GradFn) -> GradFn:
+            return lambda s: grad(self.weight if s is None else g.op("Mul", self.weight, s))
+        return g.op("Mul", self.weight, value), [(layer, scaled(gr)) for layer, gr in grads]

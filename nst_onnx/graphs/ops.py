@@ -1,0 +1,110 @@
+"""VGG19's forward ops, each next to its gradient kernel (the backward pass as ONNX ops).
+
+Every function appends nodes to a :class:`~nst_onnx.graphs.builder.GraphBuilder` and
+returns tensor names. The math of each kernel is in docs/design.md; each is tested alone
+against numpy in tests/test_kernels.py.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from onnx import helper
+
+from .builder import FLOAT, GraphBuilder
+from .vgg19 import MEAN_BGR
+
+POOL = dict(kernel_shape=[2, 2], strides=[2, 2])
+
+
+# --------------------------------------------------------------------------- preprocessing
+
+
+def center(g: GraphBuilder, image: str) -> str:
+    """RGB in [0, 255] minus the Caffe mean (the RGB→BGR flip is folded into conv1_1's
+    weights). Its gradient is the identity: nothing to build."""
+    mean_rgb = np.array(MEAN_BGR[::-1], np.float32).reshape(1, 3, 1, 1)
+    return g.op("Sub", image, g.const(mean_rgb, "mean_rgb"), hint="centered")
+
+
+# --------------------------------------------------------------------------- ReLU
+
+
+def relu(g: GraphBuilder, z: str, name: str) -> str:
+    return g.op("Relu", z, outputs=[name])
+
+
+def relu_mask(g: GraphBuilder, a: str, hint: str = "relu_mask") -> str:
+    """What the backward pass keeps of a ReLU: ``a > 0`` as bool (1 byte per element)."""
+    return g.op("Greater", a, g.const(0.0), hint=hint)
+
+
+def relu_grad(g: GraphBuilder, grad: str, mask: str) -> str:
+    """``g · (a > 0)``. Mul by the mask's float cast beats Where 3×."""
+    return g.op("Mul", grad, g.op("Cast", mask, to=FLOAT), hint="g_z")
+
+
+# --------------------------------------------------------------------------- 3×3 convolution
+
+
+def conv(g: GraphBuilder, x: str, weight: str, bias: str, name: str) -> str:
+    return g.op("Conv", x, weight, bias, kernel_shape=[3, 3], pads=[1, 1, 1, 1], hint=name)
+
+
+def conv_input_grad(g: GraphBuilder, gz: str, weight: str, name: str) -> str:
+    """∂/∂input of a 3×3, pad-1 conv: a plain Conv of ``gz`` with ``W'[i,o] = W[o,i]``
+    rotated 180°, derived in-graph from the one stored weight (onnxruntime folds it at
+    session start). Faster and smaller than ConvTranspose on the CPU (docs/design.md)."""
+    wt = g.op("Transpose", weight, perm=[1, 0, 2, 3])
+    wf = g.op("Slice", wt, g.ints(-1, -1), g.ints(*[np.iinfo(np.int64).min] * 2), g.ints(2, 3),
+              g.ints(-1, -1), hint=f"{name}.weight_flipT")
+    return g.op("Conv", gz, wf, kernel_shape=[3, 3], pads=[1, 1, 1, 1], hint=f"g_in_{name}")
+
+
+# --------------------------------------------------------------------------- 2×2 max pool
+
+
+def maxpool(g: GraphBuilder, x: str, with_indices: bool) -> tuple[str, str | None]:
+    """2×2, stride 2 (odd edges floored away); the arg-max indices when a backward needs them."""
+    if not with_indices:
+        return g.op("MaxPool", x, hint="pool", **POOL), None
+    y, idx = g.op("MaxPool", x, outputs=2, hint="pool", **POOL)
+    return y, idx
+
+
+def maxpool_grad(g: GraphBuilder, grad: str, x_shape: str, indices: str) -> str:
+    """Each window's gradient to its recorded arg-max (exact, tie-safe: one winner per
+    window); everything else, the floored-away edges included, is zero."""
+    flat = g.ints(-1)
+    size = g.op("ReduceProd", x_shape, keepdims=1)
+    zeros = g.op("ConstantOfShape", size, value=helper.make_tensor("z", FLOAT, [1], [0.0]))
+    scattered = g.op("ScatterElements", zeros, g.op("Reshape", indices, flat),
+                     g.op("Reshape", grad, flat), axis=0)
+    return g.op("Reshape", scattered, x_shape, hint="g_pool")
+
+
+# --------------------------------------------------------------------------- 2×2 average pool
+
+
+def avgpool(g: GraphBuilder, x: str, scale: str | None = None) -> str:
+    """2×2 mean, optionally times a per-channel ``scale`` (1, C, 1, 1): average pooling's
+    magnitude rescaling (:mod:`nst_onnx.graphs.calibrate`)."""
+    y = g.op("AveragePool", x, hint="pool", **POOL)
+    return y if scale is None else g.op("Mul", y, scale, hint="pool_scaled")
+
+
+def avgpool_grad(g: GraphBuilder, grad: str, x_shape: str, scale: str | None = None) -> str:
+    """``(scale·g)/4`` copied to each window's four pixels; floored-away edges get zero."""
+    if scale is not None:
+        grad = g.op("Mul", grad, scale)
+    quarter = g.op("Mul", grad, g.const(0.25))
+    up = g.op("Resize", quarter, "", g.const(np.array([1, 1, 2, 2], np.float32)), mode="nearest",
+              coordinate_transformation_mode="asymmetric", nearest_mode="floor")
+    hw_in = _hw(g, x_shape)
+    hw_up = _hw(g, g.op("Shape", up))
+    pad_end = g.op("Sub", hw_in, hw_up)
+    pads = g.op("Concat", g.const(np.zeros(6, np.int64)), pad_end, axis=0)
+    return g.op("Pad", up, pads, hint="g_pool")
+
+
+def _hw(g: GraphBuilder, shape: str) -> str:
+    return g.op("Slice", shape, g.ints(2), g.ints(4))
