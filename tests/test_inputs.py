@@ -8,6 +8,7 @@ import signal
 import struct
 import subprocess
 import sys
+import threading
 import time
 import zlib
 
@@ -132,9 +133,15 @@ def test_kill_9_during_save_keeps_the_previous_file(tmp_path):
         "    print('writing', flush=True); time.sleep(60)\n"
     )
     p = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
-    assert p.stdout.readline().strip() == "writing"
-    p.send_signal(signal.SIGKILL)
-    p.wait(timeout=30)
+    timer = threading.Timer(60, p.kill)  # a child that never prints must not hang the suite
+    timer.start()
+    try:
+        assert p.stdout.readline().strip() == "writing"
+        p.send_signal(signal.SIGKILL)
+        p.wait(timeout=30)
+    finally:
+        timer.cancel()
+        p.kill()
     assert target.read_bytes() == b"previous image"
 
 

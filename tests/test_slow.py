@@ -1,0 +1,76 @@
+"""Full-size checks (`python -m pytest -m slow`; a few minutes on 2 cores): the gradient at
+working sizes, against the float64 reference and against the graph's own loss, and a whole
+512 px run from the command line."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import reference as ref
+from conftest import EXAMPLES
+
+pytestmark = pytest.mark.slow
+
+
+def _dense(weights):
+    return {k: (v.weight, v.b) for k, v in weights.layers.items()}
+
+
+def test_gradient_at_256_against_the_float64_reference(st, real_weights):
+    problem = st.prepare(EXAMPLES / "tubingen.jpg", EXAMPLES / "starry_night.jpg", size=256)
+    rng = np.random.default_rng(5)
+    x = np.clip(problem.content[0].astype(np.float64) + rng.normal(0, 20, (3, *problem.shape[:2])),
+                0, 255)
+    t = problem.evaluate(x)
+    fixed, spec = problem.evaluator.fixed, st.spec
+    ct = {n: fixed[f"target_{n}"][0].astype(np.float64) for n in spec.content_layers}
+    gt = {n: fixed[f"target_gram_{n}"].astype(np.float64) for n in spec.style_layers}
+
+    def ref_loss(z):
+        return ref.loss(z, _dense(real_weights), spec.content_layers, spec.style_layers,
+                        spec.pooling, ct, gt, fixed["content_weights"], fixed["style_weights"],
+                        float(fixed["tv_weight"]))
+
+    assert t.loss == pytest.approx(ref_loss(x), rel=1e-4)
+    # random directions on 16×16 patches: over the whole image, grad·d of a random d sums
+    # ~2e5 float32 terms of both signs and the rounding alone reaches ~1e-3
+    for y0, x0 in [(40, 60), (150, 200)]:
+        d = np.zeros_like(x)
+        d[:, y0:y0 + 16, x0:x0 + 16] = rng.standard_normal((3, 16, 16))
+        eps = 1e-5
+        fd = (ref_loss(x + eps * d) - ref_loss(x - eps * d)) / (2 * eps)
+        assert float(np.sum(t.grad[0].astype(np.float64) * d)) == pytest.approx(fd, rel=1e-3)
+
+
+def test_gradient_at_512_along_the_steepest_direction(st):
+    """The default objective at 512×384: grad·d against (L(x+εd) − L(x−εd))/2ε of the
+    graph's own float32 loss, along the gradient (random directions drown in float32
+    rounding of a ~1e8 loss)."""
+    problem = st.prepare(EXAMPLES / "tubingen.jpg", EXAMPLES / "starry_night.jpg", size=512)
+    rng = np.random.default_rng(6)
+    x = np.clip(problem.content[0].astype(np.float64) + rng.normal(0, 10, (3, *problem.shape[:2])),
+                1, 254)
+    t = problem.evaluate(x)
+    d = t.grad[0].astype(np.float64)
+    d /= np.linalg.norm(d)
+    eps = 2.0
+    fd = (problem.evaluate(x + eps * d).loss - problem.evaluate(x - eps * d).loss) / (2 * eps)
+    assert float(np.sum(t.grad[0] * d)) == pytest.approx(fd, rel=1e-2)
+
+
+def test_whole_512_run_from_the_command_line(models_dir, tmp_path):
+    from typer.testing import CliRunner
+
+    from nst_onnx.cli import app
+
+    out = tmp_path / "out.png"
+    r = CliRunner().invoke(app, ["stylize", str(EXAMPLES / "tubingen.jpg"),
+                                 str(EXAMPLES / "starry_night.jpg"), "-o", str(out), "--size",
+                                 "512", "--iterations", "30", "--json", "--models",
+                                 str(models_dir)])
+    assert r.exit_code == 0, r.output
+    s = json.loads(r.stdout.strip().splitlines()[-1])
+    assert s["iterations"] == 30 and s["final_loss"] < 0.2 * s["initial_loss"]
+    assert (s["width"], s["height"]) == (512, 384)
