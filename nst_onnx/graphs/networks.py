@@ -56,7 +56,7 @@ class _Tape:
     weight: str
     mask: str | None = None  # a > 0 (bool); None where a max pool's mask stands in for it
     pool: str | None = None  # the pool before this conv: "max" | "avg"
-    pool_shape: str | None = None  # shape of the activation entering that pool
+    pool_shape: str | None = None  # shape (max) or (H, W) (avg) of the pool's input
     pool_idx: str | None = None  # max pool arg-max indices
     pool_mask: str | None = None  # max pool output > 0 (bool)
     pool_scale: str | None = None  # average pool's magnitude factor (1, C, 1, 1)
@@ -75,7 +75,8 @@ def _forward(g: GraphBuilder, weights: Weights, spec: LossSpec, need_backward: b
         if pool:
             t.pool = spec.pooling
             if need_backward:
-                t.pool_shape = g.op("Shape", h, hint="pool_in_shape")
+                t.pool_shape = (ops.spatial_shape(g, h) if spec.pooling == "avg"
+                                else g.op("Shape", h, hint="pool_in_shape"))
             if spec.pooling == "avg":
                 factor = (pool_scales or {}).get(pool)
                 if factor is not None:  # see nst_onnx.graphs.calibrate

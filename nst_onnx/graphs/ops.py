@@ -73,12 +73,12 @@ def maxpool(g: GraphBuilder, x: str, with_indices: bool) -> tuple[str, str | Non
 
 def maxpool_grad(g: GraphBuilder, grad: str, x_shape: str, indices: str) -> str:
     """Each window's gradient to its recorded arg-max (exact, tie-safe: one winner per
-    window); everything else, the floored-away edges included, is zero."""
+    window); everything else, the floored-away edges included, is zero. The zeros are made
+    from the input's shape and flattened (no size arithmetic: every op has a CUDA kernel)."""
     flat = g.ints(-1)
-    size = g.op("ReduceProd", x_shape, keepdims=1)
-    zeros = g.op("ConstantOfShape", size, value=helper.make_tensor("z", FLOAT, [1], [0.0]))
-    scattered = g.op("ScatterElements", zeros, g.op("Reshape", indices, flat),
-                     g.op("Reshape", grad, flat), axis=0)
+    zeros = g.op("ConstantOfShape", x_shape, value=helper.make_tensor("z", FLOAT, [1], [0.0]))
+    scattered = g.op("ScatterElements", g.op("Reshape", zeros, flat),
+                     g.op("Reshape", indices, flat), g.op("Reshape", grad, flat), axis=0)
     return g.op("Reshape", scattered, x_shape, hint="g_pool")
 
 
@@ -92,19 +92,20 @@ def avgpool(g: GraphBuilder, x: str, scale: str | None = None) -> str:
     return y if scale is None else g.op("Mul", y, scale, hint="pool_scaled")
 
 
-def avgpool_grad(g: GraphBuilder, grad: str, x_shape: str, scale: str | None = None) -> str:
-    """``(scale·g)/4`` copied to each window's four pixels; floored-away edges get zero."""
+def avgpool_grad(g: GraphBuilder, grad: str, x_hw: str, scale: str | None = None) -> str:
+    """``(scale·g)/4`` copied to each window's four pixels; floored-away edges get zero.
+
+    ``x_hw``: the pool input's (H, W). The upsampled gradient is 2·⌊H/2⌋ × 2·⌊W/2⌋; padded by
+    one row and column and cut to (H, W), without size arithmetic in the graph."""
     if scale is not None:
         grad = g.op("Mul", grad, scale)
     quarter = g.op("Mul", grad, g.const(0.25))
     up = g.op("Resize", quarter, "", g.const(np.array([1, 1, 2, 2], np.float32)), mode="nearest",
               coordinate_transformation_mode="asymmetric", nearest_mode="floor")
-    hw_in = _hw(g, x_shape)
-    hw_up = _hw(g, g.op("Shape", up))
-    pad_end = g.op("Sub", hw_in, hw_up)
-    pads = g.op("Concat", g.const(np.zeros(6, np.int64)), pad_end, axis=0)
-    return g.op("Pad", up, pads, hint="g_pool")
+    padded = g.op("Pad", up, g.ints(0, 0, 0, 0, 0, 0, 1, 1))
+    return g.op("Slice", padded, g.ints(0, 0), x_hw, g.ints(2, 3), hint="g_pool")
 
 
-def _hw(g: GraphBuilder, shape: str) -> str:
-    return g.op("Slice", shape, g.ints(2), g.ints(4))
+def spatial_shape(g: GraphBuilder, x: str) -> str:
+    """(H, W) of an NCHW tensor, as int64 (Shape with start=2: no Slice of a shape)."""
+    return g.op("Shape", x, start=2, hint="hw")
