@@ -170,11 +170,20 @@ class StyleTransfer:
             engine or EngineOptions(), **{k: v for k, v in options.items() if k not in spec_names})
         self.options.validate()
         self.log = log
-        self.device = resolve_device(self.options.device)
+        self.device, notice = resolve_device(self.options.device, self.options.debug)
+        if notice:
+            log(f"note: {notice}")
         self.threads = self.options.threads or physical_cores()
         self._sessions: dict[LossSpec, tuple[dict, object]] = {}
+        self._features_session = None
         self.model_dir = self._model(self.spec)[0]
         self.manifest = read_manifest(self.model_dir)
+        self.providers: list[str] = []  # what the loss session actually runs on
+
+    def _session(self, path: Path):
+        o = self.options
+        return make_session(path, self.device, self.threads, tf32=o.tf32,
+                            gpu_mem_limit_mb=o.gpu_mem_limit_mb, debug=o.debug)
 
     def _model(self, spec: LossSpec) -> tuple[Path, dict]:
         o = self.options
@@ -188,8 +197,9 @@ class StyleTransfer:
         spec = dataclasses.replace(self.spec, guided=guided)
         if spec not in self._sessions:
             model_dir, manifest = self._model(spec)
-            self._sessions[spec] = manifest, make_session(model_dir / "loss.onnx", self.device,
-                                                          self.threads)
+            session = self._session(model_dir / loss_io(spec).file)
+            self.providers = session.get_providers()
+            self._sessions[spec] = manifest, session
         return self._sessions[spec]
 
     @property
@@ -199,15 +209,20 @@ class StyleTransfer:
     def features(self, images: list[np.ndarray]) -> list[dict[str, np.ndarray]]:
         """(1, 3, H, W) float32 images → [{'features_relu4_2': …, 'gram_relu1_1': …}, …].
 
-        The features session lives only for this call: targets are computed once per
-        problem, and its weights (~60 MB) would otherwise sit beside the loss session's.
+        On the CPU the features session lives only for this call: targets are computed once
+        per problem, and its weights (~60 MB) would otherwise sit beside the loss session's.
+        On a GPU it is kept: building a CUDA session (weight upload, cuDNN algorithm search)
+        costs more than its memory, and coarse-to-fine needs it at every scale.
         """
-        session = make_session(self.model_dir / features_io(self.spec).file, self.device,
-                               self.threads)
+        session = self._features_session or self._session(
+            self.model_dir / features_io(self.spec).file)
         names = features_io(self.spec).names("outputs")
         out = [dict(zip(names, session.run(names, {"image": x}))) for x in images]
-        del session
-        release_free_memory()
+        if self.device == "cuda":
+            self._features_session = session
+        else:
+            del session
+            release_free_memory()
         return out
 
     def prepare(self, content, styles, size: int = RunOptions.size, *, masks=None,
@@ -287,22 +302,42 @@ class StyleTransfer:
         return np.stack(out)[:, None]
 
     def check_memory(self, problem: Problem, final_size: int, run: RunOptions) -> dict:
-        """Estimate the run's peak memory at its final size; refuse (BadInput) when it will
-        not fit, unless ``run.force``. Returns what was estimated."""
+        """Estimate the run's peak memory at its final size — host memory on the CPU, device
+        memory on a GPU — and refuse (BadInput) when it will not fit, unless ``run.force``.
+        Returns what was estimated."""
         h, w = problem.shape[:2]
         grow = (final_size / max(h, w)) ** 2
-        style_px = max(s.shape[2] * s.shape[3] for s in problem.styles)
-        mpx = max(h * w, style_px) * grow / 1e6
+        aspect = min(h, w) / max(h, w)
         pairs = run.history if run.optimizer == "lbfgs" else 1
-        est = resources.estimate_peak_mb(mpx, pairs, problem.regions)
-        avail = resources.available_mb()
-        info = {"megapixels": round(mpx, 4), "estimated_peak_mb": round(est),
-                "available_mb": None if avail is None else round(avail), "device": self.device}
-        if self.device == "cpu" and avail is not None and est > resources.HEADROOM * avail:
-            side = resources.largest_side(resources.HEADROOM * avail, min(h, w) / max(h, w),
-                                          pairs, problem.regions)
-            msg = (f"this run needs about {est / 1024:.1f} GB of memory and {avail / 1024:.1f} "
-                   f"GB is available: use --size {side} or less, or pass --force")
+        if self.device == "cuda":
+            fh, fw = round(h * grow ** 0.5), round(w * grow ** 0.5)
+            spec = dataclasses.replace(self.spec, guided=problem.regions > 0)
+            est = resources.estimate_gpu_mb(spec, fh, fw, problem.regions)
+            mem = resources.gpu_memory_mb()
+            avail = None if mem is None else mem[0]
+            what = "GPU memory"
+
+            def largest(budget):
+                return resources.gpu_largest_side(spec, budget, aspect, problem.regions)
+            info = {"pixels": fh * fw, "estimated_gpu_mb": round(est), "gpu_free_mb":
+                    None if avail is None else round(avail), "estimate": "not yet calibrated on "
+                    "a GPU", "device": self.device}
+        else:
+            style_px = max(s.shape[2] * s.shape[3] for s in problem.styles)
+            mpx = max(h * w, style_px) * grow / 1e6
+            est = resources.estimate_peak_mb(mpx, pairs, problem.regions)
+            avail = resources.available_mb()
+            what = "memory"
+
+            def largest(budget):
+                return resources.largest_side(budget, aspect, pairs, problem.regions)
+            info = {"megapixels": round(mpx, 4), "estimated_peak_mb": round(est),
+                    "available_mb": None if avail is None else round(avail),
+                    "device": self.device}
+        if avail is not None and est > resources.HEADROOM * avail:
+            msg = (f"this run needs about {est / 1024:.1f} GB of {what} and {avail / 1024:.1f} "
+                   f"GB is free: use --size {largest(resources.HEADROOM * avail)} or less, or "
+                   "pass --force")
             if not run.force:
                 raise BadInput(msg)
             self.log(f"warning: {msg} (--force given)")
@@ -326,7 +361,9 @@ class StyleTransfer:
         return Result(to_pil(problem.finish(res.x)[None]), res, settings,
                       model={"model": problem.manifest["key"],
                              "model_sha256": problem.manifest["files"]["loss.onnx"]["sha256"]},
-                      engine={"device": self.device, "threads": self.threads})
+                      engine={"device": self.device, "providers": self.providers,
+                              "threads": self.threads if self.device == "cpu" else 1,
+                              "tf32": self.options.tf32 if self.device == "cuda" else None})
 
     def transfer(self, content, styles, run: RunOptions | None = None,
                  weights: LossWeights | None = None, *, masks=None,
@@ -386,7 +423,7 @@ class StyleTransfer:
                               "stop_reason": o.stop_reason})
             done += n
             start = o.x
-            if o.interrupted is not None:
+            if o.interrupted is not None or o.error is not None:
                 break
         result.settings.update(settings_dict(run, weights, self.spec), size=sizes[-1],
                                scales=sizes, iterations=its)
@@ -503,10 +540,17 @@ def system_info(models_dir=None, cache_dir=None) -> dict:
                           "bytes": sum(f["bytes"] for f in d.get("files", {}).values())})
         except (OSError, ValueError):
             found.append({"dir": str(m.parent), "error": "unreadable manifest"})
+    from .run.runtime import cuda_problem, installed_runtimes, runtime_clash
+
     providers = ort.get_available_providers()
+    problem = cuda_problem()
+    gpu = resources.gpu_memory_mb()
     return {"nst_onnx": __version__, "python": sys.version.split()[0],
-            "onnxruntime": ort.__version__, "providers": providers,
-            "device_auto": "cuda" if "CUDAExecutionProvider" in providers else "cpu",
+            "onnxruntime": ort.__version__, "onnxruntime_packages": installed_runtimes(),
+            "runtime_clash": runtime_clash(), "providers": providers,
+            "device_auto": "cpu" if problem else "cuda", "cuda": problem or "usable",
+            "gpu_memory_mb": None if gpu is None else {"free": round(gpu[0]),
+                                                        "total": round(gpu[1])},
             "physical_cores": physical_cores(), "models_dir": str(mdir), "models": found,
             "cache_dir": str(Path(cache_dir) if cache_dir else default_cache_dir()),
             "memory_available_mb": round(resources.available_mb() or 0),
@@ -539,5 +583,6 @@ def bench(st: StyleTransfer, sizes: list[int], repeats: int = 5) -> dict:
         med = statistics.median(times)
         rows.append({"size": size, "median_s": med,
                      "gflops": loss_flops(st.spec, size, size) / med / 1e9})
-    return {"device": st.device, "threads": st.threads, "model": st.manifest["key"],
+    return {"device": st.device, "providers": st.providers, "threads": st.threads,
+            "tf32": st.options.tf32, "model": st.manifest["key"],
             "peak_rss_mb": resources.peak_rss_mb(), "results": rows}

@@ -45,6 +45,10 @@ LayersS = Annotated[str, typer.Option("--style-layers", help="Comma-separated.")
 DeviceOpt = Annotated[str, typer.Option("--device", help="auto, cpu or cuda.")]
 ThreadsOpt = Annotated[int | None, typer.Option("--threads", help="onnxruntime threads "
                        "(default: physical cores).")]
+Tf32Opt = Annotated[bool, typer.Option("--tf32", help="CUDA: TF32 convolutions and matrix "
+                     "products (faster; the gradient is no longer float32-exact).")]
+GpuMemOpt = Annotated[float | None, typer.Option("--gpu-mem-limit", help="CUDA: cap "
+                      "onnxruntime's device memory, in MB.")]
 DebugOpt = Annotated[bool, typer.Option("--debug", help="Show tracebacks and onnxruntime's "
                                         "own log.")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON object on stdout.")]
@@ -115,7 +119,9 @@ def info(models: ModelsOpt = None, cache_dir: CacheOpt = None, as_json: JsonOpt 
         for k, v in data.items():
             if k == "models":
                 continue
-            if isinstance(v, list):
+            if v is None:
+                v = "none"
+            elif isinstance(v, list):
                 v = ", ".join(map(str, v))
             elif isinstance(v, dict):
                 v = ", ".join(f"{a}: {b}" for a, b in v.items())
@@ -133,6 +139,7 @@ def bench(sizes: Annotated[list[int] | None, typer.Option("--size", help="Square
                                                           "time (repeatable).")] = None,
           repeats: Annotated[int, typer.Option(help="Timed evaluations per size.")] = 5,
           device: DeviceOpt = ENGINE.device, threads: ThreadsOpt = ENGINE.threads,
+          tf32: Tf32Opt = ENGINE.tf32, gpu_mem_limit: GpuMemOpt = ENGINE.gpu_mem_limit_mb,
           models: ModelsOpt = None, weights: WeightsOpt = None, cache_dir: CacheOpt = None,
           as_json: JsonOpt = False, debug: DebugOpt = False) -> None:
     """Time one loss+gradient evaluation (median after a warm-up) on this machine."""
@@ -140,13 +147,15 @@ def bench(sizes: Annotated[list[int] | None, typer.Option("--size", help="Square
         from .api import StyleTransfer
         from .api import bench as run_bench
 
-        st = StyleTransfer(device=device, threads=threads, models_dir=models, weights=weights,
+        st = StyleTransfer(device=device, threads=threads, tf32=tf32,
+                           gpu_mem_limit_mb=gpu_mem_limit, models_dir=models, weights=weights,
                            cache_dir=cache_dir, debug=debug, log=_log(as_json))
         out = run_bench(st, sizes or [256, 512], repeats)
         if as_json:
             typer.echo(json.dumps(out))
             return
-        typer.echo(f"{out['device']}, {out['threads']} threads, {out['model']}")
+        typer.echo(f"{out['device']} ({', '.join(out['providers'])}), {out['threads']} threads, "
+                   f"{out['model']}")
         for r in out["results"]:
             typer.echo(f"{r['size']:5d}²  {r['median_s']:.3f} s/evaluation  "
                        f"{r['gflops']:.0f} GFLOP/s")
@@ -200,6 +209,8 @@ def stylize(
     history: Annotated[int, typer.Option(help="L-BFGS memory.")] = RUN.history,
     device: DeviceOpt = ENGINE.device,
     threads: ThreadsOpt = ENGINE.threads,
+    tf32: Tf32Opt = ENGINE.tf32,
+    gpu_mem_limit: GpuMemOpt = ENGINE.gpu_mem_limit_mb,
     save_every: Annotated[int, typer.Option(help="Save an intermediate image every N "
                                             "iterations (OUT.iterN.ext).")] = 0,
     no_clobber: Annotated[bool, typer.Option("--no-clobber", help="Refuse to overwrite an "
@@ -236,7 +247,8 @@ def stylize(
             style_blend=_numbers(style_blend, "--style-blend"), style_scale=style_scale,
             preserve_colors=preserve_colors, size_consistent=size_consistent)
         log = _log(quiet or as_json)
-        st = StyleTransfer(device=device, threads=threads, pooling=pooling,
+        st = StyleTransfer(device=device, threads=threads, tf32=tf32,
+                           gpu_mem_limit_mb=gpu_mem_limit, pooling=pooling,
                            content_layers=content_layers, style_layers=style_layers,
                            models_dir=models, weights=weights, cache_dir=cache_dir, debug=debug,
                            log=log)
@@ -274,6 +286,8 @@ def stylize(
             typer.echo(f"wrote {output}: loss {s['initial_loss']:.4g} → {s['final_loss']:.4g} "
                        f"in {s['iterations']} iterations ({s['evaluations']} evaluations, "
                        f"{s['seconds']:.1f} s); {s['stop_reason']}", err=True)
+        if result.optimize.error is not None:  # e.g. GPU memory: the best image is written
+            raise result.optimize.error
         if result.optimize.interrupted is not None:
             raise typer.Exit(result.optimize.interrupted.exit_code)
     _guard(go, debug)

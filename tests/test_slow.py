@@ -74,3 +74,44 @@ def test_whole_512_run_from_the_command_line(models_dir, tmp_path):
     s = json.loads(r.stdout.strip().splitlines()[-1])
     assert s["iterations"] == 30 and s["final_loss"] < 0.2 * s["initial_loss"]
     assert (s["width"], s["height"]) == (512, 384)
+
+
+def test_gpu_wheel_on_a_machine_without_a_gpu(tmp_path, models_dir):
+    """Case (b) of the CUDA issue: onnxruntime-gpu installed, no GPU or CUDA libraries.
+    `--device cuda` → exit 2, one line naming what failed to load; `--device auto` → runs on
+    the CPU with one notice line. Installs onnxruntime-gpu into a fresh venv (needs PyPI)."""
+    import os
+    import subprocess
+    import sys
+
+    import onnxruntime as ort
+
+    if "CUDAExecutionProvider" in ort.get_available_providers():
+        pytest.skip("this environment has onnxruntime-gpu already")
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=120)
+    pip = [str(venv / "bin" / "python"), "-m", "pip", "install", "-q",
+           "--disable-pip-version-check"]
+    r = subprocess.run([*pip, "onnxruntime-gpu", "onnx", "numpy", "scipy", "pillow", "typer"],
+                       capture_output=True, text=True, timeout=900)
+    if r.returncode != 0:
+        pytest.skip(f"could not install onnxruntime-gpu: {r.stderr.strip()[-200:]}")
+    subprocess.run([*pip, "--no-deps", str(EXAMPLES.parent)], check=True, timeout=300)
+    nst = [str(venv / "bin" / "nst"), "stylize", str(EXAMPLES / "tubingen.jpg"),
+           str(EXAMPLES / "starry_night.jpg"), "--size", "32", "--iterations", "2",
+           "--models", str(models_dir)]
+    env = dict(os.environ, PYTHONPATH="")
+    r = subprocess.run([*nst, "-o", str(tmp_path / "c.png"), "--device", "cuda"],
+                       capture_output=True, text=True, timeout=300, env=env)
+    assert r.returncode == 2, r.stderr
+    assert r.stdout == "" and len(r.stderr.strip().splitlines()) == 1, r.stderr
+    assert "CUDA is not usable" in r.stderr and ".so" in r.stderr, r.stderr
+    r = subprocess.run([*nst, "-o", str(tmp_path / "a.png"), "--json"],
+                       capture_output=True, text=True, timeout=300, env=env)
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["device"] == "cpu"
+    r = subprocess.run([*nst, "-o", str(tmp_path / "b.png")], capture_output=True, text=True,
+                       timeout=300, env=env)
+    notes = [ln for ln in r.stderr.splitlines() if ln.startswith("note:")]
+    assert r.returncode == 0 and len(notes) == 1 and "running on the CPU" in notes[0], r.stderr
+    assert "Traceback" not in r.stderr and "[E:onnxruntime" not in r.stderr

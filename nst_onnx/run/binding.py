@@ -3,7 +3,8 @@
 The fixed inputs (targets, weights, guides, sizes — every input of the declared interface
 but the image) are set once. On CPU they are numpy arrays onnxruntime reads in place; on
 CUDA they are copied to the device once and bound with I/O binding, so each evaluation moves
-only the image in and the gradient out.
+only the image in and the gradient (and a few scalars) out. ``host_bytes`` counts what
+crossed between the host's arrays and the session, per evaluation.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import numpy as np
 import onnxruntime as ort
 
 from ..graphs.interface import Interface
+from .runtime import DeviceOutOfMemory, is_out_of_memory
 
 
 @dataclass
@@ -39,6 +41,8 @@ class Evaluator:
         self.output_names = io.names("outputs")
         self.term_names = io.names("outputs", "term")
         self.fixed = {k: np.asarray(v, dtype=np.float32, order="C") for k, v in fixed.items()}
+        self.host_bytes = 0  # image in + outputs out, over all evaluations so far
+        self.evaluations = 0
         self._binding = None
         if device == "cuda":
             self._binding = session.io_binding()
@@ -46,18 +50,26 @@ class Evaluator:
                                   for k, v in self.fixed.items()}
             for k, v in self._device_fixed.items():
                 self._binding.bind_ortvalue_input(k, v)
+            for name in self.output_names:
+                self._binding.bind_output(name, "cpu")
 
     def __call__(self, image: np.ndarray) -> Terms:
         x = np.ascontiguousarray(image, dtype=np.float32)
-        if self._binding is None:
-            outs = self.session.run(self.output_names, {"image": x, **self.fixed})
-        else:
-            b = self._binding
-            b.bind_cpu_input("image", x)
-            for name in self.output_names:
-                b.bind_output(name, "cpu")
-            self.session.run_with_iobinding(b)
-            outs = b.copy_outputs_to_cpu()
+        try:
+            if self._binding is None:
+                outs = self.session.run(self.output_names, {"image": x, **self.fixed})
+            else:
+                self._binding.bind_cpu_input("image", x)
+                self.session.run_with_iobinding(self._binding)
+                outs = self._binding.copy_outputs_to_cpu()
+        except Exception as e:
+            if self.device == "cuda" and is_out_of_memory(e):
+                raise DeviceOutOfMemory(
+                    f"the GPU ran out of memory at {x.shape[3]}×{x.shape[2]} px: use a smaller "
+                    "--size (nst info shows the estimates) or raise --gpu-mem-limit") from None
+            raise
+        self.evaluations += 1
+        self.host_bytes += x.nbytes + sum(o.nbytes for o in outs)
         named = dict(zip(self.output_names, outs))
         return Terms(float(named["loss"]), named["grad"],
                      {k: float(named[k]) for k in self.term_names})

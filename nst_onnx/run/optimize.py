@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ..errors import Interrupted
+from ..errors import Interrupted, NstError
 from ..graphs.interface import group_terms
 from .binding import Terms
 
@@ -53,6 +53,7 @@ class OptimizeResult:
     seconds: float
     restarts: int = 0
     interrupted: Interrupted | None = field(default=None, repr=False)
+    error: NstError | None = field(default=None, repr=False)  # stopped the run (e.g. GPU memory)
 
 
 class _Tracker:
@@ -114,7 +115,7 @@ def lbfgs(evaluate: Callable[[np.ndarray], Terms], x0: np.ndarray, iterations: i
             callback(Progress(done, iterations, track.evaluations, last.loss, last.terms,
                               time.perf_counter() - start, xk.reshape(shape)))
 
-    interrupted = None
+    interrupted, error = None, None
     x = x0.ravel().astype(np.float64)
     while done < iterations:
         try:
@@ -126,8 +127,9 @@ def lbfgs(evaluate: Callable[[np.ndarray], Terms], x0: np.ndarray, iterations: i
         except Interrupted as e:
             interrupted, reason = e, "interrupted"
             break
-        except FloatingPointError as e:
+        except (FloatingPointError, NstError) as e:
             reason = f"stopped: {e}; kept the best image"
+            error = e if isinstance(e, NstError) else None
             break
         msg = res.message if isinstance(res.message, str) else res.message.decode()
         if done >= iterations or res.nit >= iterations:
@@ -141,7 +143,7 @@ def lbfgs(evaluate: Callable[[np.ndarray], Terms], x0: np.ndarray, iterations: i
         break
     return OptimizeResult(_shaped(track, x0), track.best_loss, track.best_terms,
                           first.loss, first.terms, done, track.evaluations, reason,
-                          time.perf_counter() - start, restarts, interrupted)
+                          time.perf_counter() - start, restarts, interrupted, error)
 
 
 def _shaped(track: _Tracker, x0: np.ndarray) -> np.ndarray:
@@ -172,7 +174,7 @@ def adam(evaluate: Callable[[np.ndarray], Terms], x0: np.ndarray, iterations: in
     x = x0.ravel().astype(np.float64)
     m = np.zeros_like(x)
     v = np.zeros_like(x)
-    reason, interrupted, done = "iteration budget reached", None, 0
+    reason, interrupted, error, done = "iteration budget reached", None, None, 0
     first = None
     try:
         for i in range(1, iterations + 1):
@@ -191,10 +193,11 @@ def adam(evaluate: Callable[[np.ndarray], Terms], x0: np.ndarray, iterations: in
             track(x)  # the final step's loss, so the best iterate includes it
     except Interrupted as e:
         interrupted, reason = e, "interrupted"
-    except FloatingPointError as e:
+    except (FloatingPointError, NstError) as e:
         reason = f"stopped: {e}; kept the best image"
+        error = e if isinstance(e, NstError) else None
     first = first or track.first
     return OptimizeResult(_shaped(track, x0), track.best_loss, track.best_terms,
                           first.loss if first else math.nan, first.terms if first else {},
                           done, track.evaluations, reason, time.perf_counter() - start, 0,
-                          interrupted)
+                          interrupted, error)

@@ -55,3 +55,65 @@ def peak_rss_mb() -> float | None:
                          if line.startswith("VmHWM")), None)
     except OSError:
         return None
+
+
+# --------------------------------------------------------------------------- CUDA
+
+GPU_WEIGHTS_MB = 110.0  # dense float32 weights up to conv5_1 and their flipped copies
+GPU_SLACK = 1.3  # arena fragmentation and cuDNN workspaces: not yet measured on a GPU
+
+
+def estimate_gpu_mb(spec, h: int, w: int, regions: int = 0, device_pairs: int = 0) -> float:
+    """Device memory of one loss-and-gradient evaluation at h×w, counted from tensor sizes
+    (not yet calibrated on a GPU; scripts/gpu_check.py measures it): what the forward pass
+    keeps for the backward (bool ReLU masks, int64 max-pool indices, the tapped features
+    as float32, ×regions with masks), three float32 tensors of the largest layer in flight,
+    the weights, and ``device_pairs`` image-sized float32 pairs of an optimiser on the device.
+    """
+    from ..graphs.vgg19 import channels, convs_up_to, downsampling, pool_before
+
+    kept = peak = 0.0
+    for conv in convs_up_to(list(spec.all_layers)):
+        d = downsampling(conv.relu)
+        e = conv.out_channels * (h >> d) * (w >> d)
+        kept += e  # bool mask
+        if pool_before(conv):
+            kept += 9 * conv.in_channels * (h >> d) * (w >> d)  # int64 indices + pooled mask
+        peak = max(peak, e)
+    for layer in spec.all_layers:
+        d = downsampling(layer)
+        kept += 4 * channels(layer) * (h >> d) * (w >> d) * max(1, regions)
+    vectors = 2 * device_pairs * 3 * h * w * 4
+    return GPU_WEIGHTS_MB + GPU_SLACK * (kept + 3 * 4 * peak + vectors) / 2 ** 20
+
+
+def gpu_largest_side(spec, budget_mb: float, aspect: float, regions: int = 0,
+                     device_pairs: int = 0) -> int:
+    """Longest side (px) whose GPU estimate stays within ``budget_mb``; aspect = short/long."""
+    lo, hi = 16, 16384
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        if estimate_gpu_mb(spec, max(1, int(mid * aspect)), mid, regions, device_pairs) \
+                <= budget_mb:
+            lo = mid
+        else:
+            hi = mid - 1
+    return lo
+
+
+def gpu_memory_mb() -> tuple[float, float] | None:
+    """(free, total) MB of GPU 0 from nvidia-smi; None where it is not available."""
+    import shutil
+    import subprocess
+
+    smi = shutil.which("nvidia-smi")
+    if not smi:
+        return None
+    try:
+        out = subprocess.run([smi, "--query-gpu=memory.free,memory.total",
+                              "--format=csv,noheader,nounits", "-i", "0"],
+                             capture_output=True, text=True, timeout=10).stdout
+        free, total = (float(v) for v in out.strip().splitlines()[0].split(","))
+        return free, total
+    except (OSError, ValueError, IndexError, subprocess.SubprocessError):
+        return None

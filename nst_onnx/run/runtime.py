@@ -1,14 +1,41 @@
-"""onnxruntime sessions for the exported graphs: devices, providers, threads, memory."""
+"""onnxruntime sessions for the exported graphs: devices, providers, threads.
+
+CUDA is used only when it really loads. onnxruntime quietly builds a CPU session when the
+CUDA provider's libraries (cuBLAS, cuDNN, the CUDA runtime) or the driver are missing, and
+prints its complaint to the terminal; here every session's providers are checked, a probe
+session's log is captured and condensed into one line that names the cause, and
+``--device auto`` falls back to the CPU with that line as a notice.
+
+CUDA sessions run exact float32 (``use_tf32=0`` unless asked), search cuDNN's convolution
+algorithms exhaustively once per shape, grow their arena by what is asked (not powers of
+two), may be capped (``gpu_mem_limit``), and use one non-spinning host thread, so they do
+not compete with the host optimiser.
+"""
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import os
+import re
+import sys
+import tempfile
 from pathlib import Path
 
 import onnxruntime as ort
 
 from ..config import DEVICES
 from ..errors import BadInput
+
+CPU, CUDA = "CPUExecutionProvider", "CUDAExecutionProvider"
+GPU_INSTALL = ("pip uninstall -y onnxruntime onnxruntime-gpu && NST_ONNX_RUNTIME=cuda pip "
+               "install . (in the nst-onnx folder; README, GPU)")
+RUNTIME_DISTS = ("onnxruntime", "onnxruntime-gpu", "onnxruntime-openvino", "onnxruntime-rocm",
+                 "onnxruntime-directml", "onnxruntime-qnn", "onnxruntime-training")
+
+
+class DeviceError(BadInput):
+    """The device asked for cannot be used here (exit 2, one line naming the cause)."""
 
 
 def physical_cores() -> int:
@@ -30,39 +57,244 @@ def physical_cores() -> int:
     return max(1, (os.cpu_count() or 2) // 2)
 
 
-def resolve_device(device: str) -> str:
-    """'auto' → 'cuda' when onnxruntime-gpu sees a GPU, else 'cpu'."""
-    if device not in DEVICES:
-        raise BadInput(f"unknown device {device!r}: use auto, cpu or cuda")
-    has_cuda = "CUDAExecutionProvider" in ort.get_available_providers()
-    if device == "cuda" and not has_cuda:
-        raise BadInput("--device cuda: onnxruntime has no CUDA provider here; "
-                       "install onnxruntime-gpu (pip install 'nst-onnx[gpu]') or use --device cpu")
-    return "cuda" if device == "cuda" or (device == "auto" and has_cuda) else "cpu"
+def quiet_logs(debug: bool = False) -> None:
+    """onnxruntime's own log stays off the terminal unless --debug (errors still raise)."""
+    ort.set_default_logger_severity(1 if debug else 4)
 
 
-def make_session(model: str | Path | bytes, device: str = "cpu",
-                 threads: int | None = None) -> ort.InferenceSession:
+def installed_runtimes() -> list[str]:
+    """The onnxruntime distributions installed here; more than one overwrite each other's
+    files (they all install the same ``onnxruntime`` module)."""
+    from importlib import metadata
+
+    found = []
+    for name in RUNTIME_DISTS:
+        try:
+            metadata.distribution(name)
+            found.append(name)
+        except metadata.PackageNotFoundError:
+            pass
+    return found
+
+
+def runtime_clash() -> str | None:
+    """One line with the fix when several onnxruntime builds are installed, else None."""
+    found = installed_runtimes()
+    if len(found) < 2:
+        return None
+    keep = "onnxruntime-gpu" if "onnxruntime-gpu" in found else found[-1]
+    extra = "[cuda,cudnn]" if keep == "onnxruntime-gpu" else ""
+    return (f"{' and '.join(found)} are all installed and overwrite each other's files: fix "
+            f"with `pip uninstall -y {' '.join(found)} && pip install \"{keep}{extra}\"`")
+
+
+@functools.lru_cache(maxsize=1)
+def _preload() -> str:
+    """Load the CUDA and cuDNN libraries of NVIDIA's pip wheels (``[cuda,cudnn]`` extras)
+    before the first CUDA session (onnxruntime ≥ 1.21); harmless where they are absent.
+    Returns what it printed (it names the libraries it could not load)."""
+    if not hasattr(ort, "preload_dlls"):
+        return ""
+    with _captured_output() as out:
+        try:
+            ort.preload_dlls()
+        except Exception as e:  # a missing library is diagnosed by the probe session
+            print(e)
+    return "".join(out)
+
+
+@contextlib.contextmanager
+def _captured_output():
+    """What Python and C++ code write to stdout and stderr while inside, collected instead
+    of shown (onnxruntime prints its CUDA loading failures; ``--json`` keeps stdout clean)."""
+    out: list[str] = []
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved = {fd: os.dup(fd) for fd in (1, 2)}
+    with tempfile.TemporaryFile() as tmp:
+        for fd in saved:
+            os.dup2(tmp.fileno(), fd)
+        try:
+            yield out
+        finally:
+            sys.stdout.flush()
+            sys.stderr.flush()
+            for fd, dup in saved.items():
+                os.dup2(dup, fd)
+                os.close(dup)
+            tmp.seek(0)
+            out.append(tmp.read().decode(errors="replace"))
+
+
+def cuda_provider_options(tf32: bool = False, gpu_mem_limit_mb: float | None = None) -> dict:
+    opts = {"device_id": "0", "use_tf32": "1" if tf32 else "0",
+            "arena_extend_strategy": "kSameAsRequested",
+            "cudnn_conv_algo_search": "EXHAUSTIVE", "do_copy_in_default_stream": "1"}
+    if gpu_mem_limit_mb:
+        opts["gpu_mem_limit"] = str(int(gpu_mem_limit_mb * 2 ** 20))
+    return opts
+
+
+def _session_options(device: str, threads: int | None, debug: bool) -> ort.SessionOptions:
     so = ort.SessionOptions()
     so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    so.intra_op_num_threads = threads or physical_cores()
+    so.log_severity_level = 1 if debug else 3
     so.inter_op_num_threads = 1
-    so.log_severity_level = 3
-    # Measured at 512² on 2 cores (scripts/bench_eval.py): node-index order frees each
-    # activation right after its last forward use (lower peak than the default DFS order);
-    # the memory-pattern planner over-reserves (+700 MB peak) for ~10% speed, so it is off.
+    # Measured at 512² on 2 cores (docs/design.md): node-index order frees each activation
+    # right after its last forward use; the memory-pattern planner over-reserves (+700 MB).
     so.execution_order = ort.ExecutionOrder.PRIORITY_BASED
     so.enable_mem_pattern = False
-    # The default CPU arena grows by powers of two (+170 MB peak at 512²); a shared arena
-    # that grows by what is asked keeps the speed and not the slack.
-    _register_cpu_arena()
-    so.add_session_config_entry("session.use_env_allocators", "1")
-    providers = (["CUDAExecutionProvider", "CPUExecutionProvider"] if device == "cuda"
-                 else ["CPUExecutionProvider"])
+    if device == "cuda":  # the GPU computes; one quiet host thread feeds it
+        so.intra_op_num_threads = 1
+        so.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    else:
+        so.intra_op_num_threads = threads or physical_cores()
+        # a shared arena that grows by what is asked (the default doubles: +170 MB at 512²)
+        _register_cpu_arena()
+        so.add_session_config_entry("session.use_env_allocators", "1")
+    return so
+
+
+def make_session(model: str | Path | bytes, device: str = "cpu", threads: int | None = None,
+                 *, tf32: bool = False, gpu_mem_limit_mb: float | None = None,
+                 debug: bool = False) -> ort.InferenceSession:
+    """A session on ``device`` ('cpu' or 'cuda'); raises :class:`DeviceError` when CUDA was
+    asked for and the session did not get it."""
+    so = _session_options(device, threads, debug)
+    providers: list = [CPU]
+    log: list[str] = []
+    if device == "cuda":
+        log.append(_preload())
+        providers = [(CUDA, cuda_provider_options(tf32, gpu_mem_limit_mb)), CPU]
     src = model if isinstance(model, bytes) else str(model)
-    session = ort.InferenceSession(src, so, providers=providers)
+    with (contextlib.nullcontext([]) if debug else _captured_output()) as said:
+        try:
+            session = ort.InferenceSession(src, so, providers=providers)
+        except Exception as e:
+            if device == "cuda" and is_out_of_memory(e):
+                raise DeviceOutOfMemory(f"the GPU ran out of memory loading the model ({e})") \
+                    from None
+            raise
+    if device == "cuda" and session.get_providers()[0] != CUDA:
+        raise DeviceError(diagnose_cuda("".join(log + said)))
     release_free_memory()
     return session
+
+
+@functools.lru_cache(maxsize=4)
+def cuda_problem(debug: bool = False) -> str | None:
+    """Why CUDA cannot be used here (one line with the fix), or None when it works.
+
+    Builds a one-node probe session on the CUDA provider and reads what onnxruntime said."""
+    if CUDA not in ort.get_available_providers():
+        clash = runtime_clash()
+        return clash or (f"onnxruntime {ort.__version__} here is the CPU build (no CUDA "
+                         f"provider); for the GPU: {GPU_INSTALL}")
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "probe",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])])
+    probe = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    probe.ir_version = 8
+    try:
+        make_session(probe.SerializeToString(), "cuda", debug=debug)
+    except DeviceError as e:
+        return str(e)
+    except Exception as e:  # onnxruntime raised instead of falling back
+        return diagnose_cuda(str(e))
+    return None
+
+
+def diagnose_cuda(log: str) -> str:
+    """onnxruntime's log of a failed CUDA provider load → one line: the cause and the fix."""
+    clash = runtime_clash()
+    if clash:
+        return clash
+    missing = list(dict.fromkeys(re.findall(r"(lib[\w.+-]+?\.so(?:\.\d+)*)\S*: cannot open "
+                                            r"shared object file", log)))
+    libs = f"the CUDA provider could not load {', '.join(missing)}" if missing else ""
+    driver = nvidia_driver_version()
+    need = _driver_needed()
+    if driver is None and not _libcuda_loads():
+        return ("CUDA is not usable: no NVIDIA GPU driver here (no /proc/driver/nvidia, "
+                "libcuda.so.1 does not load)" + (f" and {libs}" if libs else "")
+                + "; without an NVIDIA GPU use --device cpu")
+    if driver is not None and driver[0] < need[1]:
+        return (f"CUDA is not usable: the NVIDIA driver {'.'.join(map(str, driver))} is older than "
+                f"CUDA {need[0]} needs (≥ {need[1]}); update the driver, or install the CUDA 12 "
+                f"build: NST_ONNX_RUNTIME=cuda12 pip install .")
+    if missing:
+        return (f"CUDA is not usable: {libs}; install NVIDIA's libraries with the GPU build: "
+                f"{GPU_INSTALL}")
+    low = log.lower()
+    if "no cuda-capable device" in low or "cuda failure 100" in low or "error 100" in low:
+        return "CUDA is not usable: no CUDA-capable GPU is visible (CUDA_VISIBLE_DEVICES?)"
+    if "driver version is insufficient" in low or "error 35" in low:
+        return "CUDA is not usable: the NVIDIA driver is too old for this onnxruntime-gpu build"
+    lines = [ln.strip() for ln in log.splitlines() if ln.strip()]
+    last = next((ln for ln in reversed(lines) if "fail" in ln.lower() or "error" in ln.lower()),
+                lines[-1] if lines else "no message")
+    last = re.sub(r"^\S*\s*\[[EW]:onnxruntime:[^\]]*\]\s*", "", last)
+    return f"CUDA is not usable: {last[:200]}"
+
+
+def nvidia_driver_version() -> tuple[int, ...] | None:
+    try:
+        text = Path("/proc/driver/nvidia/version").read_text()
+    except OSError:
+        return None
+    m = re.search(r"Kernel Module\s+(?:for \S+\s+)?(\d+)\.(\d+)", text) or \
+        re.search(r"\s(\d{3,})\.(\d+)(?:\.\d+)?\s", text)
+    return (int(m.group(1)), int(m.group(2))) if m else None
+
+
+def _driver_needed() -> tuple[int, int]:
+    """(CUDA major of this onnxruntime-gpu build, the Linux driver it needs)."""
+    major = int(ort.__version__.split(".")[1]) if ort.__version__.startswith("1.") else 99
+    return (13, 580) if major >= 27 else (12, 525)
+
+
+def _libcuda_loads() -> bool:
+    try:
+        import ctypes
+
+        ctypes.CDLL("libcuda.so.1")
+        return True
+    except OSError:
+        return False
+
+
+def resolve_device(device: str, debug: bool = False) -> tuple[str, str | None]:
+    """('cuda' or 'cpu', a one-line notice when 'auto' could not use CUDA).
+
+    ``cuda`` that cannot load raises :class:`DeviceError`; ``auto`` takes CUDA when it
+    really works and the CPU otherwise (the notice says why, when a GPU build is installed).
+    """
+    if device not in DEVICES:
+        raise BadInput(f"unknown device {device!r}: use auto, cpu or cuda")
+    if device == "cpu":
+        return "cpu", None
+    problem = cuda_problem(debug)
+    if problem is None:
+        return "cuda", None
+    if device == "cuda":
+        raise DeviceError(f"--device cuda: {problem}")
+    gpu_build = CUDA in ort.get_available_providers() or len(installed_runtimes()) > 1
+    return "cpu", (f"running on the CPU: {problem}" if gpu_build else None)
+
+
+_OOM = ("out of memory", "failed to allocate memory", "cudaerrormemoryallocation",
+        "cuda_error_out_of_memory", "bfcarena", "available memory")
+
+
+def is_out_of_memory(e: BaseException) -> bool:
+    text = str(e).lower()
+    return any(k in text for k in _OOM)
+
+
+class DeviceOutOfMemory(BadInput):
+    """The GPU ran out of memory (exit 2; the best image so far is kept)."""
 
 
 _ARENA_REGISTERED = False
@@ -94,3 +326,6 @@ def release_free_memory() -> None:
         ctypes.CDLL("libc.so.6").malloc_trim(0)
     except (OSError, AttributeError):
         pass
+
+
+quiet_logs()

@@ -1,0 +1,102 @@
+"""Devices and providers: the provider asked for, or one line saying why not.
+
+On this CPU machine with the CPU wheel (case a): `--device cuda` exits 2 with one line,
+`--device auto` runs on the CPU and says so in --json. The GPU wheel without a GPU (case b)
+is reproduced in test_slow.py (it installs onnxruntime-gpu into a fresh venv). The
+diagnosis of onnxruntime's CUDA loading log is checked here on the messages it prints."""
+
+from __future__ import annotations
+
+import json
+
+import onnxruntime as ort
+import pytest
+from typer.testing import CliRunner
+
+from nst_onnx.cli import app
+from nst_onnx.run import runtime
+
+pytestmark = pytest.mark.skipif("CUDAExecutionProvider" in ort.get_available_providers(),
+                                reason="this machine has onnxruntime-gpu")
+
+
+def _stylize(models_dir, images, tmp_path, *args):
+    return CliRunner().invoke(app, ["stylize", str(images["tubingen"]),
+                                    str(images["starry_night"]), "-o", str(tmp_path / "o.png"),
+                                    "--size", "32", "--iterations", "2", "--models",
+                                    str(models_dir), *args])
+
+
+def test_cuda_on_the_cpu_wheel_is_one_line_exit_2(models_dir, images, tmp_path):
+    r = _stylize(models_dir, images, tmp_path, "--device", "cuda")
+    assert r.exit_code == 2, r.output
+    assert len(r.output.strip().splitlines()) == 1
+    assert "CPU build" in r.output and "NST_ONNX_RUNTIME=cuda" in r.output
+    assert not (tmp_path / "o.png").exists()
+
+
+def test_auto_runs_on_the_cpu_and_records_it(models_dir, images, tmp_path):
+    r = _stylize(models_dir, images, tmp_path, "--json")
+    assert r.exit_code == 0, r.output
+    s = json.loads(r.stdout.strip().splitlines()[-1])
+    assert s["device"] == "cpu" and s["providers"] == ["CPUExecutionProvider"]
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--device", "tpu"], "unknown device"),
+    (["--gpu-mem-limit", "-5"], "--gpu-mem-limit must be"),
+    (["--gpu-mem-limit", "nan"], "--gpu-mem-limit must be"),
+])
+def test_bad_device_options(models_dir, images, tmp_path, args, message):
+    r = _stylize(models_dir, images, tmp_path, *args)
+    assert r.exit_code == 2 and message in r.output, r.output
+    assert len(r.output.strip().splitlines()) == 1
+
+
+PRELOAD_LOG = """Failed to load libcublasLt.so.13: libcublasLt.so.13: cannot open shared object file: No such file or directory
+Failed to load libcurand.so.10: libcurand.so.10: cannot open shared object file: No such file or directory
+2026-11-30 21:00:00.0 [E:onnxruntime:Default, provider_bridge_ort.cc:2251 TryGetProviderInfo_CUDA] Failed to load library libonnxruntime_providers_cuda.so with error: libcublasLt.so.13: cannot open shared object file: No such file or directory
+"""
+
+
+def test_diagnosis_names_missing_libraries(monkeypatch):
+    monkeypatch.setattr(runtime, "runtime_clash", lambda: None)
+    monkeypatch.setattr(runtime, "nvidia_driver_version", lambda: (580, 65))
+    line = runtime.diagnose_cuda(PRELOAD_LOG)
+    assert "libcublasLt.so.13, libcurand.so.10" in line and "NST_ONNX_RUNTIME=cuda" in line
+    assert "\n" not in line
+
+
+def test_diagnosis_no_driver_and_old_driver(monkeypatch):
+    monkeypatch.setattr(runtime, "runtime_clash", lambda: None)
+    monkeypatch.setattr(runtime, "nvidia_driver_version", lambda: None)
+    monkeypatch.setattr(runtime, "_libcuda_loads", lambda: False)
+    assert "no NVIDIA GPU driver" in runtime.diagnose_cuda(PRELOAD_LOG)
+    monkeypatch.setattr(runtime, "nvidia_driver_version", lambda: (535, 104))
+    monkeypatch.setattr(runtime, "_driver_needed", lambda: (13, 580))
+    line = runtime.diagnose_cuda("")
+    assert "driver 535.104 is older than CUDA 13 needs (≥ 580)" in line and "cuda12" in line
+
+
+def test_two_runtime_builds_are_a_clash_with_a_fix(monkeypatch):
+    monkeypatch.setattr(runtime, "installed_runtimes", lambda: ["onnxruntime", "onnxruntime-gpu"])
+    line = runtime.runtime_clash()
+    assert "overwrite each other" in line
+    assert "pip uninstall -y onnxruntime onnxruntime-gpu" in line and "[cuda,cudnn]" in line
+    assert runtime.diagnose_cuda(PRELOAD_LOG) == line
+
+
+def test_info_reports_runtimes_and_cuda(models_dir):
+    r = CliRunner().invoke(app, ["info", "--json", "--models", str(models_dir)])
+    data = json.loads(r.stdout)
+    assert data["onnxruntime_packages"] == ["onnxruntime"] and data["runtime_clash"] is None
+    assert data["device_auto"] == "cpu" and "CPU build" in data["cuda"]
+
+
+def test_cuda_sessions_are_exact_float32_and_lean():
+    opts = runtime.cuda_provider_options(tf32=False, gpu_mem_limit_mb=1024)
+    assert opts["use_tf32"] == "0" and opts["arena_extend_strategy"] == "kSameAsRequested"
+    assert opts["cudnn_conv_algo_search"] == "EXHAUSTIVE" and opts["gpu_mem_limit"] == str(2 ** 30)
+    so = runtime._session_options("cuda", threads=8, debug=False)
+    assert so.intra_op_num_threads == 1
+    assert so.get_session_config_entry("session.intra_op.allow_spinning") == "0"
