@@ -53,10 +53,13 @@ def test_bad_device_options(models_dir, images, tmp_path, args, message):
     assert len(r.output.strip().splitlines()) == 1
 
 
-PRELOAD_LOG = """Failed to load libcublasLt.so.13: libcublasLt.so.13: cannot open shared object file: No such file or directory
-Failed to load libcurand.so.10: libcurand.so.10: cannot open shared object file: No such file or directory
-2026-11-30 21:00:00.0 [E:onnxruntime:Default, provider_bridge_ort.cc:2251 TryGetProviderInfo_CUDA] Failed to load library libonnxruntime_providers_cuda.so with error: libcublasLt.so.13: cannot open shared object file: No such file or directory
-"""
+NO_FILE = "cannot open shared object file: No such file or directory"
+PRELOAD_LOG = "\n".join([
+    f"Failed to load libcublasLt.so.13: libcublasLt.so.13: {NO_FILE}",
+    f"Failed to load libcurand.so.10: libcurand.so.10: {NO_FILE}",
+    "2026-11-30 21:00:00.0 [E:onnxruntime:Default, provider_bridge_ort.cc:2251 "
+    "TryGetProviderInfo_CUDA] Failed to load library libonnxruntime_providers_cuda.so with "
+    f"error: libcublasLt.so.13: {NO_FILE}"])
 
 
 def test_diagnosis_names_missing_libraries(monkeypatch):
