@@ -112,11 +112,10 @@ class Result:
     def summary(self) -> dict:
         """Totals over all scales; initial loss of the first scale, final of the last."""
         o = self.optimize
-        scales = self.scales or [{"iterations": o.iterations, "evaluations": o.evaluations,
-                                  "seconds": o.seconds, "initial_loss": o.initial_loss,
-                                  "initial_terms": o.initial_terms}]
+        scales = self.scales or [_scale_summary(o)]
         iterations = sum(s["iterations"] for s in scales)
         seconds = sum(s["seconds"] for s in scales)
+        eval_seconds = sum(s["eval_seconds"] for s in scales)
         return {**self.engine, **self.model, "settings": self.settings, "memory": self.memory,
                 "iterations": iterations,
                 "evaluations": sum(s["evaluations"] for s in scales),
@@ -124,7 +123,17 @@ class Result:
                 "initial_terms": scales[0]["initial_terms"],
                 "final_loss": o.loss, "final_terms": o.terms, "seconds": seconds,
                 "seconds_per_iteration": seconds / max(iterations, 1),
+                "eval_seconds": eval_seconds, "optimizer_seconds": seconds - eval_seconds,
+                "host_bytes_per_iteration":
+                    sum(s["host_bytes"] for s in scales) / max(iterations, 1),
                 "stop_reason": o.stop_reason, "restarts": o.restarts, "scales": self.scales}
+
+
+def _scale_summary(o: OptimizeResult) -> dict:
+    return {"iterations": o.iterations, "evaluations": o.evaluations, "seconds": o.seconds,
+            "eval_seconds": o.eval_seconds, "host_bytes": o.host_bytes,
+            "initial_loss": o.initial_loss, "initial_terms": o.initial_terms,
+            "final_loss": o.loss, "stop_reason": o.stop_reason}
 
 
 def _listed(x) -> list:
@@ -351,10 +360,12 @@ class StyleTransfer:
         run.validate()
         iterations = run.iterations if isinstance(run.iterations, int) else DEFAULT_ITERATIONS
         x0 = problem.initial(run.init, run.seed)
+        bytes_before = problem.evaluator.host_bytes
         if run.optimizer == "lbfgs":
             res = lbfgs(problem.evaluate, x0, iterations, run.history, callback)
         else:
             res = adam(problem.evaluate, x0, iterations, run.lr, callback)
+        res.host_bytes = problem.evaluator.host_bytes - bytes_before
         settings = settings_dict(dataclasses.replace(run, size=max(problem.shape[:2]),
                                                      iterations=iterations),
                                  problem.weights, self.spec)
@@ -417,10 +428,7 @@ class StyleTransfer:
                               shifted)
             o = result.optimize
             per_scale.append({"size": side, "shape": list(problem.shape[:2]),
-                              "iterations": o.iterations, "evaluations": o.evaluations,
-                              "seconds": o.seconds, "initial_loss": o.initial_loss,
-                              "initial_terms": o.initial_terms, "final_loss": o.loss,
-                              "stop_reason": o.stop_reason})
+                              **_scale_summary(o)})
             done += n
             start = o.x
             if o.interrupted is not None or o.error is not None:

@@ -52,6 +52,8 @@ class OptimizeResult:
     stop_reason: str
     seconds: float
     restarts: int = 0
+    eval_seconds: float = 0.0  # inside the loss-and-gradient evaluations
+    host_bytes: int = 0  # crossed between host arrays and the sessions (set by the caller)
     interrupted: Interrupted | None = field(default=None, repr=False)
     error: NstError | None = field(default=None, repr=False)  # stopped the run (e.g. GPU memory)
 
@@ -67,9 +69,12 @@ class _Tracker:
         self.best_terms: dict[str, float] = {}
         self.first: Terms | None = None
         self.last: Terms | None = None
+        self.seconds = 0.0  # inside evaluate
 
     def __call__(self, x: np.ndarray) -> Terms:
+        start = time.perf_counter()
         t = self.evaluate(x.reshape(self.shape))
+        self.seconds += time.perf_counter() - start
         self.evaluations += 1
         self.first = self.first or t
         self.last = t
@@ -100,7 +105,8 @@ def lbfgs(evaluate: Callable[[np.ndarray], Terms], x0: np.ndarray, iterations: i
         first = track(x0.ravel().astype(np.float64))
     except Interrupted as e:
         return OptimizeResult(x0.copy(), math.nan, {}, math.nan, {}, 0, track.evaluations,
-                              "interrupted", time.perf_counter() - start, 0, e)
+                              "interrupted", time.perf_counter() - start, 0, track.seconds,
+                              interrupted=e)
     scale = 1e3 / max(abs(first.loss), 1e-12)
 
     def fun(x):
@@ -143,7 +149,8 @@ def lbfgs(evaluate: Callable[[np.ndarray], Terms], x0: np.ndarray, iterations: i
         break
     return OptimizeResult(_shaped(track, x0), track.best_loss, track.best_terms,
                           first.loss, first.terms, done, track.evaluations, reason,
-                          time.perf_counter() - start, restarts, interrupted, error)
+                          time.perf_counter() - start, restarts, track.seconds,
+                          interrupted=interrupted, error=error)
 
 
 def _shaped(track: _Tracker, x0: np.ndarray) -> np.ndarray:
@@ -200,4 +207,4 @@ def adam(evaluate: Callable[[np.ndarray], Terms], x0: np.ndarray, iterations: in
     return OptimizeResult(_shaped(track, x0), track.best_loss, track.best_terms,
                           first.loss if first else math.nan, first.terms if first else {},
                           done, track.evaluations, reason, time.perf_counter() - start, 0,
-                          interrupted, error)
+                          track.seconds, interrupted=interrupted, error=error)
