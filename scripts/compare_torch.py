@@ -62,10 +62,7 @@ def main() -> None:
 
     # torch: the very same targets (copied from our problem) and initial image
     tl = TorchLoss(weights, st.spec, args.threads)
-    fixed = problem.evaluator.fixed
-    tl.targets = {n: torch.from_numpy(fixed[f"target_{n}"]) for n in st.spec.content_layers}
-    tl.targets |= {"gram_" + n: torch.from_numpy(fixed[f"target_gram_{n}"])
-                   for n in st.spec.style_layers}
+    tl.set_fixed(problem.evaluator.fixed)
     x = torch.from_numpy(problem.content.copy()).requires_grad_(True)
     opt = torch.optim.LBFGS([x], lr=1.0, max_iter=args.iterations, history_size=100,
                             tolerance_grad=-1, tolerance_change=-1)

@@ -14,15 +14,17 @@ from nst_onnx.graphs.weights import Weights
 
 
 class TorchLoss:
-    """Gatys loss on VGG19 exactly as DESIGN.md defines it (autograd for the gradient)."""
+    """Gatys loss on VGG19 exactly as docs/design.md defines it (autograd for the gradient).
+    ``device``: 'cpu' or 'cuda' (TF32 follows torch's own switches)."""
 
-    def __init__(self, weights: Weights, spec: LossSpec, threads: int):
+    def __init__(self, weights: Weights, spec: LossSpec, threads: int, device: str = "cpu"):
         torch.set_num_threads(threads)
         self.spec = spec
-        self.convs = [(c, torch.from_numpy(weights.layers[c.name].weight.copy()),
-                       torch.from_numpy(weights.layers[c.name].b.copy()))
+        self.device = device
+        self.convs = [(c, torch.from_numpy(weights.layers[c.name].weight.copy()).to(device),
+                       torch.from_numpy(weights.layers[c.name].b.copy()).to(device))
                       for c in convs_up_to(list(spec.all_layers))]
-        self.mean = torch.tensor(MEAN_BGR, dtype=torch.float32).view(1, 3, 1, 1)
+        self.mean = torch.tensor(MEAN_BGR, dtype=torch.float32, device=device).view(1, 3, 1, 1)
         self.targets: dict[str, torch.Tensor] = {}
 
     def features(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -42,8 +44,8 @@ class TorchLoss:
 
     def set_targets(self, content: np.ndarray, style: np.ndarray) -> None:
         with torch.no_grad():
-            fc = self.features(torch.from_numpy(content).float())
-            fs = self.features(torch.from_numpy(style).float())
+            fc = self.features(torch.from_numpy(content).float().to(self.device))
+            fs = self.features(torch.from_numpy(style).float().to(self.device))
         self.targets = {n: fc[n] for n in self.spec.content_layers}
         self.targets |= {"gram_" + n: self.gram(fs[n]) for n in self.spec.style_layers}
 
@@ -56,8 +58,15 @@ class TorchLoss:
         dx = x[:, :, :, 1:] - x[:, :, :, :-1]
         return total + wtv * 0.5 * ((dy ** 2).sum() + (dx ** 2).sum())
 
-    def loss_and_grad(self, x_np: np.ndarray) -> tuple[float, np.ndarray]:
-        x = torch.from_numpy(x_np).float().requires_grad_(True)
-        loss = self.loss(x)
+    def set_fixed(self, fixed: dict[str, np.ndarray]) -> None:
+        """Take the targets of an nst_onnx problem (``problem.evaluator.fixed``)."""
+        self.targets = {n: torch.from_numpy(fixed[f"target_{n}"]).to(self.device)
+                        for n in self.spec.content_layers}
+        self.targets |= {"gram_" + n: torch.from_numpy(fixed[f"target_gram_{n}"]).to(self.device)
+                         for n in self.spec.style_layers}
+
+    def loss_and_grad(self, x_np: np.ndarray, **weights) -> tuple[float, np.ndarray]:
+        x = torch.from_numpy(x_np).float().to(self.device).requires_grad_(True)
+        loss = self.loss(x, **weights)
         loss.backward()
-        return float(loss), x.grad.numpy()
+        return float(loss), x.grad.cpu().numpy()

