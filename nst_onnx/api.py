@@ -36,11 +36,13 @@ from .config import (
 from .errors import BadInput, Interrupted
 from .graphs.export import export_model, read_manifest
 from .graphs.interface import features_io, inv_sizes, loss_io
+from .graphs.steps import STEP_GRAPHS
 from .io import color
 from .io.images import fit_longest_side, load_image, to_nchw, to_pil
 from .run import resources
-from .run.binding import Evaluator, Terms
-from .run.optimize import OptimizeResult, Progress, adam, lbfgs
+from .run.binding import DeviceGraph, Evaluator, Terms, Traffic
+from .run.device_optim import Loop, adam_onnx, lbfgs_onnx
+from .run.optimize import OptimizeResult, Progress, lbfgs
 from .run.runtime import make_session, physical_cores, release_free_memory, resolve_device
 
 
@@ -185,6 +187,7 @@ class StyleTransfer:
         self.threads = self.options.threads or physical_cores()
         self._sessions: dict[LossSpec, tuple[dict, object]] = {}
         self._features_session = None
+        self._step_sessions: dict | None = None
         self.model_dir = self._model(self.spec)[0]
         self.manifest = read_manifest(self.model_dir)
         self.providers: list[str] = []  # what the loss session actually runs on
@@ -210,6 +213,19 @@ class StyleTransfer:
             self.providers = session.get_providers()
             self._sessions[spec] = manifest, session
         return self._sessions[spec]
+
+    def device_loop(self, problem: Problem) -> Loop:
+        """The problem's loss graph and the optimiser's step graphs, bound on this device."""
+        if self._step_sessions is None:
+            self._step_sessions = {io().file.removesuffix(".onnx"):
+                                   (io(), self._session(self.model_dir / io().file))
+                                   for io, _ in STEP_GRAPHS}
+        traffic = Traffic()
+        ev = problem.evaluator
+        steps = {name: DeviceGraph(session, io, self.device, traffic)
+                 for name, (io, session) in self._step_sessions.items()}
+        return Loop(DeviceGraph(ev.session, ev.io, self.device, traffic, ev.fixed), steps,
+                    self.device, traffic, (1, 3, *problem.shape[:2]))
 
     @property
     def min_size(self) -> int:
@@ -317,17 +333,19 @@ class StyleTransfer:
         h, w = problem.shape[:2]
         grow = (final_size / max(h, w)) ** 2
         aspect = min(h, w) / max(h, w)
-        pairs = run.history if run.optimizer == "lbfgs" else 1
+        pairs = 1 if run.optimizer == "adam" else run.history
         if self.device == "cuda":
             fh, fw = round(h * grow ** 0.5), round(w * grow ** 0.5)
             spec = dataclasses.replace(self.spec, guided=problem.regions > 0)
-            est = resources.estimate_gpu_mb(spec, fh, fw, problem.regions)
+            device_pairs = 0 if run.optimizer == "lbfgs" else 2 * pairs + 2  # S, Y + copies
+            est = resources.estimate_gpu_mb(spec, fh, fw, problem.regions, device_pairs)
             mem = resources.gpu_memory_mb()
             avail = None if mem is None else mem[0]
             what = "GPU memory"
 
             def largest(budget):
-                return resources.gpu_largest_side(spec, budget, aspect, problem.regions)
+                return resources.gpu_largest_side(spec, budget, aspect, problem.regions,
+                                                  device_pairs)
             info = {"pixels": fh * fw, "estimated_gpu_mb": round(est), "gpu_free_mb":
                     None if avail is None else round(avail), "estimate": "not yet calibrated on "
                     "a GPU", "device": self.device}
@@ -360,12 +378,14 @@ class StyleTransfer:
         run.validate()
         iterations = run.iterations if isinstance(run.iterations, int) else DEFAULT_ITERATIONS
         x0 = problem.initial(run.init, run.seed)
-        bytes_before = problem.evaluator.host_bytes
         if run.optimizer == "lbfgs":
+            bytes_before = problem.evaluator.host_bytes
             res = lbfgs(problem.evaluate, x0, iterations, run.history, callback)
+            res.host_bytes = problem.evaluator.host_bytes - bytes_before
+        elif run.optimizer == "lbfgs-onnx":
+            res = lbfgs_onnx(self.device_loop(problem), x0, iterations, run.history, callback)
         else:
-            res = adam(problem.evaluate, x0, iterations, run.lr, callback)
-        res.host_bytes = problem.evaluator.host_bytes - bytes_before
+            res = adam_onnx(self.device_loop(problem), x0, iterations, run.lr, callback)
         settings = settings_dict(dataclasses.replace(run, size=max(problem.shape[:2]),
                                                      iterations=iterations),
                                  problem.weights, self.spec)
@@ -422,7 +442,8 @@ class StyleTransfer:
             def shifted(p: Progress, offset=done, problem=problem) -> None:
                 if callback:  # x as the output will look (chroma recombined where asked)
                     callback(dataclasses.replace(p, iteration=offset + p.iteration,
-                                                 iterations=total, x=problem.finish(p.x)))
+                                                 iterations=total,
+                                                 fetch=lambda: problem.finish(p.x)))
 
             result = self.run(problem, dataclasses.replace(run, iterations=n, init=start),
                               shifted)

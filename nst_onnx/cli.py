@@ -204,7 +204,8 @@ def stylize(
     style_layers: LayersS = DEFAULT_S,
     style_layer_weights: Annotated[str | None, typer.Option(help="Multipliers, one per "
                                                                "style layer.")] = None,
-    optimizer: Annotated[str, typer.Option(help="lbfgs or adam.")] = RUN.optimizer,
+    optimizer: Annotated[str, typer.Option(help="lbfgs (scipy L-BFGS-B), lbfgs-onnx or adam (both "
+                                           "on the device).")] = RUN.optimizer,
     lr: Annotated[float, typer.Option(help="Adam step size (pixels).")] = RUN.lr,
     history: Annotated[int, typer.Option(help="L-BFGS memory.")] = RUN.history,
     device: DeviceOpt = ENGINE.device,

@@ -25,10 +25,11 @@ DEFAULT_CONTENT_LAYERS = ("relu4_2",)
 DEFAULT_STYLE_LAYERS = ("relu1_1", "relu2_1", "relu3_1", "relu4_1", "relu5_1")
 POOLINGS = ("max", "avg")
 DEVICES = ("auto", "cpu", "cuda")
-OPTIMIZERS = ("lbfgs", "adam")
+OPTIMIZERS = ("lbfgs", "lbfgs-onnx", "adam")
 INITS = ("content", "noise", "style")
 COLOR_MODES = ("none", "luminance", "histogram", "histogram-sym", "post")
 
+LOW, HIGH = 0.0, 255.0  # the pixel box every optimiser keeps the image in
 MAX_PIXELS = 89_478_485  # Pillow's own decompression-bomb limit (≈ 89 Mpx)
 REFERENCE_PIXELS = 512 * 512  # where size-consistent weights equal the reference objective's
 AUTO_MULTISCALE_FROM = 1024  # outputs this large run coarse-to-fine unless told otherwise
@@ -162,7 +163,7 @@ class RunOptions:
     scales: int | Sequence[int] | None = None  # None: auto (coarse-to-fine from 1024 px)
     init: str | os.PathLike = "content"  # content | noise | style | an image path
     seed: int = 0
-    optimizer: str = "lbfgs"  # lbfgs (scipy L-BFGS-B) | adam
+    optimizer: str = "lbfgs"  # lbfgs (scipy L-BFGS-B) | lbfgs-onnx | adam (both on the device)
     lr: float = 2.0  # Adam's step, in pixel levels
     history: int = 10  # L-BFGS pairs
     max_image_pixels: int | None = MAX_PIXELS  # refuse larger input headers (None: no limit)

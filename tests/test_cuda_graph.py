@@ -13,6 +13,7 @@ from test_gradients import random_weights
 
 from nst_onnx.config import LossSpec
 from nst_onnx.graphs.networks import build_loss_graph
+from nst_onnx.graphs.steps import STEP_GRAPHS
 
 F, I64, I32, B, U8 = "float", "int64", "int32", "bool", "uint8"
 ANY = {F, I64, I32, B, U8}
@@ -27,6 +28,11 @@ CUDA_KERNELS = {
     "ReduceSum": {F, I64, I32}, "Relu": {F}, "Reshape": ANY, "Resize": {F, I32, U8},
     "ScatterElements": ANY, "Shape": ANY, "Size": ANY, "Slice": ANY, "Sub": {F, I64, I32},
     "Sum": {F}, "Transpose": ANY, "Where": {B},
+    # the optimiser's step graphs
+    "Abs": {F, I64, I32}, "And": {B}, "Clip": {F, I64, U8},
+    "GreaterOrEqual": {F, I64, I32}, "Less": {F, I64, I32}, "LessOrEqual": {F, I64, I32},
+    "Neg": {F, I64, I32}, "Not": {B}, "Or": {B}, "ReduceMax": {F, I64, I32}, "Sqrt": {F},
+    "Unsqueeze": ANY,
 }
 NAMES = {1: F, 2: U8, 6: I32, 7: I64, 9: B}
 
@@ -60,6 +66,11 @@ def test_loss_graph_uses_only_ops_with_cuda_kernels(spec):
     model = build_loss_graph(random_weights(0, upto="conv5_1"), spec,
                              {"pool1": [1.0] * 64} if spec.pooling == "avg" else None)
     assert not off_the_gpu(model)
+
+
+@pytest.mark.parametrize("step", STEP_GRAPHS, ids=lambda s: s[0]().file)
+def test_step_graphs_use_only_ops_with_cuda_kernels(step):
+    assert not off_the_gpu(step[1]())
 
 
 def test_the_check_catches_shape_arithmetic():

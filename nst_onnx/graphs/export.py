@@ -3,8 +3,8 @@
 Every file is written to a temporary name and renamed, the manifest last: a directory with a
 manifest is complete, and an interrupted export leaves nothing that looks finished.
 The manifest records the weights source and hashes, the layers, pooling, opset,
-preprocessing, every graph input and output (from :mod:`.interface`), the files' SHA-256s
-and the tool versions.
+preprocessing, every graph's inputs and outputs (from the declared interfaces: the features
+and loss graphs, and the optimiser's step graphs), the files' SHA-256s and tool versions.
 
 Where models live (:func:`default_models_dir`): ``$NST_ONNX_MODELS``; else ``models/`` of
 the source checkout this package runs from; else the user cache next to the weights. An
@@ -31,11 +31,12 @@ from .builder import OPSET
 from .calibrate import load_scales
 from .interface import features_io, loss_io
 from .networks import build_features_graph, build_loss_graph
+from .steps import STEP_GRAPHS
 from .vgg19 import MEAN_BGR
 from .weights import Weights, default_cache_dir, load_weights, weights_identity
 
-FORMAT = 2  # bump when graphs change incompatibly; older model directories are re-exported
-GRAPHS = ((features_io, build_features_graph), (loss_io, build_loss_graph))
+FORMAT = 3  # bump when graphs change incompatibly; older model directories are re-exported
+MODEL_GRAPHS = ((features_io, build_features_graph), (loss_io, build_loss_graph))
 CHECKOUT = Path(__file__).resolve().parents[2]
 
 
@@ -80,9 +81,11 @@ def export_model(spec: LossSpec, models_dir: Path | None = None, weights: Weight
                                      for k, v in pool_scales.items()},
                    "measured_on": about}
     files, io = {}, {}
-    for declare, build in GRAPHS:
-        iface = declare(spec)
-        data = build(weights, spec, pool_scales).SerializeToString()
+    graphs = [(declare(spec), lambda b=build: b(weights, spec, pool_scales))
+              for declare, build in MODEL_GRAPHS]
+    graphs += [(declare(), build) for declare, build in STEP_GRAPHS]
+    for iface, build in graphs:
+        data = build().SerializeToString()
         write_bytes(out / iface.file, data)
         files[iface.file] = {"sha256": hashlib.sha256(data).hexdigest(), "bytes": len(data)}
         io[iface.file] = iface.describe()
@@ -122,7 +125,8 @@ def _current_manifest(out: Path, spec: LossSpec) -> dict | None:
         return None
     ok = (m.get("format") == FORMAT and m.get("key") == spec.key
           and (spec.pooling != "avg" or m.get("avg_pool_rescale") is not None)
-          and all((out / declare(spec).file).exists() for declare, _ in GRAPHS))
+          and all((out / declare(spec).file).exists() for declare, _ in MODEL_GRAPHS)
+          and all((out / declare().file).exists() for declare, _ in STEP_GRAPHS))
     return m if ok else None
 
 

@@ -73,3 +73,69 @@ class Evaluator:
         named = dict(zip(self.output_names, outs))
         return Terms(float(named["loss"]), named["grad"],
                      {k: float(named[k]) for k in self.term_names})
+
+
+class Traffic:
+    """Bytes that crossed between host arrays and the sessions."""
+
+    def __init__(self):
+        self.bytes = 0
+
+
+class DeviceGraph:
+    """One graph run with I/O binding, placed by its declared interface: image-sized state
+    (role ``state``, ``grad``, ``image``) stays in OrtValues on the device; everything else
+    (losses, dot products, coefficients) crosses as numpy and is counted in ``traffic``.
+    ``fixed`` inputs are copied to the device once and bound for every run."""
+
+    DEVICE_ROLES = ("state", "grad", "image")
+
+    def __init__(self, session: ort.InferenceSession, io: Interface, device: str,
+                 traffic: Traffic, fixed: dict[str, np.ndarray] | None = None):
+        self.session, self.io, self.device, self.traffic = session, io, device, traffic
+        self.seconds = 0.0
+        self.fixed = {k: to_device(np.asarray(v, np.float32), device)
+                      for k, v in (fixed or {}).items()}
+        self._dtypes = {t.name: np.dtype(t.dtype) for t in io.inputs}
+
+    def __call__(self, **inputs) -> dict:
+        import time
+
+        b = self.session.io_binding()
+        for t in self.io.inputs:
+            v = self.fixed[t.name] if t.name in self.fixed else inputs[t.name]
+            if isinstance(v, ort.OrtValue):
+                b.bind_ortvalue_input(t.name, v)
+            else:
+                arr = np.asarray(v, dtype=self._dtypes[t.name], order="C")
+                self.traffic.bytes += arr.nbytes
+                b.bind_cpu_input(t.name, arr)
+        for t in self.io.outputs:
+            b.bind_output(t.name, self.device if t.role in self.DEVICE_ROLES else "cpu")
+        start = time.perf_counter()
+        try:
+            self.session.run_with_iobinding(b)
+        except Exception as e:
+            if self.device == "cuda" and is_out_of_memory(e):
+                raise DeviceOutOfMemory("the GPU ran out of memory: use a smaller --size or "
+                                        "--history, or raise --gpu-mem-limit") from None
+            raise
+        self.seconds += time.perf_counter() - start
+        out = {}
+        for t, v in zip(self.io.outputs, b.get_outputs()):
+            if t.role in self.DEVICE_ROLES:
+                out[t.name] = v
+            else:
+                out[t.name] = v.numpy()
+                self.traffic.bytes += out[t.name].nbytes
+        return out
+
+
+def to_device(arr: np.ndarray, device: str) -> ort.OrtValue:
+    return ort.OrtValue.ortvalue_from_numpy(np.asarray(arr, np.float32, order="C"), device, 0)
+
+
+def to_host(value: ort.OrtValue, traffic: Traffic) -> np.ndarray:
+    arr = value.numpy()
+    traffic.bytes += arr.nbytes
+    return arr

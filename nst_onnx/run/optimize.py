@@ -1,12 +1,15 @@
-"""Optimisers over the image: scipy's L-BFGS-B (default) and Adam, both within [0, 255].
+"""The host optimiser: scipy's L-BFGS-B (the default) within [0, 255], and what every
+optimiser shares (``Progress``, ``OptimizeResult``). The device optimisers (``lbfgs-onnx``,
+``adam``) are in :mod:`.device_optim`.
 
-Both keep the best iterate seen and return it, whatever ends the run: the iteration budget,
-convergence, a failed line search (L-BFGS-B restarts from the best point a few times
-first), a non-finite loss, or an interrupt (Ctrl-C / SIGTERM).
+Every optimiser keeps the best iterate seen and returns it, whatever ends the run: the
+iteration budget, convergence, a failed line search (restarts from the best point a few
+times first), a non-finite loss, the GPU's memory, or an interrupt (Ctrl-C / SIGTERM).
 """
 
 from __future__ import annotations
 
+import functools
 import math
 import time
 from collections.abc import Callable
@@ -14,17 +17,18 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from ..config import HIGH, LOW
 from ..errors import Interrupted, NstError
 from ..graphs.interface import group_terms
 from .binding import Terms
 
-LOW, HIGH = 0.0, 255.0
 MAX_RESTARTS = 3
 
 
 @dataclass
 class Progress:
-    """What a callback sees after each iteration."""
+    """What a callback sees after each iteration. ``x`` is fetched on first access: a device
+    optimiser's image stays on the device unless a callback asks for it."""
 
     iteration: int
     iterations: int
@@ -32,7 +36,12 @@ class Progress:
     loss: float
     terms: dict[str, float]
     seconds: float
-    x: np.ndarray  # current image, float64 (3, H, W); do not modify
+    fetch: Callable[[], np.ndarray] = field(repr=False)
+
+    @functools.cached_property
+    def x(self) -> np.ndarray:
+        """The current image, float64 (3, H, W); do not modify."""
+        return self.fetch()
 
     @property
     def groups(self) -> dict[str, float]:
@@ -119,7 +128,7 @@ def lbfgs(evaluate: Callable[[np.ndarray], Terms], x0: np.ndarray, iterations: i
         if callback:
             last = track.last
             callback(Progress(done, iterations, track.evaluations, last.loss, last.terms,
-                              time.perf_counter() - start, xk.reshape(shape)))
+                              time.perf_counter() - start, lambda: xk.reshape(shape)))
 
     interrupted, error = None, None
     x = x0.ravel().astype(np.float64)
@@ -169,42 +178,3 @@ def _explain(msg: str) -> str:
     if "ITERATIONS" in m or "MAXITER" in m:
         return "iteration budget reached"
     return msg.lower()
-
-
-def adam(evaluate: Callable[[np.ndarray], Terms], x0: np.ndarray, iterations: int,
-         lr: float = 2.0, callback: Callable[[Progress], None] | None = None,
-         beta1: float = 0.9, beta2: float = 0.999, eps: float = 1e-8) -> OptimizeResult:
-    """Adam in pixel units (lr ≈ pixel step), projected onto [0, 255] after each step."""
-    shape = x0.shape
-    track = _Tracker(evaluate, shape)
-    start = time.perf_counter()
-    x = x0.ravel().astype(np.float64)
-    m = np.zeros_like(x)
-    v = np.zeros_like(x)
-    reason, interrupted, error, done = "iteration budget reached", None, None, 0
-    first = None
-    try:
-        for i in range(1, iterations + 1):
-            t = track(x)
-            first = first or t
-            g = t.grad.astype(np.float64).ravel()
-            m = beta1 * m + (1 - beta1) * g
-            v = beta2 * v + (1 - beta2) * g * g
-            step = lr * (m / (1 - beta1 ** i)) / (np.sqrt(v / (1 - beta2 ** i)) + eps)
-            x = np.clip(x - step, LOW, HIGH)
-            done = i
-            if callback:
-                callback(Progress(i, iterations, track.evaluations, t.loss, t.terms,
-                                  time.perf_counter() - start, x.reshape(shape)))
-        if iterations:
-            track(x)  # the final step's loss, so the best iterate includes it
-    except Interrupted as e:
-        interrupted, reason = e, "interrupted"
-    except (FloatingPointError, NstError) as e:
-        reason = f"stopped: {e}; kept the best image"
-        error = e if isinstance(e, NstError) else None
-    first = first or track.first
-    return OptimizeResult(_shaped(track, x0), track.best_loss, track.best_terms,
-                          first.loss if first else math.nan, first.terms if first else {},
-                          done, track.evaluations, reason, time.perf_counter() - start, 0,
-                          track.seconds, interrupted=interrupted, error=error)

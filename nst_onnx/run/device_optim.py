@@ -1,0 +1,245 @@
+"""Optimisers whose vector work runs as ONNX step graphs (:mod:`nst_onnx.graphs.steps`) on
+the loss graph's device; the image, gradient, history and moments stay in OrtValues there,
+and the host sees only scalars — unless a callback asks for the image.
+
+``lbfgs_onnx``: projected L-BFGS on the box, in the compact form of Byrd, Nocedal & Schnabel
+(1994). Per iteration: the free-variable gradient and its dot products with the history
+(one graph), the 2m coefficients solved on the host in float64 from m×m matrices it keeps
+up to date, the direction (one graph), then a backtracking Armijo line search along the
+projected path ``clip(x + t·d)`` (one graph and one evaluation per trial; the first trial,
+t = 1, is accepted almost always), and the history update (one graph). Why Armijo and not
+strong Wolfe: along a projected path the derivative jumps where a bound becomes active, so
+the curvature condition has no clean meaning there; pairs that fail ``s·y > 0`` are skipped
+instead, which keeps the inverse Hessian positive definite, so ``d`` is always a descent
+direction on the free variables. A line search that fails restarts from the best point
+with an empty history (as the scipy driver does), three times at most.
+
+``adam_onnx``: Adam in pixel units with the same projection, one step graph per iteration.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+
+import numpy as np
+from scipy.linalg import solve_triangular
+
+from ..errors import Interrupted, NstError
+from .binding import DeviceGraph, Traffic, to_device, to_host
+from .optimize import MAX_RESTARTS, OptimizeResult, Progress
+
+ARMIJO = 1e-4
+MAX_TRIALS = 20
+CURVATURE = 1e-10  # a pair is kept when s·y > CURVATURE · y·y
+
+
+class Loop:
+    """The loss graph and the step graphs of one problem, on one device, sharing a traffic
+    counter; ``loss(x)`` → (loss, terms, gradient OrtValue)."""
+
+    def __init__(self, loss: DeviceGraph, steps: dict[str, DeviceGraph], device: str,
+                 traffic: Traffic, shape: tuple[int, ...]):
+        self.loss_graph, self.steps, self.device = loss, steps, device
+        self.traffic, self.shape = traffic, shape
+        self.evaluations = 0
+
+    def loss(self, x):
+        out = self.loss_graph(image=x)
+        self.evaluations += 1
+        terms = {k: float(out[k]) for k in self.loss_graph.io.names("outputs", "term")}
+        return float(out["loss"]), terms, out["grad"]
+
+    def upload(self, x: np.ndarray):
+        arr = np.ascontiguousarray(x.reshape(self.shape), np.float32)
+        self.traffic.bytes += arr.nbytes
+        return to_device(arr, self.device)
+
+    def fetch(self, value) -> np.ndarray:
+        return to_host(value, self.traffic)[0].astype(np.float64)
+
+    @property
+    def eval_seconds(self) -> float:
+        return self.loss_graph.seconds
+
+
+class _Best:
+    def __init__(self):
+        self.loss, self.x, self.g, self.terms = math.inf, None, None, {}
+
+    def offer(self, loss, x, g, terms) -> None:
+        if loss < self.loss:
+            self.loss, self.x, self.g, self.terms = loss, x, g, terms
+
+
+def _result(loop: Loop, x0: np.ndarray, best: _Best, first: tuple[float, dict], done: int,
+            reason: str, start: float, restarts: int, loop_bytes: int, interrupted=None,
+            error=None) -> OptimizeResult:
+    """Bring the best image home once; ``host_bytes`` counts the loop only (per iteration)."""
+    x = loop.fetch(best.x) if best.x is not None else x0.copy()
+    res = OptimizeResult(x, best.loss, best.terms, first[0], first[1], done, loop.evaluations,
+                         reason, time.perf_counter() - start, restarts, loop.eval_seconds,
+                         interrupted=interrupted, error=error)
+    res.host_bytes = loop_bytes
+    return res
+
+
+def _stop_reason(e: Exception) -> str:
+    return f"stopped: {e}; kept the best image"
+
+
+class _History:
+    """The host's side of the compact form: m×m matrices of s_iᵀy_j and y_iᵀy_j, float64."""
+
+    def __init__(self, m: int):
+        self.m = m
+        self.sy = np.zeros((0, 0))
+        self.yy = np.zeros((0, 0))
+        self.gamma = 1.0
+
+    def __len__(self) -> int:
+        return self.sy.shape[0]
+
+    def push(self, col_sy: np.ndarray, col_yy: np.ndarray, sy: float, yy: float) -> None:
+        """Append a pair given S_new·y and Y_new·y (the new pair's own entries last)."""
+        if len(self) == self.m:
+            self.sy, self.yy = self.sy[1:, 1:], self.yy[1:, 1:]
+        k = len(self) + 1
+        sy_m, yy_m = np.zeros((k, k)), np.zeros((k, k))
+        sy_m[:-1, :-1], yy_m[:-1, :-1] = self.sy, self.yy
+        sy_m[:, -1] = col_sy  # R's new column: s_iᵀ y_k for i ≤ k (the lower part is unused)
+        yy_m[:, -1] = yy_m[-1, :] = col_yy
+        self.sy, self.yy = sy_m, yy_m
+        self.gamma = sy / yy
+
+    def coefficients(self, sg: np.ndarray, yg: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(p, q) with H·g = γg + Sᵀp + Yᵀq, from u = S·g and w = Y·g (Byrd, Nocedal &
+        Schnabel 1994, eq. 3.1): p = R⁻ᵀ((D + γYᵀY)R⁻¹u − γw), q = −γR⁻¹u."""
+        if not len(self):
+            return np.zeros(0), np.zeros(0)
+        r = np.triu(self.sy)
+        d = np.diag(np.diag(self.sy))
+        r_inv_u = solve_triangular(r, sg.astype(np.float64))
+        p = solve_triangular(r, (d + self.gamma * self.yy) @ r_inv_u
+                             - self.gamma * yg.astype(np.float64), trans="T")
+        return p, -self.gamma * r_inv_u
+
+
+def lbfgs_onnx(loop: Loop, x0: np.ndarray, iterations: int, history: int = 10,
+               callback: Callable[[Progress], None] | None = None) -> OptimizeResult:
+    """Projected L-BFGS on the device; ``x0`` (3, H, W) float64 in [0, 255]."""
+    st, start = loop.steps, time.perf_counter()
+    n = int(np.prod(loop.shape))
+    empty = to_device(np.zeros((0, n), np.float32), loop.device)
+    best, done, restarts, failures = _Best(), 0, 0, 0
+    reason, interrupted, error = "iteration budget reached", None, None
+    x = loop.upload(x0)
+    once = loop.traffic.bytes
+    try:
+        f, terms, g = loop.loss(x)
+    except Interrupted as e:
+        return _result(loop, x0, best, (math.nan, {}), 0, "interrupted", start, 0, 0, e)
+    first = (f, terms)
+    best.offer(f, x, g, terms)
+    s_hist, y_hist, hist = empty, empty, _History(history)
+    try:
+        if not math.isfinite(f):
+            raise FloatingPointError("the loss is not finite")
+        while done < iterations:
+            pr = st["lbfgs_project"](x=x, g=g, S=s_hist, Y=y_hist)
+            if float(pr["pg_max"]) == 0.0:
+                reason = "converged (the projected gradient is zero)"
+                break
+            p, q = hist.coefficients(pr["sg"], pr["yg"])
+            dr = st["lbfgs_direction"](x=x, g=g, gf=pr["gf"], S=s_hist, Y=y_hist, p=p, q=q,
+                                       gamma=np.float32(hist.gamma))
+            if not float(dr["gd"]) < 0:  # rounding spoilt H: steepest descent, fresh history
+                s_hist, y_hist, hist = empty, empty, _History(history)
+                continue
+            t = 1.0 if len(hist) else 1.0 / math.sqrt(float(pr["gg"]))
+            accepted = None
+            for _ in range(MAX_TRIALS):
+                tr = st["project_step"](x=x, d=dr["d"], g=g, t=np.float32(t))
+                gdx = float(tr["gdx"])
+                if float(tr["dx_max"]) == 0.0 or not gdx < 0:
+                    break
+                f_t, terms_t, g_t = loop.loss(tr["x_t"])
+                if not math.isfinite(f_t):
+                    raise FloatingPointError("the loss is not finite")
+                best.offer(f_t, tr["x_t"], g_t, terms_t)
+                if f_t <= f + ARMIJO * gdx:
+                    accepted = (tr["x_t"], f_t, terms_t, g_t)
+                    break
+                # safeguarded quadratic interpolation along the path
+                t_q = -gdx * t / (2 * (f_t - f - gdx))
+                t = min(max(t_q, 0.1 * t), 0.5 * t)
+            if accepted is None:  # restart from the best point with an empty history
+                failures += 1
+                if failures > MAX_RESTARTS:
+                    reason = ("line search failed repeatedly (no further progress possible); "
+                              "kept the best image")
+                    break
+                restarts += 1
+                x, g, f, terms = best.x, best.g, best.loss, best.terms
+                s_hist, y_hist, hist = empty, empty, _History(history)
+                continue
+            failures = 0
+            x_t, f_t, terms_t, g_t = accepted
+            up = st["lbfgs_update"](x=x, x_t=x_t, g=g, g_t=g_t, S=s_hist, Y=y_hist,
+                                    keep_from=np.array([1 if len(hist) == history else 0]))
+            sy, yy = float(up["sy"]), float(up["yy"])
+            if not (math.isfinite(sy) and math.isfinite(yy)):
+                raise FloatingPointError("the gradient is not finite")
+            if sy > CURVATURE * yy:  # otherwise skip the pair: H stays positive definite
+                s_hist, y_hist = up["S_new"], up["Y_new"]
+                hist.push(up["Sy"], up["Yy"], sy, yy)
+            x, f, terms, g = x_t, f_t, terms_t, g_t
+            done += 1
+            if callback:
+                callback(Progress(done, iterations, loop.evaluations, f, terms,
+                                  time.perf_counter() - start, lambda v=x: loop.fetch(v)))
+    except Interrupted as e:
+        interrupted, reason = e, "interrupted"
+    except (FloatingPointError, NstError) as e:
+        reason, error = _stop_reason(e), e if isinstance(e, NstError) else None
+    return _result(loop, x0, best, first, done, reason, start, restarts,
+                   loop.traffic.bytes - once, interrupted, error)
+
+
+def adam_onnx(loop: Loop, x0: np.ndarray, iterations: int, lr: float = 2.0,
+              callback: Callable[[Progress], None] | None = None, beta1: float = 0.9,
+              beta2: float = 0.999, eps: float = 1e-8) -> OptimizeResult:
+    """Adam in pixel units (lr ≈ pixel step), projected onto [0, 255] after each step."""
+    start = time.perf_counter()
+    best, done = _Best(), 0
+    reason, interrupted, error, first = "iteration budget reached", None, None, (math.nan, {})
+    x = loop.upload(x0)
+    zeros = np.zeros(loop.shape, np.float32)
+    m, v = loop.upload(zeros), loop.upload(zeros)
+    once = loop.traffic.bytes
+    coef = {"lr": np.float32(lr), "beta1": np.float32(beta1), "beta2": np.float32(beta2),
+            "eps": np.float32(eps)}
+    try:
+        for k in range(1, iterations + 1):
+            f, terms, g = loop.loss(x)
+            if not math.isfinite(f):
+                raise FloatingPointError("the loss is not finite")
+            first = first if k > 1 else (f, terms)
+            best.offer(f, x, g, terms)
+            out = loop.steps["adam_step"](x=x, g=g, m=m, v=v, step=np.float32(k), **coef)
+            x, m, v = out["x_new"], out["m_new"], out["v_new"]
+            done = k
+            if callback:
+                callback(Progress(k, iterations, loop.evaluations, f, terms,
+                                  time.perf_counter() - start, lambda v=x: loop.fetch(v)))
+        if iterations:  # the final step's loss, so the best iterate includes it
+            f, terms, g = loop.loss(x)
+            if math.isfinite(f):
+                best.offer(f, x, g, terms)
+    except Interrupted as e:
+        interrupted, reason = e, "interrupted"
+    except (FloatingPointError, NstError) as e:
+        reason, error = _stop_reason(e), e if isinstance(e, NstError) else None
+    return _result(loop, x0, best, first, done, reason, start, 0, loop.traffic.bytes - once,
+                   interrupted, error)
