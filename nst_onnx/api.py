@@ -192,10 +192,11 @@ class StyleTransfer:
         self.manifest = read_manifest(self.model_dir)
         self.providers: list[str] = []  # what the loss session actually runs on
 
-    def _session(self, path: Path):
+    def _session(self, path: Path, spinning: bool = True):
         o = self.options
         return make_session(path, self.device, self.threads, tf32=o.tf32,
-                            gpu_mem_limit_mb=o.gpu_mem_limit_mb, debug=o.debug)
+                            gpu_mem_limit_mb=o.gpu_mem_limit_mb, debug=o.debug,
+                            spinning=spinning)
 
     def _model(self, spec: LossSpec) -> tuple[Path, dict]:
         o = self.options
@@ -218,7 +219,8 @@ class StyleTransfer:
         """The problem's loss graph and the optimiser's step graphs, bound on this device."""
         if self._step_sessions is None:
             self._step_sessions = {io().file.removesuffix(".onnx"):
-                                   (io(), self._session(self.model_dir / io().file))
+                                   (io(), self._session(self.model_dir / io().file,
+                                                        spinning=False))
                                    for io, _ in STEP_GRAPHS}
         traffic = Traffic()
         ev = problem.evaluator

@@ -135,7 +135,8 @@ def cuda_provider_options(tf32: bool = False, gpu_mem_limit_mb: float | None = N
     return opts
 
 
-def _session_options(device: str, threads: int | None, debug: bool) -> ort.SessionOptions:
+def _session_options(device: str, threads: int | None, debug: bool,
+                     spinning: bool = True) -> ort.SessionOptions:
     so = ort.SessionOptions()
     so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     so.log_severity_level = 1 if debug else 3
@@ -149,6 +150,8 @@ def _session_options(device: str, threads: int | None, debug: bool) -> ort.Sessi
         so.add_session_config_entry("session.intra_op.allow_spinning", "0")
     else:
         so.intra_op_num_threads = threads or physical_cores()
+        if not spinning:  # short graphs between long ones: idle threads must not spin
+            so.add_session_config_entry("session.intra_op.allow_spinning", "0")
         # a shared arena that grows by what is asked (the default doubles: +170 MB at 512²)
         _register_cpu_arena()
         so.add_session_config_entry("session.use_env_allocators", "1")
@@ -157,10 +160,12 @@ def _session_options(device: str, threads: int | None, debug: bool) -> ort.Sessi
 
 def make_session(model: str | Path | bytes, device: str = "cpu", threads: int | None = None,
                  *, tf32: bool = False, gpu_mem_limit_mb: float | None = None,
-                 debug: bool = False) -> ort.InferenceSession:
+                 debug: bool = False, spinning: bool = True) -> ort.InferenceSession:
     """A session on ``device`` ('cpu' or 'cuda'); raises :class:`DeviceError` when CUDA was
-    asked for and the session did not get it."""
-    so = _session_options(device, threads, debug)
+    asked for and the session did not get it. ``spinning=False`` for the optimiser's short
+    step graphs: their idle threads would otherwise spin on the cores the loss graph needs
+    (measured: evaluations 38% slower at 256² on 2 cores)."""
+    so = _session_options(device, threads, debug, spinning)
     providers: list = [CPU]
     log: list[str] = []
     if device == "cuda":
