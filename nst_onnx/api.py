@@ -13,6 +13,10 @@ Settings are the dataclasses of :mod:`nst_onnx.config` (``RunOptions``, ``LossWe
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import json
+import os
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,6 +42,7 @@ from .graphs.export import export_model, read_manifest
 from .graphs.interface import features_io, inv_sizes, loss_io
 from .graphs.steps import STEP_GRAPHS
 from .io import color
+from .io.checkpoint import Checkpoint, CheckpointError, load_checkpoint
 from .io.images import fit_longest_side, load_image, to_nchw, to_pil
 from .run import resources
 from .run.binding import DeviceGraph, Evaluator, Terms, Traffic
@@ -90,6 +95,8 @@ class Problem:
         an earlier result (3, h', w') to upscale (Lanczos)."""
         h, w = self.shape[:2]
         if isinstance(init, np.ndarray):
+            if init.shape[1:] == (h, w):  # a checkpoint's image: exactly as it was
+                return init.astype(np.float64)
             return to_nchw(to_pil(init[None]).resize((w, h), Image.LANCZOS))[0].astype(np.float64)
         if init == "content":
             return self.content[0].astype(np.float64)
@@ -110,25 +117,47 @@ class Result:
     memory: dict = field(default_factory=dict)  # the estimate checked before the run
     model: dict = field(default_factory=dict)  # key and loss.onnx SHA-256 of the model used
     engine: dict = field(default_factory=dict)  # device and threads
+    resumed: dict = field(default_factory=dict)  # the checkpoint a resumed run started from
+    fingerprint: str = ""  # of settings, inputs and model (fingerprint_images)
 
     def summary(self) -> dict:
         """Totals over all scales; initial loss of the first scale, final of the last."""
         o = self.optimize
         scales = self.scales or [_scale_summary(o)]
-        iterations = sum(s["iterations"] for s in scales)
+        before = self.resumed.get("iterations_before", 0)  # done by the run that stopped
+        iterations = sum(s["iterations"] for s in scales) + before
         seconds = sum(s["seconds"] for s in scales)
         eval_seconds = sum(s["eval_seconds"] for s in scales)
-        return {**self.engine, **self.model, "settings": self.settings, "memory": self.memory,
+        return {**self.engine, **self.model, "fingerprint": self.fingerprint,
+                "settings": self.settings, "memory": self.memory,
                 "iterations": iterations,
                 "evaluations": sum(s["evaluations"] for s in scales),
                 "initial_loss": scales[0]["initial_loss"],
                 "initial_terms": scales[0]["initial_terms"],
                 "final_loss": o.loss, "final_terms": o.terms, "seconds": seconds,
-                "seconds_per_iteration": seconds / max(iterations, 1),
+                "seconds_per_iteration": seconds / max(iterations - before, 1),
                 "eval_seconds": eval_seconds, "optimizer_seconds": seconds - eval_seconds,
                 "host_bytes_per_iteration":
-                    sum(s["host_bytes"] for s in scales) / max(iterations, 1),
-                "stop_reason": o.stop_reason, "restarts": o.restarts, "scales": self.scales}
+                    sum(s["host_bytes"] for s in scales) / max(iterations - before, 1),
+                "stop_reason": o.stop_reason, "restarts": o.restarts, "scales": self.scales,
+                **({"resumed": self.resumed} if self.resumed else {})}
+
+
+def fingerprint_images(images: list[Image.Image], run: RunOptions, weights: LossWeights,
+                       spec: LossSpec, model_sha256: str) -> str:
+    """SHA-256 of what decides a result: the settings, the decoded input pixels (content,
+    styles, masks, and an init image's) and the model. Checkpoints and outputs carry it."""
+    h = hashlib.sha256()
+    settings = settings_dict(run, weights, spec)
+    settings.pop("max_image_pixels", None)
+    h.update(json.dumps(settings, sort_keys=True, default=str).encode())
+    h.update(model_sha256.encode())
+    if isinstance(run.init, (str, os.PathLike)) and run.init not in ("content", "noise", "style"):
+        images = [*images, load_image(run.init, "init image")]
+    for img in images:
+        h.update(f"{img.size}".encode())
+        h.update(img.tobytes())
+    return h.hexdigest()
 
 
 def _scale_summary(o: OptimizeResult) -> dict:
@@ -373,9 +402,11 @@ class StyleTransfer:
         return info
 
     def run(self, problem: Problem, run: RunOptions | None = None,
-            callback: Callable[[Progress], None] | None = None, **overrides) -> Result:
+            callback: Callable[[Progress], None] | None = None,
+            state: dict[str, np.ndarray] | None = None, **overrides) -> Result:
         """Optimise the image at the problem's size; returns the best iterate seen, whatever
-        stopped the run. ``run`` / ``overrides``: :class:`~nst_onnx.config.RunOptions`."""
+        stopped the run. ``run`` / ``overrides``: :class:`~nst_onnx.config.RunOptions`;
+        ``state``: a device optimiser's state to resume (``Progress.state()``)."""
         run = dataclasses.replace(run or RunOptions(), **overrides)
         run.validate()
         iterations = run.iterations if isinstance(run.iterations, int) else DEFAULT_ITERATIONS
@@ -385,9 +416,10 @@ class StyleTransfer:
             res = lbfgs(problem.evaluate, x0, iterations, run.history, callback)
             res.host_bytes = problem.evaluator.host_bytes - bytes_before
         elif run.optimizer == "lbfgs-onnx":
-            res = lbfgs_onnx(self.device_loop(problem), x0, iterations, run.history, callback)
+            res = lbfgs_onnx(self.device_loop(problem), x0, iterations, run.history, callback,
+                             state)
         else:
-            res = adam_onnx(self.device_loop(problem), x0, iterations, run.lr, callback)
+            res = adam_onnx(self.device_loop(problem), x0, iterations, run.lr, callback, state)
         settings = settings_dict(dataclasses.replace(run, size=max(problem.shape[:2]),
                                                      iterations=iterations),
                                  problem.weights, self.spec)
@@ -402,7 +434,8 @@ class StyleTransfer:
                  weights: LossWeights | None = None, *, masks=None,
                  callback: Callable[[Progress], None] | None = None,
                  before_run: Callable[[Problem, list[int], list[int]], None] | None = None,
-                 **overrides) -> Result:
+                 checkpoint: str | os.PathLike | None = None, checkpoint_every: float = 60.0,
+                 resume: str = "never", **overrides) -> Result:
         """The whole job: coarse-to-fine over the sizes of :func:`plan_scales`, each scale
         started from the previous result upscaled (Lanczos), targets recomputed per scale;
         the memory estimate is checked before the first.
@@ -412,9 +445,18 @@ class StyleTransfer:
         :meth:`prepare`. ``before_run(problem, sizes, iterations)`` is called once the first
         scale is prepared, before any optimisation. Returns the final scale's result; its
         summary counts iterations, evaluations and seconds over all scales.
+
+        ``checkpoint``: a file (:func:`~nst_onnx.io.checkpoint.checkpoint_path` of the
+        output) that keeps where the run stands, written every ``checkpoint_every`` seconds
+        of work and when interrupted, removed when the run succeeds. ``resume``: ``never``
+        (start afresh), ``auto`` (continue from a checkpoint made by these very settings,
+        inputs and model; any other is ignored with a notice) or ``require`` (as auto, but a
+        missing, unreadable or mismatched checkpoint is an error).
         """
         run, weights = split_settings(run, weights, **overrides)
         run.validate()
+        if resume not in ("never", "auto", "require"):
+            raise ValueError(f"resume={resume!r}: never, auto or require")
         pixels = run.max_image_pixels
         # decode the files once, not once per scale
         content = load_image(content, "content image", pixels, self.log)
@@ -425,9 +467,23 @@ class StyleTransfer:
                      for i, m in enumerate(_listed(masks))]
         sizes, its = plan_scales(run.size, run.scales, run.iterations)
         fit_content(content, sizes[0], self.min_size)
+        fp = self.fingerprint([content, *styles, *(masks or [])], run, weights)
+        ckpt = self._resume(checkpoint, fp, resume, run, its)
         total, done, per_scale, start = sum(its), 0, [], run.init
-        result, memory = None, {}
-        for side, n in zip(sizes, its):
+        result, memory, latest = None, {}, {}
+        last_save = time.perf_counter()
+
+        def save_checkpoint(p: Progress, index: int, iteration: int, done_total: int) -> None:
+            if checkpoint is not None and iteration < its[index]:
+                Checkpoint(fp, index, iteration, done_total, run.optimizer, p.x,
+                           p.state()).save(Path(checkpoint))
+
+        for index, (side, n) in enumerate(zip(sizes, its)):
+            here = ckpt is not None and index == ckpt.scale
+            if ckpt is not None and index < ckpt.scale:
+                done += n
+                continue
+            first = ckpt.iteration if here else 0
             try:
                 problem = self.prepare(content, styles, side, masks=masks, weights=weights,
                                        max_image_pixels=pixels)
@@ -436,30 +492,74 @@ class StyleTransfer:
                     raise
                 result.optimize.interrupted = e  # keep the previous scale's image
                 break
+            if here and ckpt.x.shape[1:] != problem.shape[:2]:
+                raise CheckpointError(f"checkpoint {checkpoint} does not fit this run's sizes")
             if not memory:
                 memory = self.check_memory(problem, sizes[-1], run)
                 if before_run:
                     before_run(problem, sizes, its)
 
-            def shifted(p: Progress, offset=done, problem=problem) -> None:
+            def shifted(p: Progress, offset=done + first, problem=problem, index=index,
+                        first=first) -> None:
+                nonlocal last_save
+                latest.update(p=p, index=index, iteration=first + p.iteration,
+                              done=offset + p.iteration)
+                if time.perf_counter() - last_save >= checkpoint_every > 0:
+                    save_checkpoint(p, index, first + p.iteration, offset + p.iteration)
+                    last_save = time.perf_counter()
                 if callback:  # x as the output will look (chroma recombined where asked)
                     callback(dataclasses.replace(p, iteration=offset + p.iteration,
                                                  iterations=total,
                                                  fetch=lambda: problem.finish(p.x)))
 
-            result = self.run(problem, dataclasses.replace(run, iterations=n, init=start),
-                              shifted)
+            state = ckpt.state if here and ckpt.optimizer == run.optimizer else None
+            result = self.run(problem, dataclasses.replace(
+                run, iterations=n - first, init=ckpt.x if here else start), shifted,
+                state=state)
             o = result.optimize
             per_scale.append({"size": side, "shape": list(problem.shape[:2]),
-                              **_scale_summary(o)})
+                              **_scale_summary(o), **({"resumed_at": first} if here else {})})
             done += n
             start = o.x
             if o.interrupted is not None or o.error is not None:
+                if latest and checkpoint is not None:  # resume where it stopped
+                    save_checkpoint(latest["p"], latest["index"], latest["iteration"],
+                                    latest["done"])
                 break
+        else:
+            if checkpoint is not None:
+                Path(checkpoint).unlink(missing_ok=True)
         result.settings.update(settings_dict(run, weights, self.spec), size=sizes[-1],
                                scales=sizes, iterations=its)
-        result.scales, result.memory = per_scale, memory
+        result.scales, result.memory, result.fingerprint = per_scale, memory, fp
+        result.resumed = {"checkpoint": str(checkpoint), "iterations_before": ckpt.done} \
+            if ckpt is not None else {}
         return result
+
+    def fingerprint(self, images: list[Image.Image], run: RunOptions,
+                    weights: LossWeights) -> str:
+        """See :func:`fingerprint_images` (this model, this spec)."""
+        return fingerprint_images(images, run, weights, self.spec,
+                                  self.manifest["files"]["loss.onnx"]["sha256"])
+
+    def _resume(self, checkpoint, fp: str, resume: str, run: RunOptions,
+                its: list[int]) -> Checkpoint | None:
+        if checkpoint is None or resume == "never":
+            return None
+        path = Path(checkpoint)
+        try:
+            if not path.exists():
+                raise CheckpointError(f"no checkpoint at {path}: nothing to resume")
+            ckpt = load_checkpoint(path, fp)
+            if not (ckpt.scale < len(its) and 0 <= ckpt.iteration < its[ckpt.scale]):
+                raise CheckpointError(f"checkpoint {path} does not fit this run's plan")
+            return ckpt
+        except CheckpointError as e:
+            if resume == "require":
+                raise
+            if path.exists():
+                self.log(f"note: {e}; starting afresh")
+            return None
 
     def stylize(self, content, styles, run: RunOptions | None = None,
                 weights: LossWeights | None = None, *, masks=None,

@@ -54,6 +54,45 @@ DebugOpt = Annotated[bool, typer.Option("--debug", help="Show tracebacks and onn
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON object on stdout.")]
 QuietOpt = Annotated[bool, typer.Option("--quiet", help="No progress output.")]
 
+# the options `stylize` and `batch` share: help and defaults written once
+SizeOpt = Annotated[int, typer.Option("--size", help="Longest side of the output, px.")]
+IterationsOpt = Annotated[str | None, typer.Option(
+    "--iterations", help="Optimiser iterations: one number, or one per scale (120,35). "
+    "Default: 500; coarse-to-fine 120 at the coarsest scale, 35 at each finer one.")]
+ScalesOpt = Annotated[str | None, typer.Option(
+    "--scales", help="Coarse-to-fine: a count (3) or sizes (256,512,1024). Default: 1 below "
+    "1024 px, else halving down to 512.")]
+PreserveOpt = Annotated[str, typer.Option("--preserve-colors", help="none, luminance, "
+                                          "histogram, histogram-sym or post.")]
+ContentWeightOpt = Annotated[float, typer.Option("--content-weight", help="wc.")]
+StyleWeightOpt = Annotated[float, typer.Option("--style-weight", help="ws, per style layer.")]
+TvWeightOpt = Annotated[float, typer.Option("--tv-weight", help="wtv.")]
+SizeConsistentOpt = Annotated[bool, typer.Option(
+    "--size-consistent/--no-size-consistent", help="TV weight per pixel as at 512×512, so a "
+    "weight means the same at any --size; --no-size-consistent: the reference sum.")]
+BlendOpt = Annotated[str | None, typer.Option("--style-blend", help="Weights per style, e.g. "
+                                              "0.7,0.3.")]
+StyleScaleOpt = Annotated[float, typer.Option("--style-scale", help="Style size relative to "
+                                              "--size.")]
+MasksOpt = Annotated[str | None, typer.Option("--masks", help="One mask image per style, drawn "
+                                              "over the content (white: that style), e.g. "
+                                              "sky.png,land.png.")]
+InitOpt = Annotated[str, typer.Option("--init", help="content, noise, style or an image path.")]
+SeedOpt = Annotated[int, typer.Option("--seed", help="For --init noise.")]
+LayerWeightsOpt = Annotated[str | None, typer.Option("--style-layer-weights", help="Multipliers, "
+                                                     "one per style layer.")]
+OptimizerOpt = Annotated[str, typer.Option("--optimizer", help="lbfgs (scipy L-BFGS-B), "
+                                           "lbfgs-onnx or adam (both on the device).")]
+LrOpt = Annotated[float, typer.Option("--lr", help="Adam step size (pixels).")]
+HistoryOpt = Annotated[int, typer.Option("--history", help="L-BFGS memory.")]
+CheckpointOpt = Annotated[float, typer.Option(
+    "--checkpoint-every", help="Keep the run's state beside the output (.OUT.ckpt.npz) every "
+    "N seconds of work; 0: never.")]
+MaxPixelsOpt = Annotated[int, typer.Option("--max-image-pixels", help="Refuse input images "
+                                           "whose header claims more pixels (0: no limit).")]
+ForceOpt = Annotated[bool, typer.Option("--force", help="Run even if the memory estimate "
+                                        "exceeds what is available.")]
+
 DEFAULT_C = ",".join(SPEC.content_layers)
 DEFAULT_S = ",".join(SPEC.style_layers)
 
@@ -76,6 +115,25 @@ def _numbers(text: str | None, what: str, kind=float) -> list | None:
 
 def _one_or_list(values: list[int] | None):
     return values[0] if values is not None and len(values) == 1 else values
+
+
+def _settings(given: dict) -> tuple[RunOptions, LossWeights]:
+    """The shared options (as parsed) → the configuration dataclasses, checked."""
+    g = given
+    run = RunOptions(size=g["size"], iterations=_one_or_list(_numbers(g["iterations"],
+                                                                      "--iterations", int)),
+                     scales=_one_or_list(_numbers(g["scales"], "--scales", int)),
+                     init=g["init"], seed=g["seed"], optimizer=g["optimizer"], lr=g["lr"],
+                     history=g["history"], max_image_pixels=g["max_image_pixels"] or None,
+                     force=g["force"])
+    run.validate()
+    weights = LossWeights(
+        content_weight=g["content_weight"], style_weight=g["style_weight"],
+        tv_weight=g["tv_weight"],
+        style_layer_weights=_numbers(g["style_layer_weights"], "--style-layer-weights"),
+        style_blend=_numbers(g["style_blend"], "--style-blend"), style_scale=g["style_scale"],
+        preserve_colors=g["preserve_colors"], size_consistent=g["size_consistent"])
+    return run, weights
 
 
 def _log(quiet: bool):
@@ -171,82 +229,61 @@ def stylize(
                                                  metavar="STYLE...")],
     output: Annotated[Path, typer.Option("-o", "--output", help="Output image (.png, .jpg, "
                                          ".webp, .tif, .bmp).")] = Path("out.png"),
-    size: Annotated[int, typer.Option(help="Longest side of the output, px.")] = RUN.size,
-    iterations: Annotated[str | None, typer.Option(
-        help="Optimiser iterations: one number, or one per scale (120,35). Default: 500; "
-             "coarse-to-fine 120 at the coarsest scale, 35 at each finer one.")] = None,
-    scales: Annotated[str | None, typer.Option(help="Coarse-to-fine: a count (3) or sizes "
-                                               "(256,512,1024). Default: 1 below 1024 px, "
-                                               "else halving down to 512.")] = None,
-    preserve_colors: Annotated[str, typer.Option(help="none, luminance, histogram, "
-                                                 "histogram-sym or post.")]
-    = WEIGHTS.preserve_colors,
-    content_weight: Annotated[float, typer.Option(help="wc.")] = WEIGHTS.content_weight,
-    style_weight: Annotated[float, typer.Option(help="ws, per style layer.")]
-    = WEIGHTS.style_weight,
-    tv_weight: Annotated[float, typer.Option(help="wtv.")] = WEIGHTS.tv_weight,
-    size_consistent: Annotated[bool, typer.Option(help="TV weight per pixel as at 512×512, so "
-                                                  "a weight means the same at any --size; "
-                                                  "--no-size-consistent: the reference sum.")]
-    = WEIGHTS.size_consistent,
-    style_blend: Annotated[str | None, typer.Option(help="Weights per style, e.g. 0.7,0.3.")]
-    = None,
-    style_scale: Annotated[float, typer.Option(help="Style size relative to --size.")]
-    = WEIGHTS.style_scale,
-    masks: Annotated[str | None, typer.Option(help="One mask image per style, drawn over the "
-                                              "content (white: that style), e.g. "
-                                              "sky.png,land.png.")] = None,
-    init: Annotated[str, typer.Option(help="content, noise, style or an image path.")]
-    = RUN.init,
-    seed: Annotated[int, typer.Option(help="For --init noise.")] = RUN.seed,
+    size: SizeOpt = RUN.size,
+    iterations: IterationsOpt = None,
+    scales: ScalesOpt = None,
+    preserve_colors: PreserveOpt = WEIGHTS.preserve_colors,
+    content_weight: ContentWeightOpt = WEIGHTS.content_weight,
+    style_weight: StyleWeightOpt = WEIGHTS.style_weight,
+    tv_weight: TvWeightOpt = WEIGHTS.tv_weight,
+    size_consistent: SizeConsistentOpt = WEIGHTS.size_consistent,
+    style_blend: BlendOpt = None,
+    style_scale: StyleScaleOpt = WEIGHTS.style_scale,
+    masks: MasksOpt = None,
+    init: InitOpt = RUN.init,
+    seed: SeedOpt = RUN.seed,
     pooling: PoolingOpt = SPEC.pooling,
     content_layers: LayersC = DEFAULT_C,
     style_layers: LayersS = DEFAULT_S,
-    style_layer_weights: Annotated[str | None, typer.Option(help="Multipliers, one per "
-                                                               "style layer.")] = None,
-    optimizer: Annotated[str, typer.Option(help="lbfgs (scipy L-BFGS-B), lbfgs-onnx or adam (both "
-                                           "on the device).")] = RUN.optimizer,
-    lr: Annotated[float, typer.Option(help="Adam step size (pixels).")] = RUN.lr,
-    history: Annotated[int, typer.Option(help="L-BFGS memory.")] = RUN.history,
+    style_layer_weights: LayerWeightsOpt = None,
+    optimizer: OptimizerOpt = RUN.optimizer,
+    lr: LrOpt = RUN.lr,
+    history: HistoryOpt = RUN.history,
     device: DeviceOpt = ENGINE.device,
     threads: ThreadsOpt = ENGINE.threads,
     tf32: Tf32Opt = ENGINE.tf32,
     gpu_mem_limit: GpuMemOpt = ENGINE.gpu_mem_limit_mb,
     save_every: Annotated[int, typer.Option(help="Save an intermediate image every N "
                                             "iterations (OUT.iterN.ext).")] = 0,
+    checkpoint_every: CheckpointOpt = 60.0,
+    resume: Annotated[bool, typer.Option("--resume", help="Continue from that checkpoint "
+                                         "(same settings and inputs), to the requested "
+                                         "iterations.")] = False,
     no_clobber: Annotated[bool, typer.Option("--no-clobber", help="Refuse to overwrite an "
                                              "existing output.")] = False,
-    max_image_pixels: Annotated[int, typer.Option(help="Refuse input images whose header "
-                                                  "claims more pixels (0: no limit).")]
-    = RUN.max_image_pixels,
-    force: Annotated[bool, typer.Option("--force", help="Run even if the memory estimate "
-                                        "exceeds what is available.")] = RUN.force,
+    max_image_pixels: MaxPixelsOpt = RUN.max_image_pixels,
+    force: ForceOpt = RUN.force,
     models: ModelsOpt = None, weights: WeightsOpt = None, cache_dir: CacheOpt = None,
     quiet: QuietOpt = False,
     as_json: JsonOpt = False,
     debug: DebugOpt = False,
 ) -> None:
     """Repaint CONTENT in the manner of STYLE(S); write the result to -o."""
+    given = dict(locals())
+
     def go():
         from .api import StyleTransfer
+        from .io.checkpoint import checkpoint_path
         from .io.images import output_format, save_image, to_pil
 
         mask_paths = None if masks is None else [Path(m) for m in masks.split(",")]
         _check_paths(content, [*styles, *(mask_paths or [])], output, init, no_clobber)
         if save_every < 0:
             raise BadInput("--save-every must be ≥ 0")
+        if not checkpoint_every >= 0:
+            raise BadInput("--checkpoint-every must be a number of seconds ≥ 0")
         output_format(output)
-        run = RunOptions(size=size, iterations=_one_or_list(_numbers(iterations, "--iterations",
-                                                                     int)),
-                         scales=_one_or_list(_numbers(scales, "--scales", int)), init=init,
-                         seed=seed, optimizer=optimizer, lr=lr, history=history,
-                         max_image_pixels=max_image_pixels or None, force=force)
-        run.validate()
-        loss_weights = LossWeights(
-            content_weight=content_weight, style_weight=style_weight, tv_weight=tv_weight,
-            style_layer_weights=_numbers(style_layer_weights, "--style-layer-weights"),
-            style_blend=_numbers(style_blend, "--style-blend"), style_scale=style_scale,
-            preserve_colors=preserve_colors, size_consistent=size_consistent)
+        run, loss_weights = _settings(given)
         log = _log(quiet or as_json)
         st = StyleTransfer(device=device, threads=threads, tf32=tf32,
                            gpu_mem_limit_mb=gpu_mem_limit, pooling=pooling,
@@ -270,7 +307,10 @@ def stylize(
 
         with _signals_stop_the_run() as signals:
             result = st.transfer(content, styles, run, loss_weights, masks=mask_paths,
-                                 callback=callback, before_run=before_run)
+                                 callback=callback, before_run=before_run,
+                                 checkpoint=checkpoint_path(output) if checkpoint_every or resume
+                                 else None, checkpoint_every=checkpoint_every,
+                                 resume="require" if resume else "never")
             signals.ignore()
             progress.close()
             w, h = result.image.size
@@ -292,6 +332,144 @@ def stylize(
         if result.optimize.interrupted is not None:
             raise typer.Exit(result.optimize.interrupted.exit_code)
     _guard(go, debug)
+
+
+@app.command()
+def batch(
+    contents: Annotated[list[str] | None, typer.Argument(
+        help="Content images: files, folders or globs.", metavar="CONTENT...")] = None,
+    styles: Annotated[list[str] | None, typer.Option(
+        "--styles", help="Style images: files, folders or globs (repeat the option, or "
+        "separate with commas).")] = None,
+    output: Annotated[Path, typer.Option("-o", "--output", help="Output folder.")] = Path("."),
+    jobs_file: Annotated[Path | None, typer.Option(
+        "--jobs-file", help="CSV or JSON lines: content, style (or styles, ';'-separated), "
+        "optional output and per-job settings (size, seed, style_weight, …).")] = None,
+    name: Annotated[str, typer.Option("--name", help="Output names: {content}, {style}, "
+                                      "{index}.")] = "{content}__{style}.png",
+    workers: Annotated[int | None, typer.Option(
+        "--workers", help="Local worker processes (default: from the cores and the memory "
+        "estimate).")] = None,
+    ray: Annotated[str | None, typer.Option(
+        "--ray", help="Run the jobs as Ray tasks: auto, local, or a cluster address "
+        "(host:port).")] = None,
+    force: Annotated[bool, typer.Option("--force", help="Redo jobs that are already done.")]
+    = False,
+    size: SizeOpt = RUN.size,
+    iterations: IterationsOpt = None,
+    scales: ScalesOpt = None,
+    preserve_colors: PreserveOpt = WEIGHTS.preserve_colors,
+    content_weight: ContentWeightOpt = WEIGHTS.content_weight,
+    style_weight: StyleWeightOpt = WEIGHTS.style_weight,
+    tv_weight: TvWeightOpt = WEIGHTS.tv_weight,
+    size_consistent: SizeConsistentOpt = WEIGHTS.size_consistent,
+    style_scale: StyleScaleOpt = WEIGHTS.style_scale,
+    init: InitOpt = RUN.init,
+    seed: SeedOpt = RUN.seed,
+    pooling: PoolingOpt = SPEC.pooling,
+    content_layers: LayersC = DEFAULT_C,
+    style_layers: LayersS = DEFAULT_S,
+    style_layer_weights: LayerWeightsOpt = None,
+    optimizer: OptimizerOpt = RUN.optimizer,
+    lr: LrOpt = RUN.lr,
+    history: HistoryOpt = RUN.history,
+    device: DeviceOpt = ENGINE.device,
+    threads: ThreadsOpt = ENGINE.threads,
+    tf32: Tf32Opt = ENGINE.tf32,
+    gpu_mem_limit: GpuMemOpt = ENGINE.gpu_mem_limit_mb,
+    checkpoint_every: CheckpointOpt = 60.0,
+    max_image_pixels: MaxPixelsOpt = RUN.max_image_pixels,
+    models: ModelsOpt = None, weights: WeightsOpt = None, cache_dir: CacheOpt = None,
+    quiet: QuietOpt = False,
+    as_json: JsonOpt = False,
+    debug: DebugOpt = False,
+) -> None:
+    """Stylise many pictures: every CONTENT × --styles pair (or --jobs-file), outputs in -o
+    with a manifest.jsonl and a contact sheet; re-runs skip finished jobs and resume stopped
+    ones. Exit 0 when every job succeeded, 2 when any failed."""
+    given = dict(locals(), style_blend=None, masks=None, force=False)
+
+    def go():
+        from .batch import batch as run_batch
+        from .config import EngineOptions, LossSpec
+
+        if not jobs_file and not (contents and styles):
+            raise BadInput("give CONTENT... and --styles, or --jobs-file")
+        if not checkpoint_every >= 0:
+            raise BadInput("--checkpoint-every must be a number of seconds ≥ 0")
+        if workers is not None and workers < 1:
+            raise BadInput("--workers must be ≥ 1")
+        run, loss_weights = _settings(given)
+        style_list = [v for item in styles or [] for v in item.split(",") if v.strip()]
+        engine = EngineOptions(device=device, threads=threads, tf32=tf32,
+                               gpu_mem_limit_mb=gpu_mem_limit, models_dir=models,
+                               weights=weights, cache_dir=cache_dir, debug=debug)
+        spec = LossSpec(content_layers, style_layers, pooling)
+        with _BatchProgress(quiet or as_json) as progress:
+            result = run_batch(contents or [], style_list, output, run=run,
+                               weights=loss_weights, engine=engine, spec=spec,
+                               jobs_file=jobs_file, template=name, workers=workers, ray=ray,
+                               force=force, checkpoint_every=checkpoint_every,
+                               log=_log(quiet or as_json), progress=progress)
+        if as_json:
+            typer.echo(json.dumps({"counts": result.counts, "seconds": result.seconds,
+                                   "manifest": str(result.outdir / "manifest.jsonl"),
+                                   "contact_sheet": str(result.contact_sheet),
+                                   "jobs": result.records}, default=str))
+        elif not quiet:
+            typer.echo(result.summary_line(), err=True)
+        if result.interrupted is not None:
+            raise typer.Exit(result.interrupted.exit_code)
+        if not result.ok:
+            raise typer.Exit(2)
+    _guard(go, debug)
+
+
+class _BatchProgress:
+    """One live display on stderr: jobs done/total with ETA, and the job at hand's iteration
+    and loss; failures are printed as they happen."""
+
+    def __init__(self, quiet: bool):
+        self.quiet = quiet
+
+    def __enter__(self):
+        if self.quiet:
+            return lambda event: None
+        from rich.console import Console
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            TextColumn,
+            TimeElapsedColumn,
+            TimeRemainingColumn,
+        )
+
+        self.progress = Progress(TextColumn("{task.description}"), BarColumn(),
+                                 MofNCompleteColumn(), TimeElapsedColumn(),
+                                 TimeRemainingColumn(), console=Console(stderr=True),
+                                 transient=False)
+        self.progress.start()
+        self.task = None
+        return self
+
+    def __call__(self, event: dict) -> None:
+        kind = event["event"]
+        if kind == "start":
+            self.task = self.progress.add_task("jobs", total=event["total"])
+        elif kind == "iteration" and self.task is not None:
+            self.progress.update(self.task, description=f"job {event['index'] + 1}: "
+                                 f"{event['iteration']}/{event['iterations']} loss "
+                                 f"{event['loss']:.4g}")
+        elif kind == "job" and self.task is not None:
+            rec = event["record"]
+            self.progress.advance(self.task)
+            if rec["status"] == "failed":
+                self.progress.console.print(f"job {rec['job'] + 1} failed: {rec['reason']}")
+
+    def __exit__(self, *exc):
+        if not self.quiet:
+            self.progress.stop()
 
 
 class _signals_stop_the_run:

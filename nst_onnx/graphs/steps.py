@@ -128,6 +128,25 @@ def build_project_step() -> onnx.ModelProto:
     return g.finish(project_step_io())
 
 
+def curvature_io() -> Interface:
+    return Interface("nst_curvature", "curvature.onnx", (
+        _vec("x", "previous image"), _vec("x_t", "trial image"), _vec("g", "gradient at x"),
+        _vec("g_t", "gradient at x_t"),
+    ), (
+        _scalar("sy", "s·y with s = x_t − x, y = g_t − g"), _scalar("yy", "y·y"),
+    ))
+
+
+def build_curvature() -> onnx.ModelProto:
+    """What the line search needs to tell a too-short step, without touching the history."""
+    g = GraphBuilder()
+    s = g.op("Sub", "x_t", "x")
+    y = g.op("Sub", "g_t", "g")
+    g.op("Identity", _dot(g, s, y), outputs=["sy"])
+    g.op("Identity", _dot(g, y, y), outputs=["yy"])
+    return g.finish(curvature_io())
+
+
 def lbfgs_update_io() -> Interface:
     return Interface("nst_lbfgs_update", "lbfgs_update.onnx", (
         _vec("x", "previous image"), _vec("x_t", "accepted image"), _vec("g", "gradient at x"),
@@ -195,5 +214,6 @@ def build_adam_step() -> onnx.ModelProto:
 STEP_GRAPHS = ((lbfgs_project_io, build_lbfgs_project),
                (lbfgs_direction_io, build_lbfgs_direction),
                (project_step_io, build_project_step),
+               (curvature_io, build_curvature),
                (lbfgs_update_io, build_lbfgs_update),
                (adam_step_io, build_adam_step))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import os
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -31,7 +32,9 @@ def load_image(src, what: str = "image", max_pixels: int | None = MAX_PIXELS,
     * a header claiming more than ``max_pixels`` is refused before any pixel is decoded.
     """
     warn = warn or (lambda m: None)
-    if isinstance(src, np.ndarray):
+    if isinstance(src, EncodedImage):  # a file's bytes that travelled (batch jobs on Ray)
+        img = _decode(io.BytesIO(src.data), src.name, what, max_pixels)
+    elif isinstance(src, np.ndarray):
         arr = src
         if arr.ndim == 2:
             arr = np.stack([arr] * 3, axis=-1)
@@ -47,14 +50,31 @@ def load_image(src, what: str = "image", max_pixels: int | None = MAX_PIXELS,
     return _to_srgb(img, what, warn)
 
 
+@dataclass(frozen=True)
+class EncodedImage:
+    """An image file's bytes and its name, read where the file is and decoded elsewhere."""
+
+    name: str
+    data: bytes
+
+    @classmethod
+    def read(cls, path: str | os.PathLike) -> EncodedImage:
+        return cls(str(path), Path(path).read_bytes())
+
+
 def _open(path: Path, what: str, max_pixels: int | None) -> Image.Image:
     if not path.is_file():
         raise BadInput(f"{what} not found: {path}")
-    if path.stat().st_size == 0:
+    return _decode(path, path, what, max_pixels)
+
+
+def _decode(src, path, what: str, max_pixels: int | None) -> Image.Image:
+    """Decode a file (path or file object) named ``path``: hostile headers refused first."""
+    if (src.getbuffer().nbytes if isinstance(src, io.BytesIO) else Path(src).stat().st_size) == 0:
         raise BadInput(f"{what} {path} is an empty file")
     try:
         with _no_pillow_limit():
-            img = Image.open(path)  # reads the header only
+            img = Image.open(src)  # reads the header only
             w, h = img.size
             if max_pixels and w * h > max_pixels:
                 raise BadInput(

@@ -134,8 +134,10 @@ class _History:
 
 
 def lbfgs_onnx(loop: Loop, x0: np.ndarray, iterations: int, history: int = 10,
-               callback: Callable[[Progress], None] | None = None) -> OptimizeResult:
-    """Projected L-BFGS on the device; ``x0`` (3, H, W) float64 in [0, 255]."""
+               callback: Callable[[Progress], None] | None = None,
+               state: dict[str, np.ndarray] | None = None) -> OptimizeResult:
+    """Projected L-BFGS on the device; ``x0`` (3, H, W) float64 in [0, 255]; ``state`` (from
+    an earlier run's ``Progress.state()``) restores the history."""
     st, start = loop.steps, time.perf_counter()
     n = int(np.prod(loop.shape))
     empty = to_device(np.zeros((0, n), np.float32), loop.device)
@@ -150,6 +152,15 @@ def lbfgs_onnx(loop: Loop, x0: np.ndarray, iterations: int, history: int = 10,
     first = (f, terms)
     best.offer(f, x, g, terms)
     s_hist, y_hist, hist = empty, empty, _History(history)
+    if state and "S" in state and state["S"].shape[0] <= history:
+        s_hist, y_hist = to_device(state["S"], loop.device), to_device(state["Y"], loop.device)
+        hist.sy, hist.yy = state["hist_sy"].astype(np.float64), state["hist_yy"].astype(np.float64)
+        hist.gamma = float(state["gamma"])
+
+    def snapshot(s_hist, y_hist, hist) -> Callable[[], dict]:
+        return lambda: {"S": to_host(s_hist, loop.traffic), "Y": to_host(y_hist, loop.traffic),
+                        "hist_sy": hist.sy.copy(), "hist_yy": hist.yy.copy(),
+                        "gamma": np.array(hist.gamma)}
     try:
         if not math.isfinite(f):
             raise FloatingPointError("the loss is not finite")
@@ -166,7 +177,7 @@ def lbfgs_onnx(loop: Loop, x0: np.ndarray, iterations: int, history: int = 10,
                 continue
             t = 1.0 if len(hist) else 1.0 / math.sqrt(float(pr["gg"]))
             keep = np.array([1 if len(hist) == history else 0])
-            accepted = None  # (x_t, f_t, terms_t, g_t, update outputs)
+            accepted = None  # (x_t, f_t, terms_t, g_t)
             for _ in range(MAX_TRIALS):
                 tr = st["project_step"](x=x, d=dr["d"], g=g, t=np.float32(t))
                 gdx = float(tr["gdx"])
@@ -179,12 +190,13 @@ def lbfgs_onnx(loop: Loop, x0: np.ndarray, iterations: int, history: int = 10,
                     raise FloatingPointError("the loss is not finite")
                 best.offer(f_t, tr["x_t"], g_t, terms_t)
                 if f_t <= f + ARMIJO * gdx and (accepted is None or f_t < accepted[1]):
-                    up = st["lbfgs_update"](x=x, x_t=tr["x_t"], g=g, g_t=g_t, S=s_hist,
-                                            Y=y_hist, keep_from=keep)
-                    accepted = (tr["x_t"], f_t, terms_t, g_t, up)
+                    accepted = (tr["x_t"], f_t, terms_t, g_t)
+                    if t >= MAX_STEP:
+                        break
                     # g_t·s = s·y + g·s: still as steep as WOLFE·g·s means the step was too
                     # short (early on, before the history knows the scale): extrapolate
-                    if float(up["sy"]) + gdx >= WOLFE * gdx or t >= MAX_STEP:
+                    cv = st["curvature"](x=x, x_t=tr["x_t"], g=g, g_t=g_t)
+                    if float(cv["sy"]) + gdx >= WOLFE * gdx:
                         break
                     t *= EXTRAPOLATE
                 elif accepted is not None:  # the extrapolated step went too far: keep the last
@@ -203,7 +215,9 @@ def lbfgs_onnx(loop: Loop, x0: np.ndarray, iterations: int, history: int = 10,
                 s_hist, y_hist, hist = empty, empty, _History(history)
                 continue
             failures = 0
-            x_t, f_t, terms_t, g_t, up = accepted
+            x_t, f_t, terms_t, g_t = accepted
+            up = st["lbfgs_update"](x=x, x_t=x_t, g=g, g_t=g_t, S=s_hist, Y=y_hist,
+                                    keep_from=keep)
             sy, yy = float(up["sy"]), float(up["yy"])
             if not (math.isfinite(sy) and math.isfinite(yy)):
                 raise FloatingPointError("the gradient is not finite")
@@ -214,7 +228,8 @@ def lbfgs_onnx(loop: Loop, x0: np.ndarray, iterations: int, history: int = 10,
             done += 1
             if callback:
                 callback(Progress(done, iterations, loop.evaluations, f, terms,
-                                  time.perf_counter() - start, lambda v=x: loop.fetch(v)))
+                                  time.perf_counter() - start, lambda v=x: loop.fetch(v),
+                                  snapshot(s_hist, y_hist, hist)))
     except Interrupted as e:
         interrupted, reason = e, "interrupted"
     except (FloatingPointError, NstError) as e:
@@ -224,15 +239,20 @@ def lbfgs_onnx(loop: Loop, x0: np.ndarray, iterations: int, history: int = 10,
 
 
 def adam_onnx(loop: Loop, x0: np.ndarray, iterations: int, lr: float = 2.0,
-              callback: Callable[[Progress], None] | None = None, beta1: float = 0.9,
+              callback: Callable[[Progress], None] | None = None,
+              state: dict[str, np.ndarray] | None = None, beta1: float = 0.9,
               beta2: float = 0.999, eps: float = 1e-8) -> OptimizeResult:
-    """Adam in pixel units (lr ≈ pixel step), projected onto [0, 255] after each step."""
+    """Adam in pixel units (lr ≈ pixel step), projected onto [0, 255] after each step;
+    ``state`` (from ``Progress.state()``) restores the moments and the step count."""
     start = time.perf_counter()
     best, done = _Best(), 0
     reason, interrupted, error, first = "iteration budget reached", None, None, (math.nan, {})
     x = loop.upload(x0)
     zeros = np.zeros(loop.shape, np.float32)
-    m, v = loop.upload(zeros), loop.upload(zeros)
+    resumed = bool(state) and "m" in state
+    m = loop.upload(state["m"] if resumed else zeros)
+    v = loop.upload(state["v"] if resumed else zeros)
+    k0 = int(state["step"]) if resumed else 0
     once = loop.traffic.bytes
     coef = {"lr": np.float32(lr), "beta1": np.float32(beta1), "beta2": np.float32(beta2),
             "eps": np.float32(eps)}
@@ -243,12 +263,15 @@ def adam_onnx(loop: Loop, x0: np.ndarray, iterations: int, lr: float = 2.0,
                 raise FloatingPointError("the loss is not finite")
             first = first if k > 1 else (f, terms)
             best.offer(f, x, g, terms)
-            out = loop.steps["adam_step"](x=x, g=g, m=m, v=v, step=np.float32(k), **coef)
+            out = loop.steps["adam_step"](x=x, g=g, m=m, v=v, step=np.float32(k0 + k), **coef)
             x, m, v = out["x_new"], out["m_new"], out["v_new"]
             done = k
             if callback:
                 callback(Progress(k, iterations, loop.evaluations, f, terms,
-                                  time.perf_counter() - start, lambda v=x: loop.fetch(v)))
+                                  time.perf_counter() - start, lambda v=x: loop.fetch(v),
+                                  lambda m=m, v=v, k=k: {"m": to_host(m, loop.traffic)[0],
+                                                         "v": to_host(v, loop.traffic)[0],
+                                                         "step": np.array(k0 + k)}))
         if iterations:  # the final step's loss, so the best iterate includes it
             f, terms, g = loop.loss(x)
             if math.isfinite(f):

@@ -37,6 +37,8 @@ class Progress:
     terms: dict[str, float]
     seconds: float
     fetch: Callable[[], np.ndarray] = field(repr=False)
+    state: Callable[[], dict[str, np.ndarray]] = field(default=lambda: {}, repr=False)
+    """The optimiser's state beyond x, to resume it (fetched only when called)."""
 
     @functools.cached_property
     def x(self) -> np.ndarray:

@@ -1,0 +1,112 @@
+"""Checkpoints: a stopped run continues where it stood and ends at the requested iteration
+count; a checkpoint of other settings, or a corrupt one, is never used."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from nst_onnx.cli import app
+from nst_onnx.errors import Interrupted
+from nst_onnx.io.checkpoint import CheckpointError, checkpoint_path
+
+
+def _stop_at(n):
+    def callback(p):
+        if p.iteration == n:
+            raise Interrupted(130)
+    return callback
+
+
+@pytest.mark.parametrize("optimizer", ["lbfgs", "lbfgs-onnx", "adam"])
+def test_stopped_run_resumes_to_the_requested_count(st, images, tmp_path, optimizer):
+    ckpt = tmp_path / ".out.png.ckpt.npz"
+    args = dict(size=48, iterations=12, optimizer=optimizer, lr=4.0)
+    r1 = st.transfer(images["tubingen"], images["starry_night"], checkpoint=ckpt,
+                     checkpoint_every=1e-9, callback=_stop_at(5), **args)
+    assert r1.optimize.interrupted is not None and ckpt.exists()
+    r2 = st.transfer(images["tubingen"], images["starry_night"], checkpoint=ckpt,
+                     resume="require", **args)
+    s = r2.summary()
+    assert s["iterations"] == 12 and s["resumed"]["iterations_before"] == 5
+    assert r2.scales[0]["resumed_at"] == 5 and r2.optimize.iterations == 7
+    assert not ckpt.exists()  # removed on success
+    assert s["final_loss"] < r1.optimize.loss
+
+
+def test_device_optimiser_resumes_its_full_state(st, images, tmp_path):
+    """lbfgs-onnx with its history restored continues exactly as the unbroken run."""
+    ckpt = tmp_path / "c.npz"
+    args = dict(size=40, iterations=10, optimizer="lbfgs-onnx")
+    whole = st.transfer(images["tubingen"], images["starry_night"], **args)
+    st.transfer(images["tubingen"], images["starry_night"], checkpoint=ckpt,
+                checkpoint_every=1e-9, callback=_stop_at(6), **args)
+    resumed = st.transfer(images["tubingen"], images["starry_night"], checkpoint=ckpt,
+                          resume="require", **args)
+    assert resumed.optimize.loss == pytest.approx(whole.optimize.loss, rel=1e-3)
+
+
+def test_other_settings_or_corrupt_checkpoints_are_refused_or_ignored(st, images, tmp_path):
+    ckpt = tmp_path / "c.npz"
+    st.transfer(images["tubingen"], images["starry_night"], size=40, iterations=6,
+                checkpoint=ckpt, checkpoint_every=1e-9, callback=_stop_at(3))
+    with pytest.raises(CheckpointError, match="other settings"):
+        st.transfer(images["tubingen"], images["starry_night"], size=40, iterations=6,
+                    style_weight=50.0, checkpoint=ckpt, resume="require")
+    notes = []
+    st.log, log = notes.append, st.log
+    try:
+        r = st.transfer(images["tubingen"], images["starry_night"], size=40, iterations=6,
+                        style_weight=50.0, checkpoint=ckpt, resume="auto")
+    finally:
+        st.log = log
+    assert r.summary()["iterations"] == 6 and "resumed" not in r.summary()
+    assert any("starting afresh" in n for n in notes)
+    ckpt.write_bytes(b"PK\x03\x04 not really a zip")
+    with pytest.raises(CheckpointError, match="unreadable"):
+        st.transfer(images["tubingen"], images["starry_night"], size=40, iterations=6,
+                    checkpoint=ckpt, resume="require")
+
+
+def test_resume_without_a_checkpoint_is_one_line_exit_2(models_dir, images, tmp_path):
+    r = CliRunner().invoke(app, ["stylize", str(images["tubingen"]), str(images["starry_night"]),
+                                 "-o", str(tmp_path / "o.png"), "--size", "32", "--resume",
+                                 "--models", str(models_dir)])
+    assert r.exit_code == 2 and "nothing to resume" in r.output, r.output
+    assert len(r.output.strip().splitlines()) == 1
+
+
+def test_kill_9_then_resume_finishes_the_run(models_dir, images, tmp_path):
+    out = tmp_path / "k.png"
+    cmd = [sys.executable, "-m", "nst_onnx.cli", "stylize", str(images["tubingen"]),
+           str(images["starry_night"]), "-o", str(out), "--size", "48", "--iterations", "400",
+           "--checkpoint-every", "0.2", "--models", str(models_dir), "--threads", "1",
+           "--quiet"]
+    proc = subprocess.Popen(cmd)
+    ckpt = checkpoint_path(out)
+    try:
+        deadline = time.time() + 60
+        while not ckpt.exists():
+            assert time.time() < deadline and proc.poll() is None
+            time.sleep(0.05)
+        time.sleep(0.5)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=30)
+    finally:
+        proc.kill()
+    assert not out.exists() and ckpt.exists()
+    before = int(json.loads(str(np.load(ckpt)["meta"]))["done"])
+    assert 0 < before < 400
+    r = subprocess.run([*cmd[:-1], "--json", "--resume"], capture_output=True, text=True,
+                       timeout=300)
+    assert r.returncode == 0, r.stderr
+    s = json.loads(r.stdout)
+    assert s["iterations"] == 400 and s["resumed"]["iterations_before"] >= before
+    assert out.exists() and not ckpt.exists()
