@@ -30,6 +30,7 @@ from .config import (
     COARSEST,
     DEFAULT_ITERATIONS,
     MAX_PIXELS,
+    STOP_WINDOW,
     EngineOptions,
     LossSpec,
     LossWeights,
@@ -37,7 +38,7 @@ from .config import (
     settings_dict,
     split_settings,
 )
-from .errors import BadInput, Interrupted
+from .errors import BadInput, Finished, Interrupted
 from .graphs.export import export_model, read_manifest
 from .graphs.interface import features_io, inv_sizes, loss_io
 from .graphs.steps import STEP_GRAPHS
@@ -470,6 +471,7 @@ class StyleTransfer:
         fp = self.fingerprint([content, *styles, *(masks or [])], run, weights)
         ckpt = self._resume(checkpoint, fp, resume, run, its)
         total, done, per_scale, start = sum(its), 0, [], run.init
+        tau = run.stop_rule()
         result, memory, latest = None, {}, {}
         last_save = time.perf_counter()
 
@@ -499,11 +501,14 @@ class StyleTransfer:
                 if before_run:
                     before_run(problem, sizes, its)
 
+            losses: list[float] = []
+
             def shifted(p: Progress, offset=done + first, problem=problem, index=index,
-                        first=first) -> None:
+                        first=first, losses=losses) -> None:
                 nonlocal last_save
                 latest.update(p=p, index=index, iteration=first + p.iteration,
                               done=offset + p.iteration)
+                losses.append(p.loss)
                 if time.perf_counter() - last_save >= checkpoint_every > 0:
                     save_checkpoint(p, index, first + p.iteration, offset + p.iteration)
                     last_save = time.perf_counter()
@@ -511,6 +516,10 @@ class StyleTransfer:
                     callback(dataclasses.replace(p, iteration=offset + p.iteration,
                                                  iterations=total,
                                                  fetch=lambda: problem.finish(p.x)))
+                if tau and len(losses) > STOP_WINDOW and \
+                        losses[-1 - STOP_WINDOW] - losses[-1] < tau * losses[-1]:
+                    raise Finished(f"finished: the loss fell by less than {tau:g} over the "
+                                   f"last {STOP_WINDOW} iterations")
 
             state = ckpt.state if here and ckpt.optimizer == run.optimizer else None
             result = self.run(problem, dataclasses.replace(
@@ -650,6 +659,38 @@ def export(engine: EngineOptions | None = None, spec: LossSpec | None = None, *,
     return out
 
 
+def _profile(st: StyleTransfer, problem: Problem, x: np.ndarray, repeats: int) -> dict:
+    """Milliseconds per evaluation by op type, from onnxruntime's profiler (written to a
+    temporary folder, never the current one); convolutions against everything else."""
+    import tempfile
+
+    ev = problem.evaluator
+    model = st.model_dir / loss_io(st.spec).file
+    with tempfile.TemporaryDirectory(prefix="nst-profile-") as tmp:
+        session = make_session(model, st.device, st.threads, tf32=st.options.tf32,
+                               profile_prefix=str(Path(tmp) / "loss"))
+        feed = {"image": np.ascontiguousarray(x[None], np.float32), **ev.fixed}
+        session.run(None, feed)  # warm-up, not counted
+        for _ in range(repeats):
+            session.run(None, feed)
+        events = json.loads(Path(session.end_profiling()).read_text())
+    per_op: dict[str, float] = {}
+    warm_end = None
+    for e in events:  # skip the warm-up run: the first "model_run" event
+        if e.get("name") == "model_run":
+            warm_end = warm_end or e["ts"] + e["dur"]
+    for e in events:
+        if e.get("cat") == "Node" and e.get("name", "").endswith("_kernel_time") \
+                and (warm_end is None or e["ts"] > warm_end):
+            op = e.get("args", {}).get("op_name", "?")
+            per_op[op] = per_op.get(op, 0.0) + e["dur"] / 1000 / repeats
+    total = sum(per_op.values())
+    conv = sum(v for k, v in per_op.items() if k in ("Conv", "FusedConv", "NchwcConv"))
+    return {"total_ms": total, "conv_ms": conv, "other_ms": total - conv,
+            "other_share": (total - conv) / total if total else 0.0,
+            "by_op_ms": dict(sorted(per_op.items(), key=lambda kv: -kv[1]))}
+
+
 def system_info(models_dir=None, cache_dir=None) -> dict:
     """What ``nst info`` shows: versions, providers, cores, exported models, memory."""
     import json
@@ -690,10 +731,11 @@ def system_info(models_dir=None, cache_dir=None) -> dict:
                                    for s in (512, 1024, 2048)}}
 
 
-def bench(st: StyleTransfer, sizes: list[int], repeats: int = 5) -> dict:
-    """Time one loss+gradient evaluation per square size (median after a warm-up)."""
+def bench(st: StyleTransfer, sizes: list[int], repeats: int = 5, profile: bool = False) -> dict:
+    """Time one loss+gradient evaluation per square size (median after a warm-up); with
+    ``profile``, also where one evaluation's time goes, per op type (onnxruntime's profiler,
+    on a separate session of the same graph)."""
     import statistics
-    import time
 
     from .graphs.networks import loss_flops
 
@@ -714,6 +756,8 @@ def bench(st: StyleTransfer, sizes: list[int], repeats: int = 5) -> dict:
         med = statistics.median(times)
         rows.append({"size": size, "median_s": med,
                      "gflops": loss_flops(st.spec, size, size) / med / 1e9})
+        if profile:
+            rows[-1]["profile"] = _profile(st, problem, x, repeats)
     return {"device": st.device, "providers": st.providers, "threads": st.threads,
             "tf32": st.options.tf32, "model": st.manifest["key"],
             "peak_rss_mb": resources.peak_rss_mb(), "results": rows}

@@ -85,6 +85,10 @@ OptimizerOpt = Annotated[str, typer.Option("--optimizer", help="lbfgs (scipy L-B
                                            "lbfgs-onnx or adam (both on the device).")]
 LrOpt = Annotated[float, typer.Option("--lr", help="Adam step size (pixels).")]
 HistoryOpt = Annotated[int, typer.Option("--history", help="L-BFGS memory.")]
+StopOpt = Annotated[float | None, typer.Option(
+    "--stop-tolerance", help="End a run once its loss fell by less than this (relative) over "
+    "the last 20 iterations. Default: 0.002 when --iterations is not given, else 0 (exactly "
+    "the iterations asked for).")]
 CheckpointOpt = Annotated[float, typer.Option(
     "--checkpoint-every", help="Keep the run's state beside the output (.OUT.ckpt.npz) every "
     "N seconds of work; 0: never.")]
@@ -125,7 +129,7 @@ def _settings(given: dict) -> tuple[RunOptions, LossWeights]:
                      scales=_one_or_list(_numbers(g["scales"], "--scales", int)),
                      init=g["init"], seed=g["seed"], optimizer=g["optimizer"], lr=g["lr"],
                      history=g["history"], max_image_pixels=g["max_image_pixels"] or None,
-                     force=g["force"])
+                     force=g["force"], stop_tolerance=g["stop_tolerance"])
     run.validate()
     weights = LossWeights(
         content_weight=g["content_weight"], style_weight=g["style_weight"],
@@ -196,6 +200,9 @@ def info(models: ModelsOpt = None, cache_dir: CacheOpt = None, as_json: JsonOpt 
 def bench(sizes: Annotated[list[int] | None, typer.Option("--size", help="Square sizes to "
                                                           "time (repeatable).")] = None,
           repeats: Annotated[int, typer.Option(help="Timed evaluations per size.")] = 5,
+          profile: Annotated[bool, typer.Option("--profile", help="Also where the time goes, "
+                                                "per op type (convolutions vs the rest).")]
+          = False,
           device: DeviceOpt = ENGINE.device, threads: ThreadsOpt = ENGINE.threads,
           tf32: Tf32Opt = ENGINE.tf32, gpu_mem_limit: GpuMemOpt = ENGINE.gpu_mem_limit_mb,
           models: ModelsOpt = None, weights: WeightsOpt = None, cache_dir: CacheOpt = None,
@@ -208,7 +215,7 @@ def bench(sizes: Annotated[list[int] | None, typer.Option("--size", help="Square
         st = StyleTransfer(device=device, threads=threads, tf32=tf32,
                            gpu_mem_limit_mb=gpu_mem_limit, models_dir=models, weights=weights,
                            cache_dir=cache_dir, debug=debug, log=_log(as_json))
-        out = run_bench(st, sizes or [256, 512], repeats)
+        out = run_bench(st, sizes or [256, 512], repeats, profile)
         if as_json:
             typer.echo(json.dumps(out))
             return
@@ -217,6 +224,13 @@ def bench(sizes: Annotated[list[int] | None, typer.Option("--size", help="Square
         for r in out["results"]:
             typer.echo(f"{r['size']:5d}²  {r['median_s']:.3f} s/evaluation  "
                        f"{r['gflops']:.0f} GFLOP/s")
+            if "profile" in r:
+                p = r["profile"]
+                typer.echo(f"        kernels {p['total_ms']:.0f} ms: convolutions "
+                           f"{p['conv_ms']:.0f} ms, everything else {p['other_ms']:.0f} ms "
+                           f"({100 * p['other_share']:.0f}%)")
+                for op, ms in list(p["by_op_ms"].items())[:12]:
+                    typer.echo(f"        {op:24s}{ms:8.1f} ms")
         if out["peak_rss_mb"]:
             typer.echo(f"peak RSS {out['peak_rss_mb']:.0f} MB")
     _guard(go, debug)
@@ -249,6 +263,7 @@ def stylize(
     optimizer: OptimizerOpt = RUN.optimizer,
     lr: LrOpt = RUN.lr,
     history: HistoryOpt = RUN.history,
+    stop_tolerance: StopOpt = RUN.stop_tolerance,
     device: DeviceOpt = ENGINE.device,
     threads: ThreadsOpt = ENGINE.threads,
     tf32: Tf32Opt = ENGINE.tf32,
@@ -373,6 +388,7 @@ def batch(
     optimizer: OptimizerOpt = RUN.optimizer,
     lr: LrOpt = RUN.lr,
     history: HistoryOpt = RUN.history,
+    stop_tolerance: StopOpt = RUN.stop_tolerance,
     device: DeviceOpt = ENGINE.device,
     threads: ThreadsOpt = ENGINE.threads,
     tf32: Tf32Opt = ENGINE.tf32,

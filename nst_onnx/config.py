@@ -36,6 +36,8 @@ AUTO_MULTISCALE_FROM = 1024  # outputs this large run coarse-to-fine unless told
 COARSEST = 512  # the auto plan halves down to here
 DEFAULT_ITERATIONS = 500  # one scale
 AUTO_ITERATIONS = (120, 35)  # several scales, none given: the coarsest, then each finer one
+STOP_WINDOW = 20  # the stop rule looks at the loss this many iterations back …
+STOP_TOLERANCE = 2e-3  # … and ends a run whose loss fell by less than this (relative)
 MAX_HISTORY = 1000  # L-BFGS pairs; the memory estimate refuses far fewer at large sizes
 
 
@@ -168,6 +170,15 @@ class RunOptions:
     history: int = 10  # L-BFGS pairs
     max_image_pixels: int | None = MAX_PIXELS  # refuse larger input headers (None: no limit)
     force: bool = False  # run even when the memory estimate exceeds what is available
+    stop_tolerance: float | None = None  # None: STOP_TOLERANCE unless iterations are given
+
+    def stop_rule(self) -> float:
+        """τ of the stop rule in force: a run ends once its loss fell by less than τ
+        (relative) over the last STOP_WINDOW iterations; 0: never (``--iterations N`` means
+        exactly N unless a tolerance is asked for too)."""
+        if self.stop_tolerance is not None:
+            return self.stop_tolerance
+        return STOP_TOLERANCE if self.iterations is None else 0.0
 
     def validate(self) -> None:
         if self.size < 1:
@@ -182,6 +193,8 @@ class RunOptions:
         its = self.iterations
         if its is not None and min([its] if isinstance(its, int) else list(its) or [0]) < 1:
             raise BadInput("--iterations must be ≥ 1")
+        if self.stop_tolerance is not None and not (0 <= self.stop_tolerance < 1):
+            raise BadInput("--stop-tolerance must be between 0 and 1")
         if isinstance(self.init, str) and self.init not in INITS and not os.path.isfile(self.init):
             raise BadInput(f"--init {self.init!r}: not content, noise, style or an image file")
 

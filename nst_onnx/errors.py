@@ -34,3 +34,8 @@ class Interrupted(Exception):
     def __init__(self, exit_code: int = 130):
         super().__init__("interrupted")
         self.exit_code = exit_code
+
+
+class Finished(Exception):
+    """Raised from a progress callback to end a run normally (the picture is finished);
+    the optimisers return the best image with ``str(e)`` as the stop reason."""

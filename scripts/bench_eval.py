@@ -46,8 +46,13 @@ def worker(kind: str, size: int, threads: int, weights_path: str | None) -> None
     content = rng.uniform(0, 255, (1, 3, size, size)).astype(np.float32)
     style = rng.uniform(0, 255, (1, 3, size, size)).astype(np.float32) ** 2 / 255
     x = rng.uniform(0, 255, (1, 3, size, size)).astype(np.float32)
-    if kind == "onnx":
+    if kind.startswith("onnx"):
         import tempfile
+
+        import nst_onnx.graphs.networks as networks
+
+        if ":" in kind:  # a graph variant, e.g. onnx:mask (the max-pool gradient by mask)
+            networks.MAXPOOL_GRAD = kind.split(":", 1)[1]
 
         from nst_onnx.api import StyleTransfer
         from nst_onnx.graphs.export import export_model
@@ -82,6 +87,8 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--weights", default=None)
     ap.add_argument("--no-torch", action="store_true", help="measure onnxruntime only")
+    ap.add_argument("--variants", nargs="+", default=["onnx"],
+                    help="onnxruntime sides, e.g. onnx:indices onnx:mask (max-pool gradient)")
     ap.add_argument("--worker", nargs=2, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.worker:
@@ -94,10 +101,10 @@ def main() -> None:
     try:
         import torch  # noqa: F401
 
-        kinds = ["onnx"] if args.no_torch else ["onnx", "torch"]
+        kinds = args.variants + ([] if args.no_torch else ["torch"])
     except ImportError:
         print("(torch not installed: measuring onnxruntime only)")
-        kinds = ["onnx"]
+        kinds = args.variants
     rows = []
     for size in args.sizes:
         procs = {}
@@ -124,21 +131,20 @@ def main() -> None:
             med = statistics.median(times[k])
             row[k] = {"median_s": med, "peak_rss_mb": rss[k], "gflops": flops / med / 1e9}
         if "torch" in row:
-            row["time_ratio"] = row["onnx"]["median_s"] / row["torch"]["median_s"]
-            row["rss_ratio"] = row["onnx"]["peak_rss_mb"] / row["torch"]["peak_rss_mb"]
+            for k in args.variants:
+                row[f"{k} time_ratio"] = row[k]["median_s"] / row["torch"]["median_s"]
+                row[f"{k} rss_ratio"] = row[k]["peak_rss_mb"] / row["torch"]["peak_rss_mb"]
         rows.append(row)
         print(json.dumps(row), flush=True)
     print()
     print(f"threads={args.threads}, repeats={args.repeats} (median), one evaluation = loss + grad")
-    print("| size | GFLOP | onnx s | onnx GFLOP/s | onnx RSS MB | torch s | torch RSS MB "
-          "| time ratio | RSS ratio |")
-    print("|---|---|---|---|---|---|---|---|---|")
+    print("| size | side | s | GFLOP/s | peak RSS MB | time ratio | RSS ratio |")
+    print("|---|---|---|---|---|---|---|")
     for r in rows:
-        t = r.get("torch", {})
-        print(f"| {r['size']}² | {r['gflop']:.0f} | {r['onnx']['median_s']:.3f} | "
-              f"{r['onnx']['gflops']:.0f} | {r['onnx']['peak_rss_mb']:.0f} | "
-              f"{t.get('median_s', float('nan')):.3f} | {t.get('peak_rss_mb', float('nan')):.0f} | "
-              f"{r.get('time_ratio', float('nan')):.2f} | {r.get('rss_ratio', float('nan')):.2f} |")
+        for k in kinds:
+            print(f"| {r['size']}² | {k} | {r[k]['median_s']:.3f} | {r[k]['gflops']:.0f} | "
+                  f"{r[k]['peak_rss_mb']:.0f} | {r.get(f'{k} time_ratio', float('nan')):.2f} | "
+                  f"{r.get(f'{k} rss_ratio', float('nan')):.2f} |")
 
 
 if __name__ == "__main__":

@@ -224,3 +224,13 @@ def test_masks_from_the_command_line(models_dir, images, tmp_path):
             "--size", "64", "--iterations", "1")
     assert r.exit_code == 2 and "2 masks for 1 style images" in r.output, r.output
     assert len(r.output.strip().splitlines()) == 1
+
+
+def test_bench_profile_splits_convolutions_from_the_rest(models_dir):
+    r = runner.invoke(app, ["bench", "--size", "32", "--repeats", "2", "--profile", "--json",
+                            "--models", str(models_dir), "--device", "cpu"])
+    assert r.exit_code == 0, r.output
+    p = json.loads(r.stdout)["results"][0]["profile"]
+    assert p["conv_ms"] > 0 and p["other_ms"] > 0
+    assert p["total_ms"] == pytest.approx(p["conv_ms"] + p["other_ms"])
+    assert "Conv" in p["by_op_ms"] and 0 < p["other_share"] < 1

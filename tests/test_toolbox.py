@@ -129,3 +129,19 @@ def test_bad_masks_are_refused(st, images):
         st.prepare(c, [s], 64, masks=[Image.new("L", (w, h * 2), 255)])
     with pytest.raises(BadInput, match="style-blend"):
         st.prepare(c, [s, s], 64, masks=[white, white], style_blend=[1, 1])
+
+
+def test_stop_rule_ends_a_default_run_and_iterations_mean_exactly(st, images):
+    """Without --iterations a run ends once its loss fell by less than τ over the last 20
+    iterations; with --iterations N it makes exactly N, unless a tolerance is asked for."""
+    from nst_onnx.config import STOP_WINDOW
+
+    args = (images["tubingen"], images["starry_night"])
+    r = st.transfer(*args, size=32, stop_tolerance=0.05)  # a loose τ: ends early
+    s = r.summary()
+    assert STOP_WINDOW < s["iterations"] < 500 and s["stop_reason"].startswith("finished")
+    r = st.transfer(*args, size=32, iterations=30)
+    assert r.summary()["iterations"] == 30
+    assert r.summary()["stop_reason"] == "iteration budget reached"
+    r = st.transfer(*args, size=32, iterations=400, stop_tolerance=0.05)
+    assert r.summary()["iterations"] < 400

@@ -30,7 +30,7 @@ from collections.abc import Callable
 import numpy as np
 from scipy.linalg import solve_triangular
 
-from ..errors import Interrupted, NstError
+from ..errors import Finished, Interrupted, NstError
 from .binding import DeviceGraph, Traffic, to_device, to_host
 from .optimize import MAX_RESTARTS, OptimizeResult, Progress
 
@@ -232,6 +232,8 @@ def lbfgs_onnx(loop: Loop, x0: np.ndarray, iterations: int, history: int = 10,
                                   snapshot(s_hist, y_hist, hist)))
     except Interrupted as e:
         interrupted, reason = e, "interrupted"
+    except Finished as e:
+        reason = str(e)
     except (FloatingPointError, NstError) as e:
         reason, error = _stop_reason(e), e if isinstance(e, NstError) else None
     return _result(loop, x0, best, first, done, reason, start, restarts,
@@ -278,6 +280,8 @@ def adam_onnx(loop: Loop, x0: np.ndarray, iterations: int, lr: float = 2.0,
                 best.offer(f, x, g, terms)
     except Interrupted as e:
         interrupted, reason = e, "interrupted"
+    except Finished as e:
+        reason = str(e)
     except (FloatingPointError, NstError) as e:
         reason, error = _stop_reason(e), e if isinstance(e, NstError) else None
     return _result(loop, x0, best, first, done, reason, start, 0, loop.traffic.bytes - once,

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ..config import HIGH, LOW
-from ..errors import Interrupted, NstError
+from ..errors import Finished, Interrupted, NstError
 from ..graphs.interface import group_terms
 from .binding import Terms
 
@@ -143,6 +143,9 @@ def lbfgs(evaluate: Callable[[np.ndarray], Terms], x0: np.ndarray, iterations: i
                                     "maxls": 40})
         except Interrupted as e:
             interrupted, reason = e, "interrupted"
+            break
+        except Finished as e:
+            reason = str(e)
             break
         except (FloatingPointError, NstError) as e:
             reason = f"stopped: {e}; kept the best image"

@@ -160,12 +160,16 @@ def _session_options(device: str, threads: int | None, debug: bool,
 
 def make_session(model: str | Path | bytes, device: str = "cpu", threads: int | None = None,
                  *, tf32: bool = False, gpu_mem_limit_mb: float | None = None,
-                 debug: bool = False, spinning: bool = True) -> ort.InferenceSession:
+                 debug: bool = False, spinning: bool = True,
+                 profile_prefix: str | None = None) -> ort.InferenceSession:
     """A session on ``device`` ('cpu' or 'cuda'); raises :class:`DeviceError` when CUDA was
     asked for and the session did not get it. ``spinning=False`` for the optimiser's short
     step graphs: their idle threads would otherwise spin on the cores the loss graph needs
     (measured: evaluations 38% slower at 256² on 2 cores)."""
     so = _session_options(device, threads, debug, spinning)
+    if profile_prefix:  # onnxruntime's profiler: per-node times, written beside the prefix
+        so.enable_profiling = True
+        so.profile_file_prefix = profile_prefix
     providers: list = [CPU]
     log: list[str] = []
     if device == "cuda":

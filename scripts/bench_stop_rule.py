@@ -1,0 +1,124 @@
+"""Loss against time for whole default runs (issue 13: when is a picture finished?).
+
+For each content/style pair at --size: one run of --iterations, recording after every
+iteration its wall time and loss, and keeping the image every --every iterations. Then, for
+each stop rule "stop once the loss improved by less than τ (relative) over the last k
+iterations", where it would have stopped on each pair: the time against the full run's,
+the loss against the full run's, and how far the image is from the full run's (mean and
+99th-percentile absolute difference in 8-bit levels).
+
+    python scripts/bench_stop_rule.py --size 512 --iterations 500 --out /tmp/stop
+    python scripts/bench_stop_rule.py --analyse /tmp/stop/curves.json   # the rules only
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+
+import argparse  # noqa: E402
+import json  # noqa: E402
+import sys  # noqa: E402
+import time  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import numpy as np  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "scripts"))
+SHARED = ROOT.parent / "shared" / "images"
+PAIRS = [("tubingen.jpg", "starry_night.jpg"), ("tubingen.jpg", "shipwreck.jpg"),
+         ("tubingen.jpg", "the_scream.jpg")]
+
+
+def stop_at(losses: list[float], tau: float, k: int) -> int:
+    """First iteration i (1-based) with (L[i−k] − L[i]) / L[i] < τ; len(losses) if none."""
+    for i in range(k, len(losses)):
+        if (losses[i - k] - losses[i]) / losses[i] < tau:
+            return i + 1
+    return len(losses)
+
+
+def analyse(curves: dict, out: Path | None = None) -> list[dict]:
+    rows = []
+    for tau in (1e-2, 5e-3, 3e-3, 2e-3, 1e-3, 5e-4):
+        for k in (10, 20, 40):
+            per = []
+            for name, c in curves.items():
+                losses, seconds = c["loss"], c["seconds"]
+                i = stop_at(losses, tau, k)
+                row = {"pair": name, "stop": i, "time_ratio": seconds[i - 1] / seconds[-1],
+                       "loss_ratio": min(losses[:i]) / min(losses)}
+                if out is not None:  # the image kept nearest before the stop
+                    every = c["every"]
+                    j = max(every, (i // every) * every)
+                    a = np.asarray(_img(out / f"{name}_{j}.png"), np.float64)
+                    b = np.asarray(_img(out / f"{name}_{len(losses)}.png"), np.float64)
+                    d = np.abs(a - b)
+                    row |= {"image_at": j, "mean_abs_diff": float(d.mean()),
+                            "p99_abs_diff": float(np.percentile(d, 99))}
+                per.append(row)
+            rows.append({"tau": tau, "k": k, "pairs": per,
+                         "max_time_ratio": max(p["time_ratio"] for p in per),
+                         "max_loss_ratio": max(p["loss_ratio"] for p in per)})
+    return rows
+
+
+def _img(path: Path):
+    from PIL import Image
+
+    return Image.open(path).convert("RGB")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--size", type=int, default=512)
+    ap.add_argument("--iterations", type=int, default=500)
+    ap.add_argument("--every", type=int, default=10, help="keep the image every N iterations")
+    ap.add_argument("--out", default="bench_stop_rule")
+    ap.add_argument("--analyse", help="curves.json of an earlier run: print the rules only")
+    args = ap.parse_args()
+    if args.analyse:
+        path = Path(args.analyse)
+        print(json.dumps(analyse(json.loads(path.read_text()), path.parent), indent=1))
+        return
+
+    from bench_optimizers import cpu_model
+
+    from nst_onnx import StyleTransfer
+    from nst_onnx.io.images import to_pil
+
+    src = SHARED if SHARED.is_dir() else ROOT / "examples"
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    st = StyleTransfer(device="cpu", log=lambda m: None)
+    curves = {}
+    for content, style in PAIRS:
+        if not (src / style).exists():
+            continue
+        name = f"{Path(content).stem}_{Path(style).stem}"
+        problem = st.prepare(src / content, src / style, size=args.size)
+        losses, seconds = [], []
+        start = time.perf_counter()
+
+        def record(p, name=name, losses=losses, seconds=seconds, start=start):
+            losses.append(p.loss)
+            seconds.append(time.perf_counter() - start)
+            if p.iteration % args.every == 0 or p.iteration == args.iterations:
+                to_pil(p.x[None]).save(out / f"{name}_{p.iteration}.png")
+        st.run(problem, iterations=args.iterations, callback=record)
+        curves[name] = {"loss": losses, "seconds": seconds, "every": args.every,
+                        "shape": list(problem.shape[:2])}
+        (out / "curves.json").write_text(json.dumps(curves))
+        print(f"{name}: {losses[0]:.4g} → {losses[-1]:.4g} in {seconds[-1]:.0f} s", flush=True)
+    report = {"cpu": cpu_model(), "size": args.size, "iterations": args.iterations,
+              "rules": analyse(curves, out)}
+    (out / "stop_rule.json").write_text(json.dumps(report, indent=1))
+    print(json.dumps([{k: r[k] for k in ("tau", "k", "max_time_ratio", "max_loss_ratio")}
+                      for r in report["rules"]], indent=1))
+
+
+if __name__ == "__main__":
+    main()
