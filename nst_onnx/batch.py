@@ -28,6 +28,7 @@ from pathlib import Path
 
 from .config import EngineOptions, LossSpec, LossWeights, RunOptions, settings_dict, split_settings
 from .errors import BadInput, Interrupted, NstError
+from .io.atomic import sha256_file
 from .io.images import FORMATS, EncodedImage
 
 DEFAULT_TEMPLATE = "{content}__{style}.png"
@@ -282,14 +283,6 @@ def append_record(outdir: Path, record: dict) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _already_done(job: Job, fp: str, records: dict[str, dict]) -> bool:

@@ -19,6 +19,7 @@ import signal
 import sys
 import time
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Annotated
 
 import typer
@@ -236,13 +237,7 @@ def bench(sizes: Annotated[list[int] | None, typer.Option("--size", help="Square
     _guard(go, debug)
 
 
-@app.command()
-def stylize(
-    content: Annotated[Path, typer.Argument(help="Content image (photo).", metavar="CONTENT")],
-    styles: Annotated[list[Path], typer.Argument(help="One or more style images.",
-                                                 metavar="STYLE...")],
-    output: Annotated[Path, typer.Option("-o", "--output", help="Output image (.png, .jpg, "
-                                         ".webp, .tif, .bmp).")] = Path("out.png"),
+def _shared(
     size: SizeOpt = RUN.size,
     iterations: IterationsOpt = None,
     scales: ScalesOpt = None,
@@ -251,9 +246,7 @@ def stylize(
     style_weight: StyleWeightOpt = WEIGHTS.style_weight,
     tv_weight: TvWeightOpt = WEIGHTS.tv_weight,
     size_consistent: SizeConsistentOpt = WEIGHTS.size_consistent,
-    style_blend: BlendOpt = None,
     style_scale: StyleScaleOpt = WEIGHTS.style_scale,
-    masks: MasksOpt = None,
     init: InitOpt = RUN.init,
     seed: SeedOpt = RUN.seed,
     pooling: PoolingOpt = SPEC.pooling,
@@ -268,23 +261,57 @@ def stylize(
     threads: ThreadsOpt = ENGINE.threads,
     tf32: Tf32Opt = ENGINE.tf32,
     gpu_mem_limit: GpuMemOpt = ENGINE.gpu_mem_limit_mb,
+    checkpoint_every: CheckpointOpt = 60.0,
+    max_image_pixels: MaxPixelsOpt = RUN.max_image_pixels,
+    models: ModelsOpt = None,
+    weights: WeightsOpt = None,
+    cache_dir: CacheOpt = None,
+    quiet: QuietOpt = False,
+    as_json: JsonOpt = False,
+    debug: DebugOpt = False,
+) -> None:
+    """The options `stylize` and `batch` share, declared once (see :func:`_with_shared`)."""
+
+
+def _with_shared(command):
+    """Give a command the options of :func:`_shared` after its own; it receives them in
+    ``**shared`` (Typer reads the signature and type hints set here)."""
+    import inspect
+    import typing
+
+    own = inspect.signature(command, eval_str=True)
+    extra = inspect.signature(_shared, eval_str=True).parameters.values()
+    params = [p for p in own.parameters.values() if p.kind is not p.VAR_KEYWORD]
+    params += [p.replace(kind=p.KEYWORD_ONLY) for p in extra]
+    command.__signature__ = own.replace(parameters=params)
+    command.__annotations__ = {**typing.get_type_hints(_shared, include_extras=True),
+                               **typing.get_type_hints(command, include_extras=True)}
+    return command
+
+
+@app.command()
+@_with_shared
+def stylize(
+    content: Annotated[Path, typer.Argument(help="Content image (photo).", metavar="CONTENT")],
+    styles: Annotated[list[Path], typer.Argument(help="One or more style images.",
+                                                 metavar="STYLE...")],
+    output: Annotated[Path, typer.Option("-o", "--output", help="Output image (.png, .jpg, "
+                                         ".webp, .tif, .bmp).")] = Path("out.png"),
+    style_blend: BlendOpt = None,
+    masks: MasksOpt = None,
     save_every: Annotated[int, typer.Option(help="Save an intermediate image every N "
                                             "iterations (OUT.iterN.ext).")] = 0,
-    checkpoint_every: CheckpointOpt = 60.0,
     resume: Annotated[bool, typer.Option("--resume", help="Continue from that checkpoint "
                                          "(same settings and inputs), to the requested "
                                          "iterations.")] = False,
     no_clobber: Annotated[bool, typer.Option("--no-clobber", help="Refuse to overwrite an "
                                              "existing output.")] = False,
-    max_image_pixels: MaxPixelsOpt = RUN.max_image_pixels,
     force: ForceOpt = RUN.force,
-    models: ModelsOpt = None, weights: WeightsOpt = None, cache_dir: CacheOpt = None,
-    quiet: QuietOpt = False,
-    as_json: JsonOpt = False,
-    debug: DebugOpt = False,
+    **shared,
 ) -> None:
     """Repaint CONTENT in the manner of STYLE(S); write the result to -o."""
-    given = dict(locals())
+    o = SimpleNamespace(**shared)
+    given = {**locals(), **shared}
 
     def go():
         from .api import StyleTransfer
@@ -292,27 +319,27 @@ def stylize(
         from .io.images import output_format, save_image, to_pil
 
         mask_paths = None if masks is None else [Path(m) for m in masks.split(",")]
-        _check_paths(content, [*styles, *(mask_paths or [])], output, init, no_clobber)
+        _check_paths(content, [*styles, *(mask_paths or [])], output, o.init, no_clobber)
         if save_every < 0:
             raise BadInput("--save-every must be ≥ 0")
-        if not checkpoint_every >= 0:
+        if not o.checkpoint_every >= 0:
             raise BadInput("--checkpoint-every must be a number of seconds ≥ 0")
         output_format(output)
         run, loss_weights = _settings(given)
-        log = _log(quiet or as_json)
-        st = StyleTransfer(device=device, threads=threads, tf32=tf32,
-                           gpu_mem_limit_mb=gpu_mem_limit, pooling=pooling,
-                           content_layers=content_layers, style_layers=style_layers,
-                           models_dir=models, weights=weights, cache_dir=cache_dir, debug=debug,
+        log = _log(o.quiet or o.as_json)
+        st = StyleTransfer(device=o.device, threads=o.threads, tf32=o.tf32,
+                           gpu_mem_limit_mb=o.gpu_mem_limit, pooling=o.pooling,
+                           content_layers=o.content_layers, style_layers=o.style_layers,
+                           models_dir=o.models, weights=o.weights, cache_dir=o.cache_dir, debug=o.debug,
                            log=log)
 
         def before_run(problem, sizes, its):
             plan = "" if len(sizes) == 1 else \
                 f", coarse-to-fine {'→'.join(map(str, sizes))} px × {'/'.join(map(str, its))}"
             log(f"{content.name} + {', '.join(s.name for s in styles)} → {output} "
-                f"({sizes[-1]} px, {sum(its)} iterations{plan}, {optimizer}, "
+                f"({sizes[-1]} px, {sum(its)} iterations{plan}, {o.optimizer}, "
                 f"{st.device}, {st.threads} threads)")
-        progress = _Progress(quiet or as_json)
+        progress = _Progress(o.quiet or o.as_json)
 
         def callback(p):
             progress(p)
@@ -323,8 +350,8 @@ def stylize(
         with _signals_stop_the_run() as signals:
             result = st.transfer(content, styles, run, loss_weights, masks=mask_paths,
                                  callback=callback, before_run=before_run,
-                                 checkpoint=checkpoint_path(output) if checkpoint_every or resume
-                                 else None, checkpoint_every=checkpoint_every,
+                                 checkpoint=checkpoint_path(output) if o.checkpoint_every or resume
+                                 else None, checkpoint_every=o.checkpoint_every,
                                  resume="require" if resume else "never")
             signals.ignore()
             progress.close()
@@ -335,9 +362,9 @@ def stylize(
                        "width": w, "height": h, **result.summary()}
             save_image(result.image, output, {"nst-onnx": json.dumps(
                 {"version": __version__, **summary}, default=str)})
-        if as_json:
+        if o.as_json:
             typer.echo(json.dumps(summary, default=float))
-        elif not quiet:
+        elif not o.quiet:
             s = summary
             typer.echo(f"wrote {output}: loss {s['initial_loss']:.4g} → {s['final_loss']:.4g} "
                        f"in {s['iterations']} iterations ({s['evaluations']} evaluations, "
@@ -346,10 +373,11 @@ def stylize(
             raise result.optimize.error
         if result.optimize.interrupted is not None:
             raise typer.Exit(result.optimize.interrupted.exit_code)
-    _guard(go, debug)
+    _guard(go, o.debug)
 
 
 @app.command()
+@_with_shared
 def batch(
     contents: Annotated[list[str] | None, typer.Argument(
         help="Content images: files, folders or globs.", metavar="CONTENT...")] = None,
@@ -370,40 +398,13 @@ def batch(
         "(host:port).")] = None,
     force: Annotated[bool, typer.Option("--force", help="Redo jobs that are already done.")]
     = False,
-    size: SizeOpt = RUN.size,
-    iterations: IterationsOpt = None,
-    scales: ScalesOpt = None,
-    preserve_colors: PreserveOpt = WEIGHTS.preserve_colors,
-    content_weight: ContentWeightOpt = WEIGHTS.content_weight,
-    style_weight: StyleWeightOpt = WEIGHTS.style_weight,
-    tv_weight: TvWeightOpt = WEIGHTS.tv_weight,
-    size_consistent: SizeConsistentOpt = WEIGHTS.size_consistent,
-    style_scale: StyleScaleOpt = WEIGHTS.style_scale,
-    init: InitOpt = RUN.init,
-    seed: SeedOpt = RUN.seed,
-    pooling: PoolingOpt = SPEC.pooling,
-    content_layers: LayersC = DEFAULT_C,
-    style_layers: LayersS = DEFAULT_S,
-    style_layer_weights: LayerWeightsOpt = None,
-    optimizer: OptimizerOpt = RUN.optimizer,
-    lr: LrOpt = RUN.lr,
-    history: HistoryOpt = RUN.history,
-    stop_tolerance: StopOpt = RUN.stop_tolerance,
-    device: DeviceOpt = ENGINE.device,
-    threads: ThreadsOpt = ENGINE.threads,
-    tf32: Tf32Opt = ENGINE.tf32,
-    gpu_mem_limit: GpuMemOpt = ENGINE.gpu_mem_limit_mb,
-    checkpoint_every: CheckpointOpt = 60.0,
-    max_image_pixels: MaxPixelsOpt = RUN.max_image_pixels,
-    models: ModelsOpt = None, weights: WeightsOpt = None, cache_dir: CacheOpt = None,
-    quiet: QuietOpt = False,
-    as_json: JsonOpt = False,
-    debug: DebugOpt = False,
+    **shared,
 ) -> None:
     """Stylise many pictures: every CONTENT × --styles pair (or --jobs-file), outputs in -o
     with a manifest.jsonl and a contact sheet; re-runs skip finished jobs and resume stopped
     ones. Exit 0 when every job succeeded, 2 when any failed."""
-    given = dict(locals(), style_blend=None, masks=None, force=False)
+    o = SimpleNamespace(**shared)
+    given = {**locals(), **shared, "style_blend": None, "masks": None, "force": False}
 
     def go():
         from .batch import batch as run_batch
@@ -411,34 +412,34 @@ def batch(
 
         if not jobs_file and not (contents and styles):
             raise BadInput("give CONTENT... and --styles, or --jobs-file")
-        if not checkpoint_every >= 0:
+        if not o.checkpoint_every >= 0:
             raise BadInput("--checkpoint-every must be a number of seconds ≥ 0")
         if workers is not None and workers < 1:
             raise BadInput("--workers must be ≥ 1")
         run, loss_weights = _settings(given)
         style_list = [v for item in styles or [] for v in item.split(",") if v.strip()]
-        engine = EngineOptions(device=device, threads=threads, tf32=tf32,
-                               gpu_mem_limit_mb=gpu_mem_limit, models_dir=models,
-                               weights=weights, cache_dir=cache_dir, debug=debug)
-        spec = LossSpec(content_layers, style_layers, pooling)
-        with _BatchProgress(quiet or as_json) as progress:
+        engine = EngineOptions(device=o.device, threads=o.threads, tf32=o.tf32,
+                               gpu_mem_limit_mb=o.gpu_mem_limit, models_dir=o.models,
+                               weights=o.weights, cache_dir=o.cache_dir, debug=o.debug)
+        spec = LossSpec(o.content_layers, o.style_layers, o.pooling)
+        with _BatchProgress(o.quiet or o.as_json) as progress:
             result = run_batch(contents or [], style_list, output, run=run,
                                weights=loss_weights, engine=engine, spec=spec,
                                jobs_file=jobs_file, template=name, workers=workers, ray=ray,
-                               force=force, checkpoint_every=checkpoint_every,
-                               log=_log(quiet or as_json), progress=progress)
-        if as_json:
+                               force=force, checkpoint_every=o.checkpoint_every,
+                               log=_log(o.quiet or o.as_json), progress=progress)
+        if o.as_json:
             typer.echo(json.dumps({"counts": result.counts, "seconds": result.seconds,
                                    "manifest": str(result.outdir / "manifest.jsonl"),
                                    "contact_sheet": str(result.contact_sheet),
                                    "jobs": result.records}, default=str))
-        elif not quiet:
+        elif not o.quiet:
             typer.echo(result.summary_line(), err=True)
         if result.interrupted is not None:
             raise typer.Exit(result.interrupted.exit_code)
         if not result.ok:
             raise typer.Exit(2)
-    _guard(go, debug)
+    _guard(go, o.debug)
 
 
 class _BatchProgress:

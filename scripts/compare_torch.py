@@ -42,7 +42,7 @@ def main() -> None:
     args = ap.parse_args()
 
     import torch
-    from torch_reference import TorchLoss
+    from torch_reference import TorchLoss, torch_lbfgs
 
     from nst_onnx import StyleTransfer
     from nst_onnx.config import LossSpec
@@ -63,23 +63,7 @@ def main() -> None:
     # torch: the very same targets (copied from our problem) and initial image
     tl = TorchLoss(weights, st.spec, args.threads)
     tl.set_fixed(problem.evaluator.fixed)
-    x = torch.from_numpy(problem.content.copy()).requires_grad_(True)
-    opt = torch.optim.LBFGS([x], lr=1.0, max_iter=args.iterations, history_size=100,
-                            tolerance_grad=-1, tolerance_change=-1)
-    evals = 0
-
-    def closure():
-        nonlocal evals
-        evals += 1
-        opt.zero_grad()
-        loss = tl.loss(x)
-        loss.backward()
-        return loss
-
-    t0 = time.perf_counter()
-    opt.step(closure)
-    t_torch = time.perf_counter() - t0
-    iters_torch = opt.state[opt._params[0]]["n_iter"]
+    x, iters_torch, evals, t_torch = torch_lbfgs(tl, problem.content, args.iterations, 100)
     with torch.no_grad():
         torch_loss = float(tl.loss(x))
         x_clipped = x.clamp(0, 255)

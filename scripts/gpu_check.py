@@ -207,7 +207,7 @@ def main() -> None:
 
     def pytorch():
         import torch
-        from torch_reference import TorchLoss
+        from torch_reference import TorchLoss, torch_lbfgs
 
         device = "cuda" if torch.cuda.is_available() and not args.smoke else "cpu"
         if device == "cpu" and not args.smoke:
@@ -235,29 +235,12 @@ def main() -> None:
         tl.set_fixed(problem.evaluator.fixed)
         h, w = problem.shape[:2]
         wtv = problem.weights.tv_weight_at(h, w)
-        x = torch.from_numpy(problem.initial()[None].astype(np.float32)).to(device)
-        x.requires_grad_(True)
-        opt = torch.optim.LBFGS([x], lr=1.0, max_iter=iterations, history_size=10,
-                                tolerance_grad=-1, tolerance_change=-1)
-        evals = 0
-
-        def closure():
-            nonlocal evals
-            evals += 1
-            opt.zero_grad()
-            loss = tl.loss(x, wtv=wtv)
-            loss.backward()
-            return loss
         if device == "cuda":
             torch.cuda.reset_peak_memory_stats()
-        t = time.perf_counter()
-        opt.step(closure)
-        sync()
-        seconds = time.perf_counter() - t
-        n = opt.state[opt._params[0]]["n_iter"]
+        x, n, evals, seconds = torch_lbfgs(tl, problem.initial()[None], iterations, 10, wtv=wtv)
         out[f"lbfgs_{sizes[0]}"] = {"iterations": n, "evaluations": evals, "seconds": seconds,
                                     "seconds_per_iteration": seconds / max(n, 1),
-                                    "final_loss": float(tl.loss(x.detach().clamp(0, 255),
+                                    "final_loss": float(tl.loss(x.clamp(0, 255),
                                                                 wtv=wtv).detach()),
                                     "history": 10, "bounds": "none (clipped for the loss)"}
         if device == "cuda":

@@ -70,3 +70,27 @@ class TorchLoss:
         loss = self.loss(x, **weights)
         loss.backward()
         return float(loss), x.grad.cpu().numpy()
+
+
+def torch_lbfgs(tl: TorchLoss, x0: np.ndarray, iterations: int, history: int, **weights):
+    """torch.optim.LBFGS without line search (as jcjohnson/neural-style), unbounded, from
+    ``x0`` (1, 3, H, W): returns (x, iterations, evaluations, seconds)."""
+    import time
+
+    x = torch.from_numpy(np.ascontiguousarray(x0, np.float32)).to(tl.device).requires_grad_(True)
+    opt = torch.optim.LBFGS([x], lr=1.0, max_iter=iterations, history_size=history,
+                            tolerance_grad=-1, tolerance_change=-1)
+    evals = 0
+
+    def closure():
+        nonlocal evals
+        evals += 1
+        opt.zero_grad()
+        loss = tl.loss(x, **weights)
+        loss.backward()
+        return loss
+    t = time.perf_counter()
+    opt.step(closure)
+    if tl.device == "cuda":
+        torch.cuda.synchronize()
+    return x.detach(), opt.state[opt._params[0]]["n_iter"], evals, time.perf_counter() - t

@@ -84,3 +84,17 @@ def loss(image_rgb, weights, content_layers, style_layers, pooling,
     x = image_rgb.astype(np.float64)
     total += wtv * 0.5 * (np.sum(np.diff(x, axis=1) ** 2) + np.sum(np.diff(x, axis=2) ** 2))
     return float(total)
+
+
+def problem_loss(problem, weights, spec):
+    """The float64 reference loss of an nst_onnx problem: its targets and weights, the
+    network from the dense real weights."""
+    fixed = problem.evaluator.fixed
+    dense = {k: (v.weight, v.b) for k, v in weights.layers.items()}
+    ct = {n: fixed[f"target_{n}"][0].astype(np.float64) for n in spec.content_layers}
+    gt = {n: fixed[f"target_gram_{n}"].astype(np.float64) for n in spec.style_layers}
+
+    def loss_at(z):
+        return loss(z, dense, spec.content_layers, spec.style_layers, spec.pooling, ct, gt,
+                    fixed["content_weights"], fixed["style_weights"], float(fixed["tv_weight"]))
+    return loss_at

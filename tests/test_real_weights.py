@@ -37,15 +37,7 @@ def test_directional_derivative_at_64(st, real_weights, images):
     rng = np.random.default_rng(1)
     x = np.clip(problem.content[0].astype(np.float64) + rng.normal(0, 20, (3, h, w)), 0, 255)
     t = problem.evaluate(x)
-    fixed = problem.evaluator.fixed
-    spec = st.spec
-    ct = {n: fixed[f"target_{n}"][0].astype(np.float64) for n in spec.content_layers}
-    gt = {n: fixed[f"target_gram_{n}"].astype(np.float64) for n in spec.style_layers}
-
-    def ref_loss(z):
-        return ref.loss(z, _dense(real_weights), spec.content_layers, spec.style_layers,
-                        spec.pooling, ct, gt, fixed["content_weights"], fixed["style_weights"],
-                        float(fixed["tv_weight"]))
+    ref_loss = ref.problem_loss(problem, real_weights, st.spec)
 
     assert t.loss == pytest.approx(ref_loss(x), rel=1e-4)
     # float64 reference: a small step stays clear of ReLU / max-pool switches (at 1e-3 a few

@@ -14,24 +14,13 @@ from conftest import EXAMPLES
 pytestmark = pytest.mark.slow
 
 
-def _dense(weights):
-    return {k: (v.weight, v.b) for k, v in weights.layers.items()}
-
-
 def test_gradient_at_256_against_the_float64_reference(st, real_weights):
     problem = st.prepare(EXAMPLES / "tubingen.jpg", EXAMPLES / "starry_night.jpg", size=256)
     rng = np.random.default_rng(5)
     x = np.clip(problem.content[0].astype(np.float64) + rng.normal(0, 20, (3, *problem.shape[:2])),
                 0, 255)
     t = problem.evaluate(x)
-    fixed, spec = problem.evaluator.fixed, st.spec
-    ct = {n: fixed[f"target_{n}"][0].astype(np.float64) for n in spec.content_layers}
-    gt = {n: fixed[f"target_gram_{n}"].astype(np.float64) for n in spec.style_layers}
-
-    def ref_loss(z):
-        return ref.loss(z, _dense(real_weights), spec.content_layers, spec.style_layers,
-                        spec.pooling, ct, gt, fixed["content_weights"], fixed["style_weights"],
-                        float(fixed["tv_weight"]))
+    ref_loss = ref.problem_loss(problem, real_weights, st.spec)
 
     assert t.loss == pytest.approx(ref_loss(x), rel=1e-4)
     # random directions on 16×16 patches: over the whole image, grad·d of a random d sums

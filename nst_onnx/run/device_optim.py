@@ -81,19 +81,39 @@ class _Best:
 
 
 def _result(loop: Loop, x0: np.ndarray, best: _Best, first: tuple[float, dict], done: int,
-            reason: str, start: float, restarts: int, loop_bytes: int, interrupted=None,
-            error=None) -> OptimizeResult:
+            end: _Ending, start: float, restarts: int, loop_bytes: int) -> OptimizeResult:
     """Bring the best image home once; ``host_bytes`` counts the loop only (per iteration)."""
     x = loop.fetch(best.x) if best.x is not None else x0.copy()
     res = OptimizeResult(x, best.loss, best.terms, first[0], first[1], done, loop.evaluations,
-                         reason, time.perf_counter() - start, restarts, loop.eval_seconds,
-                         interrupted=interrupted, error=error)
+                         end.reason, time.perf_counter() - start, restarts, loop.eval_seconds,
+                         interrupted=end.interrupted, error=end.error)
     res.host_bytes = loop_bytes
     return res
 
 
-def _stop_reason(e: Exception) -> str:
-    return f"stopped: {e}; kept the best image"
+class _Ending:
+    """How a device run ended: around the loop, turns what stopped it into the reason in
+    words and the interrupt or error to report; ``reason`` may be set inside too."""
+
+    def __init__(self):
+        self.reason = "iteration budget reached"
+        self.interrupted: Interrupted | None = None
+        self.error: NstError | None = None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, kind, e, tb) -> bool:
+        if isinstance(e, Interrupted):
+            self.interrupted, self.reason = e, "interrupted"
+        elif isinstance(e, Finished):
+            self.reason = str(e)
+        elif isinstance(e, (FloatingPointError, NstError)):
+            self.reason = f"stopped: {e}; kept the best image"
+            self.error = e if isinstance(e, NstError) else None
+        else:
+            return False
+        return True
 
 
 class _History:
@@ -141,14 +161,14 @@ def lbfgs_onnx(loop: Loop, x0: np.ndarray, iterations: int, history: int = 10,
     st, start = loop.steps, time.perf_counter()
     n = int(np.prod(loop.shape))
     empty = to_device(np.zeros((0, n), np.float32), loop.device)
-    best, done, restarts, failures = _Best(), 0, 0, 0
-    reason, interrupted, error = "iteration budget reached", None, None
+    best, done, restarts, failures, end = _Best(), 0, 0, 0, _Ending()
     x = loop.upload(x0)
     once = loop.traffic.bytes
     try:
         f, terms, g = loop.loss(x)
     except Interrupted as e:
-        return _result(loop, x0, best, (math.nan, {}), 0, "interrupted", start, 0, 0, e)
+        end.interrupted, end.reason = e, "interrupted"
+        return _result(loop, x0, best, (math.nan, {}), 0, end, start, 0, 0)
     first = (f, terms)
     best.offer(f, x, g, terms)
     s_hist, y_hist, hist = empty, empty, _History(history)
@@ -161,13 +181,13 @@ def lbfgs_onnx(loop: Loop, x0: np.ndarray, iterations: int, history: int = 10,
         return lambda: {"S": to_host(s_hist, loop.traffic), "Y": to_host(y_hist, loop.traffic),
                         "hist_sy": hist.sy.copy(), "hist_yy": hist.yy.copy(),
                         "gamma": np.array(hist.gamma)}
-    try:
+    with end:
         if not math.isfinite(f):
             raise FloatingPointError("the loss is not finite")
         while done < iterations:
             pr = st["lbfgs_project"](x=x, g=g, S=s_hist, Y=y_hist)
             if float(pr["pg_max"]) == 0.0:
-                reason = "converged (the projected gradient is zero)"
+                end.reason = "converged (the projected gradient is zero)"
                 break
             p, q = hist.coefficients(pr["sg"], pr["yg"])
             dr = st["lbfgs_direction"](x=x, g=g, gf=pr["gf"], S=s_hist, Y=y_hist, p=p, q=q,
@@ -207,8 +227,8 @@ def lbfgs_onnx(loop: Loop, x0: np.ndarray, iterations: int, history: int = 10,
             if accepted is None:  # restart from the best point with an empty history
                 failures += 1
                 if failures > MAX_RESTARTS:
-                    reason = ("line search failed repeatedly (no further progress possible); "
-                              "kept the best image")
+                    end.reason = ("line search failed repeatedly (no further progress "
+                                  "possible); kept the best image")
                     break
                 restarts += 1
                 x, g, f, terms = best.x, best.g, best.loss, best.terms
@@ -230,14 +250,7 @@ def lbfgs_onnx(loop: Loop, x0: np.ndarray, iterations: int, history: int = 10,
                 callback(Progress(done, iterations, loop.evaluations, f, terms,
                                   time.perf_counter() - start, lambda v=x: loop.fetch(v),
                                   snapshot(s_hist, y_hist, hist)))
-    except Interrupted as e:
-        interrupted, reason = e, "interrupted"
-    except Finished as e:
-        reason = str(e)
-    except (FloatingPointError, NstError) as e:
-        reason, error = _stop_reason(e), e if isinstance(e, NstError) else None
-    return _result(loop, x0, best, first, done, reason, start, restarts,
-                   loop.traffic.bytes - once, interrupted, error)
+    return _result(loop, x0, best, first, done, end, start, restarts, loop.traffic.bytes - once)
 
 
 def adam_onnx(loop: Loop, x0: np.ndarray, iterations: int, lr: float = 2.0,
@@ -247,8 +260,7 @@ def adam_onnx(loop: Loop, x0: np.ndarray, iterations: int, lr: float = 2.0,
     """Adam in pixel units (lr ≈ pixel step), projected onto [0, 255] after each step;
     ``state`` (from ``Progress.state()``) restores the moments and the step count."""
     start = time.perf_counter()
-    best, done = _Best(), 0
-    reason, interrupted, error, first = "iteration budget reached", None, None, (math.nan, {})
+    best, done, end, first = _Best(), 0, _Ending(), (math.nan, {})
     x = loop.upload(x0)
     zeros = np.zeros(loop.shape, np.float32)
     resumed = bool(state) and "m" in state
@@ -258,7 +270,7 @@ def adam_onnx(loop: Loop, x0: np.ndarray, iterations: int, lr: float = 2.0,
     once = loop.traffic.bytes
     coef = {"lr": np.float32(lr), "beta1": np.float32(beta1), "beta2": np.float32(beta2),
             "eps": np.float32(eps)}
-    try:
+    with end:
         for k in range(1, iterations + 1):
             f, terms, g = loop.loss(x)
             if not math.isfinite(f):
@@ -278,11 +290,4 @@ def adam_onnx(loop: Loop, x0: np.ndarray, iterations: int, lr: float = 2.0,
             f, terms, g = loop.loss(x)
             if math.isfinite(f):
                 best.offer(f, x, g, terms)
-    except Interrupted as e:
-        interrupted, reason = e, "interrupted"
-    except Finished as e:
-        reason = str(e)
-    except (FloatingPointError, NstError) as e:
-        reason, error = _stop_reason(e), e if isinstance(e, NstError) else None
-    return _result(loop, x0, best, first, done, reason, start, 0, loop.traffic.bytes - once,
-                   interrupted, error)
+    return _result(loop, x0, best, first, done, end, start, 0, loop.traffic.bytes - once)
