@@ -99,6 +99,8 @@ def test_models_go_to_the_checkout_or_else_the_user_cache(tmp_path, monkeypatch)
     monkeypatch.setenv("NST_ONNX_CACHE", str(tmp_path / "cache"))
     assert ex.default_models_dir() == ROOT / "models"
     monkeypatch.setattr(ex, "CHECKOUT", tmp_path / "site-packages")
+    monkeypatch.chdir(ROOT / "tests")  # an installed nst run inside a checkout: its models/
+    assert ex.default_models_dir() == ROOT / "models"
     monkeypatch.chdir(tmp_path)
     assert ex.default_models_dir() == tmp_path / "cache" / "models"
     monkeypatch.setenv("NST_ONNX_MODELS", str(tmp_path / "mine"))

@@ -41,13 +41,23 @@ CHECKOUT = Path(__file__).resolve().parents[2]
 
 
 def default_models_dir() -> Path:
-    """``$NST_ONNX_MODELS``; else ``models/`` of the source checkout this package is
-    imported from (``pip install -e .``, or run in place); else ``<weights cache>/models``."""
+    """``$NST_ONNX_MODELS``; else ``models/`` of the nst-onnx checkout this package is
+    imported from (``pip install -e .``, or run in place) or that the current folder lies
+    in; else ``<weights cache>/models`` — never a stray ``./models`` elsewhere."""
     if env := os.environ.get("NST_ONNX_MODELS"):
         return Path(env).expanduser()
-    if (CHECKOUT / "pyproject.toml").is_file() and (CHECKOUT / "models" / "README.md").is_file():
-        return CHECKOUT / "models"
+    for root in (CHECKOUT, *[p for p in (Path.cwd(), *Path.cwd().parents)]):
+        if _is_checkout(root):
+            return root / "models"
     return default_cache_dir() / "models"
+
+
+def _is_checkout(root: Path) -> bool:
+    try:
+        return (root / "models" / "README.md").is_file() and \
+            'name = "nst-onnx"' in (root / "pyproject.toml").read_text()
+    except OSError:
+        return False
 
 
 def export_model(spec: LossSpec, models_dir: Path | None = None, weights: Weights | None = None,
