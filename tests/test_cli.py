@@ -65,6 +65,8 @@ def test_adam_and_blended_styles_and_save_every(models_dir, images, tmp_path):
     (["--tv-weight", "-1"], "tv-weight must be"),
     (["--size", "8"], "too small"),
     (["--optimizer", "sgd"], "unknown optimizer"),
+    (["--history", "0"], "--history must be between"),
+    (["--stop-tolerance", "-1"], "--stop-tolerance must be"),
     (["--device", "tpu"], "unknown device"),
     (["-o", "out.gif2"], "cannot tell the image format"),
     (["--masks", "a.png,b.png"], "input not found: a.png"),
@@ -234,3 +236,16 @@ def test_bench_profile_splits_convolutions_from_the_rest(models_dir):
     assert p["conv_ms"] > 0 and p["other_ms"] > 0
     assert p["total_ms"] == pytest.approx(p["conv_ms"] + p["other_ms"])
     assert "Conv" in p["by_op_ms"] and 0 < p["other_share"] < 1
+
+
+def test_a_history_too_large_for_the_memory_is_refused(models_dir, images, tmp_path,
+                                                       monkeypatch):
+    """The estimate counts the optimiser's history (on the device for lbfgs-onnx)."""
+    import nst_onnx.run.resources as res
+
+    monkeypatch.setattr(res, "available_mb", lambda: 2000.0)
+    args = ["stylize", str(images["tubingen"]), str(images["starry_night"]), "-o",
+            str(tmp_path / "h.png"), "--size", "512", "--iterations", "1"]
+    r = nst(models_dir, *args, "--optimizer", "lbfgs-onnx", "--history", "1000")
+    assert r.exit_code == 2 and "GB of memory" in r.output, r.output
+    assert len(r.output.strip().splitlines()) == 1
