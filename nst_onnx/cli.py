@@ -88,7 +88,7 @@ LrOpt = Annotated[float, typer.Option("--lr", help="Adam step size (pixels).")]
 HistoryOpt = Annotated[int, typer.Option("--history", help="L-BFGS memory.")]
 StopOpt = Annotated[float | None, typer.Option(
     "--stop-tolerance", help="End a run once its loss fell by less than this (relative) over "
-    "the last 20 iterations. Default: 0.002 when --iterations is not given, else 0 (exactly "
+    "the last 20 iterations. Default: 0.005 when --iterations is not given, else 0 (exactly "
     "the iterations asked for).")]
 CheckpointOpt = Annotated[float, typer.Option(
     "--checkpoint-every", help="Keep the run's state beside the output (.OUT.ckpt.npz) every "

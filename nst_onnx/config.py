@@ -37,7 +37,7 @@ COARSEST = 512  # the auto plan halves down to here
 DEFAULT_ITERATIONS = 500  # one scale
 AUTO_ITERATIONS = (120, 35)  # several scales, none given: the coarsest, then each finer one
 STOP_WINDOW = 20  # the stop rule looks at the loss this many iterations back …
-STOP_TOLERANCE = 2e-3  # … and ends a run whose loss fell by less than this (relative)
+STOP_TOLERANCE = 5e-3  # … and ends a run whose loss fell by less than this (relative)
 MAX_HISTORY = 1000  # L-BFGS pairs; the memory estimate refuses far fewer at large sizes
 
 

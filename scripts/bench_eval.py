@@ -35,7 +35,8 @@ def peak_rss_mb() -> float:
     return float("nan")
 
 
-def worker(kind: str, size: int, threads: int, weights_path: str | None) -> None:
+def worker(kind: str, size: int, threads: int, weights_path: str | None,
+           aspect: float = 1.0) -> None:
     """Set up one side, then evaluate each time the parent writes a line; report as JSON."""
     from nst_onnx.config import LossSpec
     from nst_onnx.graphs.weights import load_weights
@@ -43,9 +44,10 @@ def worker(kind: str, size: int, threads: int, weights_path: str | None) -> None
     spec = LossSpec()
     weights = load_weights(weights_path, log=lambda m: print(m, file=sys.stderr))
     rng = np.random.default_rng(0)
-    content = rng.uniform(0, 255, (1, 3, size, size)).astype(np.float32)
-    style = rng.uniform(0, 255, (1, 3, size, size)).astype(np.float32) ** 2 / 255
-    x = rng.uniform(0, 255, (1, 3, size, size)).astype(np.float32)
+    shape = (1, 3, round(size * aspect), size)
+    content = rng.uniform(0, 255, shape).astype(np.float32)
+    style = rng.uniform(0, 255, shape).astype(np.float32) ** 2 / 255
+    x = rng.uniform(0, 255, shape).astype(np.float32)
     if kind.startswith("onnx"):
         import tempfile
 
@@ -58,8 +60,9 @@ def worker(kind: str, size: int, threads: int, weights_path: str | None) -> None
         from nst_onnx.graphs.export import export_model
 
         models = Path(tempfile.mkdtemp(prefix="nst-bench-"))
-        export_model(spec, models, weights=weights)
-        st = StyleTransfer(device="cpu", threads=threads, models_dir=models)
+        quiet = lambda m: print(m, file=sys.stderr)  # noqa: E731  (stdout carries the protocol)
+        export_model(spec, models, weights=weights, log=quiet)
+        st = StyleTransfer(device="cpu", threads=threads, models_dir=models, log=quiet)
         u8 = lambda a: a[0].transpose(1, 2, 0).astype(np.uint8)  # noqa: E731
         problem = st.prepare(u8(content), u8(style), size=size)
         fn = lambda: problem.evaluate(x)  # noqa: E731
@@ -87,12 +90,13 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--weights", default=None)
     ap.add_argument("--no-torch", action="store_true", help="measure onnxruntime only")
+    ap.add_argument("--aspect", type=float, default=1.0, help="height / width (0.75: 4:3)")
     ap.add_argument("--variants", nargs="+", default=["onnx"],
                     help="onnxruntime sides, e.g. onnx:indices onnx:mask (max-pool gradient)")
     ap.add_argument("--worker", nargs=2, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.worker:
-        worker(args.worker[0], int(args.worker[1]), args.threads, args.weights)
+        worker(args.worker[0], int(args.worker[1]), args.threads, args.weights, args.aspect)
         return
 
     from nst_onnx.config import LossSpec
@@ -110,7 +114,8 @@ def main() -> None:
         procs = {}
         for k in kinds:
             cmd = [sys.executable, __file__, "--worker", k, str(size), "--threads",
-                   str(args.threads)] + (["--weights", args.weights] if args.weights else [])
+                   str(args.threads), "--aspect", str(args.aspect)] + \
+                (["--weights", args.weights] if args.weights else [])
             procs[k] = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                         text=True, bufsize=1)
             json.loads(procs[k].stdout.readline())  # one at a time: set-up does not overlap
@@ -125,8 +130,8 @@ def main() -> None:
             procs[k].stdin.flush()
             rss[k] = json.loads(procs[k].stdout.readline())["rss_mb"]
             procs[k].wait()
-        flops = loss_flops(LossSpec(), size, size)
-        row = {"size": size, "gflop": flops / 1e9}
+        flops = loss_flops(LossSpec(), round(size * args.aspect), size)
+        row = {"size": f"{size}x{round(size * args.aspect)}", "gflop": flops / 1e9}
         for k in kinds:
             med = statistics.median(times[k])
             row[k] = {"median_s": med, "peak_rss_mb": rss[k], "gflops": flops / med / 1e9}
@@ -142,7 +147,7 @@ def main() -> None:
     print("|---|---|---|---|---|---|---|")
     for r in rows:
         for k in kinds:
-            print(f"| {r['size']}² | {k} | {r[k]['median_s']:.3f} | {r[k]['gflops']:.0f} | "
+            print(f"| {r['size']} | {k} | {r[k]['median_s']:.3f} | {r[k]['gflops']:.0f} | "
                   f"{r[k]['peak_rss_mb']:.0f} | {r.get(f'{k} time_ratio', float('nan')):.2f} | "
                   f"{r.get(f'{k} rss_ratio', float('nan')):.2f} |")
 

@@ -66,6 +66,42 @@ def analyse(curves: dict, out: Path | None = None) -> list[dict]:
     return rows
 
 
+def plot(curves: dict, target: Path, stops: dict[str, int] | None = None) -> None:
+    """Loss ÷ final loss against seconds, one line per pair (log scale), stops marked."""
+    from PIL import Image, ImageDraw
+
+    w, h, m = 720, 360, 50
+    img = Image.new("RGB", (w, h), "white")
+    d = ImageDraw.Draw(img)
+    t_max = max(c["seconds"][-1] for c in curves.values())
+    lo, hi = 0.0, np.log10(2.0)  # loss ratio 1 … 2
+
+    def xy(t, r):
+        y = (np.log10(min(max(r, 1.0), 2.0)) - lo) / (hi - lo)
+        return m + (w - 2 * m) * t / t_max, h - m - (h - 2 * m) * y
+    d.rectangle([m, m, w - m, h - m], outline="black")
+    for r in (1.0, 1.03, 1.1, 1.25, 1.5, 2.0):
+        x0, y0 = xy(0, r)
+        d.line([x0, y0, w - m, y0], fill=(220, 220, 220))
+        d.text((5, y0 - 6), f"{r:g}x", fill="black")
+    for k in range(0, int(t_max) + 1, 100):
+        x0, _ = xy(k, 1)
+        d.text((x0 - 8, h - m + 5), f"{k}s", fill="black")
+    colours = [(200, 40, 40), (40, 100, 200), (40, 160, 60)]
+    for (name, c), col in zip(curves.items(), colours):
+        final = min(c["loss"])
+        pts = [xy(t, v / final) for t, v in zip(c["seconds"], c["loss"])]
+        d.line(pts, fill=col, width=2)
+        d.text((w - m - 230, m + 8 + 14 * list(curves).index(name)), name, fill=col)
+        if stops and name in stops:
+            i = stops[name] - 1
+            x0, y0 = xy(c["seconds"][i], c["loss"][i] / final)
+            d.ellipse([x0 - 4, y0 - 4, x0 + 4, y0 + 4], outline=col, width=2)
+    d.text((m, 10), "loss / loss after 500 iterations, against seconds (512 px; circles: the stop rule)",
+           fill="black")
+    img.save(target)
+
+
 def _img(path: Path):
     from PIL import Image
 
