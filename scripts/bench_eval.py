@@ -51,11 +51,6 @@ def worker(kind: str, size: int, threads: int, weights_path: str | None,
     if kind.startswith("onnx"):
         import tempfile
 
-        import nst_onnx.graphs.networks as networks
-
-        if ":" in kind:  # a graph variant, e.g. onnx:mask (the max-pool gradient by mask)
-            networks.MAXPOOL_GRAD = kind.split(":", 1)[1]
-
         from nst_onnx.api import StyleTransfer
         from nst_onnx.graphs.export import export_model
 
@@ -91,8 +86,6 @@ def main() -> None:
     ap.add_argument("--weights", default=None)
     ap.add_argument("--no-torch", action="store_true", help="measure onnxruntime only")
     ap.add_argument("--aspect", type=float, default=1.0, help="height / width (0.75: 4:3)")
-    ap.add_argument("--variants", nargs="+", default=["onnx"],
-                    help="onnxruntime sides, e.g. onnx:indices onnx:mask (max-pool gradient)")
     ap.add_argument("--worker", nargs=2, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.worker:
@@ -105,10 +98,10 @@ def main() -> None:
     try:
         import torch  # noqa: F401
 
-        kinds = args.variants + ([] if args.no_torch else ["torch"])
+        kinds = ["onnx"] + ([] if args.no_torch else ["torch"])
     except ImportError:
         print("(torch not installed: measuring onnxruntime only)")
-        kinds = args.variants
+        kinds = ["onnx"]
     rows = []
     for size in args.sizes:
         procs = {}
@@ -136,7 +129,7 @@ def main() -> None:
             med = statistics.median(times[k])
             row[k] = {"median_s": med, "peak_rss_mb": rss[k], "gflops": flops / med / 1e9}
         if "torch" in row:
-            for k in args.variants:
+            for k in ["onnx"]:
                 row[f"{k} time_ratio"] = row[k]["median_s"] / row["torch"]["median_s"]
                 row[f"{k} rss_ratio"] = row[k]["peak_rss_mb"] / row["torch"]["peak_rss_mb"]
         rows.append(row)

@@ -91,34 +91,6 @@ def test_maxpool_grad_routes_to_the_argmax(hw):
     expect(build, {"x": x, "grad": grad}, [maxpool_adjoint(x, grad)])
 
 
-@pytest.mark.parametrize("hw", [(6, 8), (7, 9)])
-def test_maxpool_grad_by_mask_routes_to_the_argmax(hw):
-    x = f32(1, 3, *hw)
-    grad = f32(1, 3, hw[0] // 2, hw[1] // 2)
-
-    def build(g, xi, gi):
-        y, _ = ops.maxpool(g, xi, with_indices=False)
-        return ops.maxpool_grad_by_mask(g, gi, ops.maxpool_winners(g, xi, y),
-                                        ops.spatial_shape(g, xi))
-    expect(build, {"x": x, "grad": grad}, [maxpool_adjoint(x, grad)])
-
-
-def test_maxpool_grad_by_mask_shares_ties():
-    """A window of k equal maxima gives each 1/k of its gradient (flat image regions make
-    exact ties in real activations)."""
-    x = np.zeros((1, 1, 2, 4), np.float32)
-    x[0, 0, :, :2] = 5.0  # four-way tie
-    x[0, 0, 0, 2:] = [3.0, 3.0]  # two-way tie over a lower row
-    grad = np.array([[[[8.0, 6.0]]]], np.float32)
-    want = np.array([[[[2.0, 2.0, 3.0, 3.0], [2.0, 2.0, 0.0, 0.0]]]], np.float32)
-
-    def build(g, xi, gi):
-        y, _ = ops.maxpool(g, xi, with_indices=False)
-        return ops.maxpool_grad_by_mask(g, gi, ops.maxpool_winners(g, xi, y),
-                                        ops.spatial_shape(g, xi))
-    expect(build, {"x": x, "grad": grad}, [want])
-
-
 def avgpool_adjoint(shape, grad: np.ndarray, scale: np.ndarray) -> np.ndarray:
     out = np.zeros(shape, np.float64)
     _, c, h, w = grad.shape

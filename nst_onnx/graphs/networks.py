@@ -26,7 +26,6 @@ from .vgg19 import Conv, channels, convs_up_to, downsampling, pool_before
 from .weights import LayerWeights, Weights
 
 PoolScales = Mapping[str, np.ndarray]  # 'pool1' … 'pool4' → per-channel factor
-MAXPOOL_GRAD = "indices"  # "indices" (MaxPool's arg-max + scatter) or "mask" (winner mask)
 
 
 def _weight_tensor(g: GraphBuilder, conv: Conv, lw: LayerWeights) -> str:
@@ -59,7 +58,6 @@ class _Tape:
     pool: str | None = None  # the pool before this conv: "max" | "avg"
     pool_shape: str | None = None  # shape (max) or (H, W) (avg) of the pool's input
     pool_idx: str | None = None  # max pool arg-max indices
-    pool_winners: str | None = None  # or: where each window's maximum sits (bool)
     pool_mask: str | None = None  # max pool output > 0 (bool)
     pool_scale: str | None = None  # average pool's magnitude factor (1, C, 1, 1)
 
@@ -76,9 +74,8 @@ def _forward(g: GraphBuilder, weights: Weights, spec: LossSpec, need_backward: b
         pool = pool_before(conv)
         if pool:
             t.pool = spec.pooling
-            by_mask = spec.pooling == "max" and MAXPOOL_GRAD == "mask"
             if need_backward:
-                t.pool_shape = (ops.spatial_shape(g, h) if spec.pooling == "avg" or by_mask
+                t.pool_shape = (ops.spatial_shape(g, h) if spec.pooling == "avg"
                                 else g.op("Shape", h, hint="pool_in_shape"))
             if spec.pooling == "avg":
                 factor = (pool_scales or {}).get(pool)
@@ -86,10 +83,7 @@ def _forward(g: GraphBuilder, weights: Weights, spec: LossSpec, need_backward: b
                     t.pool_scale = g.const(np.asarray(factor, np.float32).reshape(1, -1, 1, 1))
                 h = ops.avgpool(g, h, t.pool_scale)
             else:
-                x_in = h
-                h, t.pool_idx = ops.maxpool(g, h, need_backward and not by_mask)
-                if need_backward and by_mask:
-                    t.pool_winners = ops.maxpool_winners(g, x_in, h)
+                h, t.pool_idx = ops.maxpool(g, h, need_backward)
                 if need_backward and tape[-1].mask is None:
                     # the winner of each window is > 0 exactly when the ReLU before it passed
                     # gradient: this quarter-size mask replaces that ReLU's full-size one
@@ -130,9 +124,7 @@ def _backward(g: GraphBuilder, tape: list[_Tape], taps: dict[str, list[GradFn]])
         if t.pool == "max":
             if t.pool_mask is not None:
                 grad = ops.relu_grad(g, grad, t.pool_mask)
-            grad = (ops.maxpool_grad_by_mask(g, grad, t.pool_winners, t.pool_shape)
-                    if t.pool_winners is not None
-                    else ops.maxpool_grad(g, grad, t.pool_shape, t.pool_idx))
+            grad = ops.maxpool_grad(g, grad, t.pool_shape, t.pool_idx)
         elif t.pool == "avg":
             grad = ops.avgpool_grad(g, grad, t.pool_shape, t.pool_scale)
     add_taps("image")

@@ -82,25 +82,6 @@ def maxpool_grad(g: GraphBuilder, grad: str, x_shape: str, indices: str) -> str:
     return g.op("Reshape", scattered, x_shape, hint="g_pool")
 
 
-def maxpool_winners(g: GraphBuilder, x: str, y: str) -> str:
-    """Where each window's maximum sits: ``x == upsample(y)`` (bool, 1 byte per element,
-    over the rows and columns the pool covers) — what :func:`maxpool_grad_by_mask` needs,
-    instead of MaxPool's int64 indices, so the forward MaxPool keeps its fast layout."""
-    up = _upsample(g, y)
-    covered = g.op("Slice", x, g.ints(0, 0), spatial_shape(g, up), g.ints(2, 3))
-    return g.op("Equal", covered, up, hint="pool_winners")
-
-
-def maxpool_grad_by_mask(g: GraphBuilder, grad: str, winners: str, x_hw: str) -> str:
-    """Each window's gradient shared equally among its winners (a tie of k maxima gives
-    each 1/k: a valid subgradient, where routing all of it to every tied one would count it
-    k times); floored-away edges get zero."""
-    mask = g.op("Cast", winners, to=FLOAT)
-    count = g.op("Mul", g.op("AveragePool", mask, **POOL), g.const(4.0))  # ≥ 1 per window
-    shared = _upsample(g, g.op("Div", grad, count))
-    return _pad_to(g, g.op("Mul", shared, mask), x_hw, hint="g_pool")
-
-
 def _upsample(g: GraphBuilder, t: str) -> str:
     return g.op("Resize", t, "", g.const(np.array([1, 1, 2, 2], np.float32)), mode="nearest",
                 coordinate_transformation_mode="asymmetric", nearest_mode="floor")
