@@ -28,7 +28,7 @@ VARIANTS = {
     "default": {},
     "no spinning": {"session.intra_op.allow_spinning": "0"},
     "no prepacking": {"session.disable_prepacking": "1"},
-    "thread affinity 1;2": {"session.intra_op_thread_affinities": "1;2"},
+    "worker thread pinned to CPU 2": {"session.intra_op_thread_affinities": "2"},
     "extended (no layout) optimisation": {"level": "extended"},
 }
 
