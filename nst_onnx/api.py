@@ -36,6 +36,7 @@ from .config import (
     LossWeights,
     RunOptions,
     settings_dict,
+    split_engine,
     split_settings,
 )
 from .errors import BadInput, Finished, Interrupted
@@ -204,11 +205,7 @@ class StyleTransfer:
 
     def __init__(self, engine: EngineOptions | None = None, spec: LossSpec | None = None, *,
                  log: Callable[[str], None] = print, **options):
-        spec_names = {f.name for f in dataclasses.fields(LossSpec)} - {"guided"}
-        self.spec = dataclasses.replace(spec or LossSpec(),
-                                        **{k: v for k, v in options.items() if k in spec_names})
-        self.options = dataclasses.replace(
-            engine or EngineOptions(), **{k: v for k, v in options.items() if k not in spec_names})
+        self.options, self.spec = split_engine(engine, spec, **options)
         self.options.validate()
         self.log = log
         self.device, notice = resolve_device(self.options.device, self.options.debug)
@@ -644,11 +641,7 @@ def export(engine: EngineOptions | None = None, spec: LossSpec | None = None, *,
            **options) -> list[dict]:
     """Build the graphs (features; loss and gradient) and their manifests; with ``guided``
     also the masks loss. Returns each model's manifest with its ``dir``."""
-    spec_names = {f.name for f in dataclasses.fields(LossSpec)} - {"guided"}
-    spec = dataclasses.replace(spec or LossSpec(),
-                               **{k: v for k, v in options.items() if k in spec_names})
-    o = dataclasses.replace(engine or EngineOptions(),
-                            **{k: v for k, v in options.items() if k not in spec_names})
+    o, spec = split_engine(engine, spec, **options)
     out = []
     for g in ([False, True] if guided else [False]):
         d = export_model(dataclasses.replace(spec, guided=g),

@@ -136,24 +136,20 @@ def _disambiguate(jobs: list[Job]) -> None:
         job.output = out
 
 
-def _coerce(name: str, value, kind) -> object:
-    """A jobs-file cell → the type of the setting it overrides."""
+def _coerce(value, kind) -> object:
+    """A jobs-file cell → the type of the setting it overrides: numbers (int where the
+    setting starts with int), comma-separated lists of them, booleans, or the text."""
     if not isinstance(value, str):
         return value
     kind = str(kind)
-    if value.strip() == "":
+    if not value.strip():
         return None
-    if "Sequence" in kind or "list" in kind:
-        nums = [float(v) for v in value.split(",")]
-        return [int(v) if v.is_integer() and "int" in kind else v for v in nums] \
-            if "float" not in kind.split("|")[0] else nums
     if kind.startswith("bool"):
         return value.strip().lower() in ("1", "true", "yes", "on")
-    if kind.startswith("int"):
-        return int(value)
-    if kind.startswith("float"):
-        return float(value)
-    return value
+    number = int if kind.startswith("int") else float
+    if kind.startswith("Sequence") or ("Sequence" in kind and "," in value):
+        return [number(v) for v in value.split(",")]
+    return number(value) if kind.startswith(("int", "float")) else value
 
 
 SETTING_TYPES = {f.name: f.type for f in dataclasses.fields(RunOptions)} | \
@@ -227,7 +223,7 @@ def plan(contents: list, styles: list, outdir: Path, template: str, run: RunOpti
                     if key not in SETTING_TYPES:
                         raise BadInput(f"unknown setting {key!r}")
                     if value is not None and value != "":
-                        overrides[key] = _coerce(key, value, SETTING_TYPES[key])
+                        overrides[key] = _coerce(value, SETTING_TYPES[key])
                 job_run, job_weights = split_settings(run, weights, **overrides)
                 job_run.validate()
                 job_weights.validate(len(job_styles), 1 << 30)

@@ -214,6 +214,18 @@ def split_settings(run: RunOptions | None = None, weights: LossWeights | None = 
     return dataclasses.replace(run, **run_kw), dataclasses.replace(weights, **weight_kw)
 
 
+def split_engine(engine: EngineOptions | None = None, spec: LossSpec | None = None,
+                 **options) -> tuple[EngineOptions, LossSpec]:
+    """``EngineOptions`` and ``LossSpec`` with keyword options sorted into the right one
+    (``StyleTransfer(device="cpu", pooling="avg")``); ``guided`` is chosen per problem."""
+    spec_names = {f.name for f in dataclasses.fields(LossSpec)} - {"guided"}
+    spec = dataclasses.replace(spec or LossSpec(),
+                               **{k: v for k, v in options.items() if k in spec_names})
+    engine = dataclasses.replace(engine or EngineOptions(),
+                                 **{k: v for k, v in options.items() if k not in spec_names})
+    return engine, spec
+
+
 def settings_dict(run: RunOptions, weights: LossWeights, spec: LossSpec) -> dict:
     """Everything that decides a result, as plain JSON-able values (PNG metadata, --json)."""
     return {**{k: (str(v) if isinstance(v, os.PathLike) else v)

@@ -43,34 +43,21 @@ class Evaluator:
         self.fixed = {k: np.asarray(v, dtype=np.float32, order="C") for k, v in fixed.items()}
         self.host_bytes = 0  # image in + outputs out, over all evaluations so far
         self.evaluations = 0
-        self._binding = None
-        if device == "cuda":
-            self._binding = session.io_binding()
-            self._device_fixed = {k: ort.OrtValue.ortvalue_from_numpy(v, "cuda", 0)
-                                  for k, v in self.fixed.items()}
-            for k, v in self._device_fixed.items():
-                self._binding.bind_ortvalue_input(k, v)
-            for name in self.output_names:
-                self._binding.bind_output(name, "cpu")
+        # on a GPU: the fixed inputs copied once and bound (the same binding as the device
+        # optimisers'); the gradient is brought home here, for a host optimiser
+        self._graph = DeviceGraph(session, io, device, Traffic(), self.fixed) \
+            if device == "cuda" else None
 
     def __call__(self, image: np.ndarray) -> Terms:
         x = np.ascontiguousarray(image, dtype=np.float32)
-        try:
-            if self._binding is None:
-                outs = self.session.run(self.output_names, {"image": x, **self.fixed})
-            else:
-                self._binding.bind_cpu_input("image", x)
-                self.session.run_with_iobinding(self._binding)
-                outs = self._binding.copy_outputs_to_cpu()
-        except Exception as e:
-            if self.device == "cuda" and is_out_of_memory(e):
-                raise DeviceOutOfMemory(
-                    f"the GPU ran out of memory at {x.shape[3]}×{x.shape[2]} px: use a smaller "
-                    "--size (nst info shows the estimates) or raise --gpu-mem-limit") from None
-            raise
+        if self._graph is None:
+            named = dict(zip(self.output_names,
+                             self.session.run(self.output_names, {"image": x, **self.fixed})))
+        else:
+            named = self._graph(image=to_device(x, self.device))
+            named["grad"] = named["grad"].numpy()
         self.evaluations += 1
-        self.host_bytes += x.nbytes + sum(o.nbytes for o in outs)
-        named = dict(zip(self.output_names, outs))
+        self.host_bytes += x.nbytes + sum(np.asarray(v).nbytes for v in named.values())
         return Terms(float(named["loss"]), named["grad"],
                      {k: float(named[k]) for k in self.term_names})
 
