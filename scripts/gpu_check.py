@@ -179,6 +179,11 @@ def main() -> None:
                 / abs(fd)}
         return out
     report.section("agreement_256", agreement)
+    if "error" in report.data["agreement_256"] and not args.smoke:
+        # keep measuring the rest with a device arena per session, as before the shared one
+        os.environ["NST_ONNX_CUDA_SHARED_ARENA"] = "0"
+        engines.clear()
+        report.section("agreement_256_own_arenas", agreement)
 
     def evaluation():
         out = {}
@@ -204,7 +209,7 @@ def main() -> None:
         problem = st.prepare(CONTENT, STYLE, size=sizes[0])
         single = timed(lambda: problem.evaluate(problem.initial()), repeats)[1]
         out["one_evaluation_s"] = single
-        for name in OPTIMIZERS:
+        for name in [o for o in OPTIMIZERS if o != "auto"]:
             r = st.run(problem, iterations=iterations, optimizer=name).summary()
             out[name] = {k: r[k] for k in ("iterations", "evaluations", "seconds",
                                            "seconds_per_iteration", "eval_seconds",
@@ -264,13 +269,17 @@ def main() -> None:
         report.section("pytorch", lambda: {"skipped": "torch not installed"})
     def memory():
         out = {}
-        runs = [(size, "lbfgs") for size in (*sizes, 2 * sizes[-1])] + [(sizes[-1], "lbfgs-onnx")]
-        for size, opt in runs:
+        big = sizes[-1]
+        runs = [(size, "lbfgs", "1") for size in (*sizes, 2 * big)] + \
+            [(big, "lbfgs-onnx", "1"), (big, "lbfgs", "0"), (big, "lbfgs-onnx", "0")]
+        for size, opt, shared in runs:
             cmd = [sys.executable, __file__, "--memory-child", str(models), str(size), opt]
+            env = dict(os.environ, NST_ONNX_CUDA_SHARED_ARENA=shared)
             r = subprocess.run(cmd + (["--smoke"] if args.smoke else []), capture_output=True,
-                               text=True, timeout=240)
+                               text=True, timeout=240, env=env)
             lines = r.stdout.strip().splitlines()
-            out[f"{size}_{opt}"] = json.loads(lines[-1]) if r.returncode == 0 and lines else \
+            name = f"{size}_{opt}" + ("" if shared == "1" else "_own_arenas")
+            out[name] = json.loads(lines[-1]) if r.returncode == 0 and lines else \
                 {"error": (r.stderr or r.stdout)[-1500:]}
         return out
     report.section("memory", memory)
@@ -281,11 +290,14 @@ def main() -> None:
         env = dict(os.environ, NST_ONNX_MODELS=str(models), PYTHONPATH=os.pathsep.join(
             [str(ROOT), os.environ.get("PYTHONPATH", "")]))
         base = [sys.executable, "-m", "nst_onnx.cli", "stylize", str(CONTENT), str(STYLE),
-                "--device", gpu, "--json", "--quiet"]
-        runs = {"default_512": ["--size", str(sizes[0])],
-                "default_1024": ["--size", str(sizes[1])],
-                "oom_1024_limit_256mb": ["--size", str(sizes[1]), "--gpu-mem-limit", "256",
-                                         "--iterations", "5"]}
+                "--json", "--quiet"]
+        cuda = ["--device", gpu]
+        runs = {"default_512_device_auto": ["--size", str(sizes[0])],
+                "default_512_scipy_lbfgs": cuda + ["--size", str(sizes[0]), "--optimizer",
+                                                   "lbfgs"],
+                "default_1024": cuda + ["--size", str(sizes[1])],
+                "oom_1024_limit_256mb": cuda + ["--size", str(sizes[1]), "--gpu-mem-limit",
+                                                "256", "--iterations", "5"]}
         for name, extra in runs.items():
             png = dest / f"cli_{name}.png"
             t = time.perf_counter()
@@ -297,7 +309,8 @@ def main() -> None:
                 info = json.loads(r.stdout)
                 res.update({k: info.get(k) for k in ("device", "providers", "iterations",
                                                      "evaluations", "stop_reason", "seconds",
-                                                     "final_loss", "sizes")})
+                                                     "final_loss")})
+                res["optimizer"] = info.get("settings", {}).get("optimizer")
             except ValueError:
                 res["stdout_tail"] = r.stdout[-500:]
             out[name] = res
