@@ -381,15 +381,15 @@ class StyleTransfer:
         if self.device == "cuda":
             fh, fw = round(h * grow ** 0.5), round(w * grow ** 0.5)
             spec = dataclasses.replace(self.spec, guided=problem.regions > 0)
-            device_pairs = 0 if run.optimizer == "lbfgs" else 2 * pairs + 2  # S, Y + copies
-            est = resources.estimate_gpu_mb(spec, fh, fw, problem.regions, device_pairs)
+            state = resources.device_state_images(run.optimizer, run.history)
+            est = resources.estimate_gpu_mb(spec, fh, fw, problem.regions, state)
             mem = resources.gpu_memory_mb()
             avail = None if mem is None else mem[0]
             what = "GPU memory"
 
             def largest(budget):
                 return resources.gpu_largest_side(spec, budget, aspect, problem.regions,
-                                                  device_pairs)
+                                                  state)
             info = {"pixels": fh * fw, "estimated_gpu_mb": round(est), "gpu_free_mb":
                     None if avail is None else round(avail), "estimate": "calibrated on an H200",
                     "device": self.device}

@@ -103,3 +103,43 @@ def test_cuda_sessions_are_exact_float32_and_lean():
     so = runtime._session_options("cuda", threads=8, debug=False)
     assert so.intra_op_num_threads == 1
     assert so.get_session_config_entry("session.intra_op.allow_spinning") == "0"
+
+
+def test_auto_optimizer_is_the_device_loop_on_a_gpu_and_scipy_on_the_cpu():
+    from nst_onnx.config import resolve_optimizer
+
+    assert resolve_optimizer("auto", "cuda") == "lbfgs-onnx"
+    assert resolve_optimizer("auto", "cpu") == "lbfgs"
+    assert [resolve_optimizer(o, "cuda") for o in ("lbfgs", "adam")] == ["lbfgs", "adam"]
+
+
+def test_shared_cuda_arena_falls_back_to_own_arenas(monkeypatch):
+    """Where onnxruntime cannot make the shared device arena (here: the CPU build), or it is
+    turned off, sessions keep their own: no error, no shared-arena config entry."""
+    monkeypatch.setattr(runtime, "_CUDA_ARENA", None)
+    assert runtime._register_cuda_arena(runtime.cuda_provider_options()) is False
+    assert runtime._CUDA_ARENA == {}
+    monkeypatch.setattr(runtime, "_CUDA_ARENA", {"gpu_mem_limit": None})
+    monkeypatch.setenv("NST_ONNX_CUDA_SHARED_ARENA", "0")
+    assert runtime._register_cuda_arena(runtime.cuda_provider_options()) is False
+    monkeypatch.delenv("NST_ONNX_CUDA_SHARED_ARENA")
+    # a session asking another memory limit than the arena was made with keeps its own
+    monkeypatch.setattr(runtime, "_CUDA_ARENA", runtime.cuda_provider_options())
+    assert runtime._register_cuda_arena(runtime.cuda_provider_options()) is True
+    assert runtime._register_cuda_arena(runtime.cuda_provider_options(
+        gpu_mem_limit_mb=512)) is False
+
+
+@pytest.mark.parametrize("h, w, optimizer, history, measured_mb", [
+    (512, 512, "lbfgs", 10, 1668), (1024, 1024, "lbfgs", 10, 3616),
+    (2048, 2048, "lbfgs", 10, 11276), (768, 1024, "lbfgs", 10, 2992),
+    (1536, 1536, "lbfgs", 10, 6892), (1024, 1024, "lbfgs-onnx", 5, 4996),
+    (2048, 2048, "lbfgs-onnx", 10, 15408), (1024, 1024, "adam", 10, 4444)])
+def test_gpu_memory_estimate_matches_the_h200_measurements(h, w, optimizer, history,
+                                                           measured_mb):
+    """docs/measurements/gpu_check_h200_*.json (README, GPU): within 5% either way."""
+    from nst_onnx.config import LossSpec
+    from nst_onnx.run import resources as res
+
+    est = res.estimate_gpu_mb(LossSpec(), h, w, 0, res.device_state_images(optimizer, history))
+    assert 0.95 < est / measured_mb < 1.05

@@ -59,20 +59,30 @@ def peak_rss_mb() -> float | None:
 
 # --------------------------------------------------------------------------- CUDA
 
-# Calibrated on an H200 (scripts/gpu_check.py, memory section: one process per run, the
-# nvidia-smi delta after one evaluation; README, GPU): a scipy run used 1668 / 3616 / 11276 MB
-# at 512² / 1024² / 2048², a lbfgs-onnx run (history 10) 5252 MB at 1024².
+# Calibrated on an H200 (scripts/gpu_check.py, memory and calibration sections: one process
+# per run, its nvidia-smi delta; README, GPU). A scipy run used 1668 / 3616 / 11276 MB at
+# 512² / 1024² / 2048² (fitted) and 2992 / 6892 MB at 768×1024 / 1536² (predicted within
+# 0.3%). The device optimisers add their step sessions (a constant) and image-sized state:
+# lbfgs-onnx 2680 / 5252 / 15408 MB at 512² / 1024² / 2048² with history 10, 4996 / 5508 MB
+# with history 5 / 20 at 1024²; adam 4444 MB at 1024².
 GPU_BASE_MB = 1050.0  # CUDA context, cuDNN/cuBLAS handles and workspaces, the weights
-GPU_SLACK = 1.4  # what the arena holds over the tensors counted below (fitted, 3 sizes)
-GPU_STATE_SLACK = 3.1  # the device optimiser: its counted pairs → what it holds (1024²)
+GPU_SLACK = 1.4  # what the arena holds over the loss graph's tensors counted below
+GPU_STEPS_MB = 800.0  # the device optimiser's step sessions (handles, workspaces)
 
 
-def estimate_gpu_mb(spec, h: int, w: int, regions: int = 0, device_pairs: int = 0) -> float:
+def device_state_images(optimizer: str, history: int) -> int:
+    """Image-sized float32 tensors a device optimiser holds at its peak (fitted above):
+    lbfgs-onnx ~3 per history pair (S, Y and the copies its update makes) and ~34 for the
+    step graphs' intermediates; adam its moments, iterate and gradient; scipy none."""
+    return {"lbfgs-onnx": 34 + 3 * history, "adam": 6}.get(optimizer, 0)
+
+
+def estimate_gpu_mb(spec, h: int, w: int, regions: int = 0, state_images: int = 0) -> float:
     """Device memory of a run at h×w, counted from tensor sizes and scaled by factors
     measured on a GPU (above): what the forward pass keeps for the backward (bool ReLU
     masks, int64 max-pool indices, the tapped features as float32, ×regions with masks),
-    three float32 tensors of the largest layer in flight, and ``device_pairs`` image-sized
-    float32 pairs of an optimiser on the device (with the step graphs' intermediates)."""
+    three float32 tensors of the largest layer in flight, and a device optimiser's
+    ``state_images`` (:func:`device_state_images`)."""
     from ..graphs.vgg19 import channels, convs_up_to, downsampling, pool_before
 
     kept = peak = 0.0
@@ -86,17 +96,17 @@ def estimate_gpu_mb(spec, h: int, w: int, regions: int = 0, device_pairs: int = 
     for layer in spec.all_layers:
         d = downsampling(layer)
         kept += 4 * channels(layer) * (h >> d) * (w >> d) * max(1, regions)
-    vectors = 2 * device_pairs * 3 * h * w * 4
-    return GPU_BASE_MB + (GPU_SLACK * (kept + 3 * 4 * peak) + GPU_STATE_SLACK * vectors) / 2 ** 20
+    steps = GPU_STEPS_MB + state_images * 3 * h * w * 4 / 2 ** 20 if state_images else 0.0
+    return GPU_BASE_MB + GPU_SLACK * (kept + 3 * 4 * peak) / 2 ** 20 + steps
 
 
 def gpu_largest_side(spec, budget_mb: float, aspect: float, regions: int = 0,
-                     device_pairs: int = 0) -> int:
+                     state_images: int = 0) -> int:
     """Longest side (px) whose GPU estimate stays within ``budget_mb``; aspect = short/long."""
     lo, hi = 16, 16384
     while lo < hi:
         mid = (lo + hi + 1) // 2
-        if estimate_gpu_mb(spec, max(1, int(mid * aspect)), mid, regions, device_pairs) \
+        if estimate_gpu_mb(spec, max(1, int(mid * aspect)), mid, regions, state_images) \
                 <= budget_mb:
             lo = mid
         else:
