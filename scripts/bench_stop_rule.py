@@ -7,7 +7,12 @@ iterations", where it would have stopped on each pair: the time against the full
 the loss against the full run's, and how far the image is from the full run's (mean and
 99th-percentile absolute difference in 8-bit levels).
 
+With several ``--optimizers``, each pair is run by each, and every curve is measured
+against the first optimiser's full run (the reference: today's 500-iteration default), so
+"time" and "loss" answer: what does the default run cost against that reference?
+
     python scripts/bench_stop_rule.py --size 512 --iterations 500 --out /tmp/stop
+    python scripts/bench_stop_rule.py --optimizers lbfgs lbfgs-onnx --out /tmp/stop2
     python scripts/bench_stop_rule.py --analyse /tmp/stop/curves.json   # the rules only
 """
 
@@ -48,14 +53,16 @@ def analyse(curves: dict, out: Path | None = None) -> list[dict]:
             per = []
             for name, c in curves.items():
                 losses, seconds = c["loss"], c["seconds"]
+                ref_name = c.get("reference", name)
+                ref = curves[ref_name]
                 i = stop_at(losses, tau, k)
-                row = {"pair": name, "stop": i, "time_ratio": seconds[i - 1] / seconds[-1],
-                       "loss_ratio": min(losses[:i]) / min(losses)}
+                row = {"pair": name, "stop": i, "time_ratio": seconds[i - 1] / ref["seconds"][-1],
+                       "loss_ratio": min(losses[:i]) / min(ref["loss"])}
                 if out is not None:  # the image kept nearest before the stop
                     every = c["every"]
                     j = max(every, (i // every) * every)
                     a = np.asarray(_img(out / f"{name}_{j}.png"), np.float64)
-                    b = np.asarray(_img(out / f"{name}_{len(losses)}.png"), np.float64)
+                    b = np.asarray(_img(out / f"{ref_name}_{len(ref['loss'])}.png"), np.float64)
                     d = np.abs(a - b)
                     row |= {"image_at": j, "mean_abs_diff": float(d.mean()),
                             "p99_abs_diff": float(np.percentile(d, 99))}
@@ -114,6 +121,8 @@ def main() -> None:
     ap.add_argument("--iterations", type=int, default=500)
     ap.add_argument("--every", type=int, default=10, help="keep the image every N iterations")
     ap.add_argument("--out", default="bench_stop_rule")
+    ap.add_argument("--optimizers", nargs="+", default=["lbfgs"],
+                    help="each pair by each; the first is the reference")
     ap.add_argument("--analyse", help="curves.json of an earlier run: print the rules only")
     args = ap.parse_args()
     if args.analyse:
@@ -125,6 +134,7 @@ def main() -> None:
 
     from nst_onnx import StyleTransfer
     from nst_onnx.io.images import to_pil
+    from nst_onnx.run.resources import peak_rss_mb
 
     src = SHARED if SHARED.is_dir() else ROOT / "examples"
     out = Path(args.out)
@@ -134,22 +144,27 @@ def main() -> None:
     for content, style in PAIRS:
         if not (src / style).exists():
             continue
-        name = f"{Path(content).stem}_{Path(style).stem}"
+        pair = f"{Path(content).stem}_{Path(style).stem}"
         problem = st.prepare(src / content, src / style, size=args.size)
-        losses, seconds = [], []
-        start = time.perf_counter()
+        for n, optimizer in enumerate(args.optimizers):
+            name = pair if n == 0 else f"{pair}_{optimizer}"
+            losses, seconds = [], []
+            start = time.perf_counter()
 
-        def record(p, name=name, losses=losses, seconds=seconds, start=start):
-            losses.append(p.loss)
-            seconds.append(time.perf_counter() - start)
-            if p.iteration % args.every == 0 or p.iteration == args.iterations:
-                to_pil(p.x[None]).save(out / f"{name}_{p.iteration}.png")
-        st.run(problem, iterations=args.iterations, callback=record)
-        curves[name] = {"loss": losses, "seconds": seconds, "every": args.every,
-                        "shape": list(problem.shape[:2])}
-        (out / "curves.json").write_text(json.dumps(curves))
-        print(f"{name}: {losses[0]:.4g} → {losses[-1]:.4g} in {seconds[-1]:.0f} s", flush=True)
+            def record(p, name=name, losses=losses, seconds=seconds, start=start):
+                losses.append(p.loss)
+                seconds.append(time.perf_counter() - start)
+                if p.iteration % args.every == 0 or p.iteration == args.iterations:
+                    to_pil(p.x[None]).save(out / f"{name}_{p.iteration}.png")
+            st.run(problem, iterations=args.iterations, optimizer=optimizer, callback=record)
+            curves[name] = {"loss": losses, "seconds": seconds, "every": args.every,
+                            "shape": list(problem.shape[:2]), "optimizer": optimizer,
+                            **({"reference": pair} if n else {})}
+            (out / "curves.json").write_text(json.dumps(curves))
+            print(f"{name}: {losses[0]:.4g} → {losses[-1]:.4g} in {seconds[-1]:.0f} s",
+                  flush=True)
     report = {"cpu": cpu_model(), "size": args.size, "iterations": args.iterations,
+              "optimizers": args.optimizers, "peak_rss_mb": peak_rss_mb(),
               "rules": analyse(curves, out)}
     (out / "stop_rule.json").write_text(json.dumps(report, indent=1))
     print(json.dumps([{k: r[k] for k in ("tau", "k", "max_time_ratio", "max_loss_ratio")}
