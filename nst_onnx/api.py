@@ -35,7 +35,6 @@ from .config import (
     LossSpec,
     LossWeights,
     RunOptions,
-    resolve_optimizer,
     settings_dict,
     split_engine,
     split_settings,
@@ -422,7 +421,6 @@ class StyleTransfer:
         ``state``: a device optimiser's state to resume (``Progress.state()``)."""
         run = dataclasses.replace(run or RunOptions(), **overrides)
         run.validate()
-        run = dataclasses.replace(run, optimizer=resolve_optimizer(run.optimizer, self.device))
         iterations = run.iterations if isinstance(run.iterations, int) else DEFAULT_ITERATIONS
         x0 = problem.initial(run.init, run.seed)
         if run.optimizer == "lbfgs":
@@ -481,9 +479,7 @@ class StyleTransfer:
                      for i, m in enumerate(_listed(masks))]
         sizes, its = plan_scales(run.size, run.scales, run.iterations)
         fit_content(content, sizes[0], self.min_size)
-        # as asked ("auto" stays auto): a result counts as done whichever device made it
         fp = self.fingerprint([content, *styles, *(masks or [])], run, weights)
-        run = dataclasses.replace(run, optimizer=resolve_optimizer(run.optimizer, self.device))
         ckpt = self._resume(checkpoint, fp, resume, run, its)
         total, done, per_scale, start = sum(its), 0, [], run.init
         tau = run.stop_rule()

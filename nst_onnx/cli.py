@@ -25,7 +25,7 @@ from typing import Annotated
 import typer
 
 from . import __version__
-from .config import EngineOptions, LossSpec, LossWeights, RunOptions, resolve_optimizer
+from .config import EngineOptions, LossSpec, LossWeights, RunOptions
 from .errors import BadInput, Interrupted, NstError
 
 RUN, WEIGHTS, ENGINE, SPEC = RunOptions(), LossWeights(), EngineOptions(), LossSpec()
@@ -82,9 +82,9 @@ InitOpt = Annotated[str, typer.Option("--init", help="content, noise, style or a
 SeedOpt = Annotated[int, typer.Option("--seed", help="For --init noise.")]
 LayerWeightsOpt = Annotated[str | None, typer.Option("--style-layer-weights", help="Multipliers, "
                                                      "one per style layer.")]
-OptimizerOpt = Annotated[str, typer.Option("--optimizer", help="auto (lbfgs-onnx on a GPU, "
-                                           "lbfgs on the CPU), lbfgs (scipy L-BFGS-B), "
-                                           "lbfgs-onnx or adam (both on the device).")]
+OptimizerOpt = Annotated[str, typer.Option("--optimizer", help="lbfgs-onnx (L-BFGS on the "
+                                           "device), lbfgs (scipy L-BFGS-B, on the host) or "
+                                           "adam (on the device).")]
 LrOpt = Annotated[float, typer.Option("--lr", help="Adam step size (pixels).")]
 HistoryOpt = Annotated[int, typer.Option("--history", help="L-BFGS memory.")]
 StopOpt = Annotated[float | None, typer.Option(
@@ -338,8 +338,7 @@ def stylize(
             plan = "" if len(sizes) == 1 else \
                 f", coarse-to-fine {'→'.join(map(str, sizes))} px × {'/'.join(map(str, its))}"
             log(f"{content.name} + {', '.join(s.name for s in styles)} → {output} "
-                f"({sizes[-1]} px, {sum(its)} iterations{plan}, "
-                f"{resolve_optimizer(o.optimizer, st.device)}, "
+                f"({sizes[-1]} px, {sum(its)} iterations{plan}, {o.optimizer}, "
                 f"{st.device}, {st.threads} threads)")
         progress = _Progress(o.quiet or o.as_json)
 

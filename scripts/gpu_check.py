@@ -215,7 +215,7 @@ def main() -> None:
         problem = st.prepare(CONTENT, STYLE, size=sizes[0])
         single = timed(lambda: problem.evaluate(problem.initial()), repeats)[1]
         out["one_evaluation_s"] = single
-        for name in [o for o in OPTIMIZERS if o != "auto"]:
+        for name in OPTIMIZERS:
             r = st.run(problem, iterations=iterations, optimizer=name).summary()
             out[name] = {k: r[k] for k in ("iterations", "evaluations", "seconds",
                                            "seconds_per_iteration", "eval_seconds",

@@ -105,14 +105,6 @@ def test_cuda_sessions_are_exact_float32_and_lean():
     assert so.get_session_config_entry("session.intra_op.allow_spinning") == "0"
 
 
-def test_auto_optimizer_is_the_device_loop_on_a_gpu_and_scipy_on_the_cpu():
-    from nst_onnx.config import resolve_optimizer
-
-    assert resolve_optimizer("auto", "cuda") == "lbfgs-onnx"
-    assert resolve_optimizer("auto", "cpu") == "lbfgs"
-    assert [resolve_optimizer(o, "cuda") for o in ("lbfgs", "adam")] == ["lbfgs", "adam"]
-
-
 def test_shared_cuda_arena_falls_back_to_own_arenas(monkeypatch):
     """Where onnxruntime cannot make the shared device arena (here: the CPU build), or it is
     turned off, sessions keep their own: no error, no shared-arena config entry."""
