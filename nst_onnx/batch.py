@@ -485,9 +485,8 @@ def batch(contents: list | None = None, styles: list | None = None, outdir: str 
         try:
             if ray_mod is not None:
                 runner = _run_ray(ray_mod, pending, payload_base, model_dir, model, engine)
-            elif (workers or default_workers(engine, run, len(pending))) > 1:
-                runner = _run_pool(workers or default_workers(engine, run, len(pending)),
-                                   pending, payload_base, str(model_dir.parent), engine, emit)
+            elif (n := workers or default_workers(engine, run, len(pending))) > 1:
+                runner = _run_pool(n, pending, payload_base, str(model_dir.parent), engine, emit)
             else:
                 runner = _run_here(pending, payload_base, str(model_dir.parent), emit)
             for job, fp, outcome in runner:
@@ -505,11 +504,14 @@ def batch(contents: list | None = None, styles: list | None = None, outdir: str 
 
 def default_workers(engine: EngineOptions, run: RunOptions, jobs: int) -> int:
     """One worker per two physical cores (each with two threads), as many as the memory
-    estimate allows; one on a GPU (the device is shared) or for a single job."""
+    estimate allows; one on a GPU (the device is shared: each worker would hold its own CUDA
+    context and arena), also when ``auto`` finds one, or for a single job."""
     from .run import resources
-    from .run.runtime import physical_cores
+    from .run.runtime import physical_cores, resolve_device
 
-    if engine.device == "cuda" or jobs < 2 or engine.threads:
+    gpu = engine.device == "cuda" or (engine.device == "auto" and
+                                      resolve_device("auto")[0] == "cuda")
+    if gpu or jobs < 2 or engine.threads:
         return 1 if not engine.threads else max(1, min(jobs, physical_cores() // engine.threads))
     by_cores = max(1, physical_cores() // 2)
     avail = resources.available_mb()

@@ -301,42 +301,46 @@ def main() -> None:
          (f"{big}x{big}", "lbfgs-onnx", 5, "1"), (f"{big}x{big}", "lbfgs-onnx", 20, "1"),
          (f"{big}x{big}", "adam", 10, "1")]))
 
-    def cli():
+    def cli_env():
+        return dict(os.environ, NST_ONNX_MODELS=str(models), PYTHONPATH=os.pathsep.join(
+            [str(ROOT), os.environ.get("PYTHONPATH", "")]))
+
+    def stylize_runs(runs: dict[str, list[str]]) -> dict:
+        """``nst stylize`` tubingen + starry night per run, as a user runs it: exit code,
+        wall time, what --json says; the pictures land in $OUT."""
         out = {}
         dest = Path(os.environ.get("OUT", tempfile.mkdtemp()))
-        env = dict(os.environ, NST_ONNX_MODELS=str(models), PYTHONPATH=os.pathsep.join(
-            [str(ROOT), os.environ.get("PYTHONPATH", "")]))
         base = [sys.executable, "-m", "nst_onnx.cli", "stylize", str(CONTENT), str(STYLE),
                 "--json", "--quiet"]
-        cuda = ["--device", gpu]
-        runs = {"default_512_device_auto": ["--size", str(sizes[0])],
-                "default_512_scipy_lbfgs": cuda + ["--size", str(sizes[0]), "--optimizer",
-                                                   "lbfgs"],
-                "default_1024": cuda + ["--size", str(sizes[1])],
-                "oom_1024_limit_256mb": cuda + ["--size", str(sizes[1]), "--gpu-mem-limit",
-                                                "256", "--iterations", "5"]}
         for name, extra in runs.items():
             png = dest / f"cli_{name}.png"
             t = time.perf_counter()
             r = subprocess.run(base + extra + ["-o", str(png)], capture_output=True, text=True,
-                               env=env, timeout=300)
+                               env=cli_env(), timeout=300)
             res = {"exit": r.returncode, "wall_s": time.perf_counter() - t,
                    "stderr_lines": r.stderr.strip().splitlines()[-5:], "png": png.exists()}
             try:
                 info = json.loads(r.stdout)
                 res.update({k: info.get(k) for k in ("device", "providers", "iterations",
                                                      "evaluations", "stop_reason", "seconds",
-                                                     "final_loss")})
+                                                     "final_loss", "memory")})
                 res["optimizer"] = info.get("settings", {}).get("optimizer")
             except ValueError:
                 res["stdout_tail"] = r.stdout[-500:]
             out[name] = res
         return out
-    report.section("cli", cli)
 
-    def cli_env():
-        return dict(os.environ, NST_ONNX_MODELS=str(models), PYTHONPATH=os.pathsep.join(
-            [str(ROOT), os.environ.get("PYTHONPATH", "")]))
+    cuda = ["--device", gpu]
+    report.section("cli", lambda: stylize_runs({
+        "default_512_device_auto": ["--size", str(sizes[0])],
+        "default_512_scipy_lbfgs": cuda + ["--size", str(sizes[0]), "--optimizer", "lbfgs"],
+        "default_1024": cuda + ["--size", str(sizes[1])],
+        "oom_1024_limit_256mb": cuda + ["--size", str(sizes[1]), "--gpu-mem-limit", "256",
+                                        "--iterations", "5"]}))
+    # what a TF32 run gives for the picture, and the largest default (3 scales)
+    report.section("cli_more", lambda: stylize_runs({
+        "tf32_512": cuda + ["--size", str(sizes[0]), "--tf32"],
+        "default_2048": cuda + ["--size", str(2 * sizes[1])]}))
 
     def guided():
         dest = Path(os.environ.get("OUT", tempfile.mkdtemp()))

@@ -200,3 +200,17 @@ def test_ray_gives_the_same_pixels_and_failures_stay_alone(models_dir, inputs, t
         assert np.array_equal(np.asarray(Image.open(p)), np.asarray(Image.open(remote / p.name)))
     failed = [x for x in manifest(remote) if x["status"] == "failed"]
     assert all("not a readable image" in x["reason"] for x in failed)
+
+
+def test_one_worker_when_auto_finds_a_gpu(monkeypatch):
+    """Workers on one GPU would each hold a CUDA context and arena: where `auto` resolves to
+    CUDA the batch runs one worker, as with --device cuda; on the CPU one per two cores."""
+    from nst_onnx.batch import default_workers
+    from nst_onnx.config import EngineOptions, RunOptions
+    from nst_onnx.run import runtime
+
+    monkeypatch.setattr(runtime, "physical_cores", lambda: 8)
+    monkeypatch.setattr(runtime, "cuda_problem", lambda debug=False: None)
+    assert default_workers(EngineOptions(device="auto"), RunOptions(size=64), 8) == 1
+    monkeypatch.setattr(runtime, "cuda_problem", lambda debug=False: "no GPU")
+    assert default_workers(EngineOptions(device="auto"), RunOptions(size=64), 8) == 4
