@@ -368,7 +368,7 @@ def main() -> None:
         outdir = Path(tempfile.mkdtemp(prefix="nst-batch-"))
         cmd = [sys.executable, "-m", "nst_onnx.cli", "batch", str(CONTENT),
                str(ROOT / "examples/the_scream.jpg"), "--styles", str(STYLE), "-o", str(outdir),
-               "--device", gpu, "--size", str(sizes[0] // 2), "--iterations", "100", "--quiet"]
+               "--size", str(sizes[0] // 2), "--iterations", "100", "--quiet"]  # device auto
         t = time.perf_counter()
         r = subprocess.run(cmd, capture_output=True, text=True, env=cli_env(), timeout=300)
         wall = time.perf_counter() - t
