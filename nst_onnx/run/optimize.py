@@ -1,4 +1,4 @@
-"""The host optimiser: scipy's L-BFGS-B (the default) within [0, 255], and what every
+"""The host optimiser: scipy's L-BFGS-B (``--optimizer lbfgs``) within [0, 255], and what every
 optimiser shares (``Progress``, ``OptimizeResult``). The device optimisers (``lbfgs-onnx``,
 ``adam``) are in :mod:`.device_optim`.
 
