@@ -335,9 +335,9 @@ _CUDA_ARENA: dict | None = None  # the options the shared device arena was made 
 def _register_cuda_arena(options: dict) -> bool:
     """Once per process: one device arena shared by every CUDA session (features, loss and
     the optimiser's step graphs), growing by what is asked, capped by ``gpu_mem_limit``.
-    Each session would otherwise keep its own arena holding its own peak: measured on an
-    H200 at 1024², a lbfgs-onnx run held 7.6 GB against 4.4 GB for the same loss under scipy.
-    False where onnxruntime cannot make one, where this session asks another memory limit
+    Each session would otherwise keep its own arena holding its own peak, and a device
+    optimiser's step sessions would hold theirs beside the loss graph's (README, GPU: the
+    memory measured both ways). False where onnxruntime cannot make one, where this session asks another memory limit
     than the arena was made with, or with NST_ONNX_CUDA_SHARED_ARENA=0: the session then
     keeps its own arena."""
     global _CUDA_ARENA
