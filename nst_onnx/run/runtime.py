@@ -337,9 +337,9 @@ def _register_cuda_arena(options: dict) -> bool:
     the optimiser's step graphs), growing by what is asked, capped by ``gpu_mem_limit``.
     Each session would otherwise keep its own arena holding its own peak, and a device
     optimiser's step sessions would hold theirs beside the loss graph's (README, GPU: the
-    memory measured both ways). False where onnxruntime cannot make one, where this session asks another memory limit
-    than the arena was made with, or with NST_ONNX_CUDA_SHARED_ARENA=0: the session then
-    keeps its own arena."""
+    memory measured both ways). False where onnxruntime cannot make one, where this session
+    asks another memory limit than the arena was made with, or with
+    NST_ONNX_CUDA_SHARED_ARENA=0: the session then keeps its own arena."""
     global _CUDA_ARENA
     if os.environ.get("NST_ONNX_CUDA_SHARED_ARENA", "1") == "0":
         return False
