@@ -249,3 +249,15 @@ def test_a_history_too_large_for_the_memory_is_refused(models_dir, images, tmp_p
     r = nst(models_dir, *args, "--optimizer", "lbfgs-onnx", "--history", "1000")
     assert r.exit_code == 2 and "GB of memory" in r.output, r.output
     assert len(r.output.strip().splitlines()) == 1
+
+
+def test_bench_profile_is_refused_on_cuda():
+    """On CUDA the profiler records kernel launches, not GPU time (an H200 showed 3.4 ms of
+    'kernels' for a 14.6 ms evaluation): refused in one line instead of a wrong split."""
+    from types import SimpleNamespace
+
+    from nst_onnx.api import bench
+    from nst_onnx.errors import BadInput
+
+    with pytest.raises(BadInput, match="Nsight"):
+        bench(SimpleNamespace(device="cuda"), [32], 2, profile=True)
