@@ -26,7 +26,7 @@ def main() -> None:
     ap.add_argument("--size", type=int, default=512)
     ap.add_argument("--iterations", type=int, default=150)
     ap.add_argument("--kill-at", type=int, default=60)
-    ap.add_argument("--optimizer", default="lbfgs")
+    ap.add_argument("--optimizer", default="lbfgs-onnx")
     args = ap.parse_args()
     src = SHARED if SHARED.is_dir() else ROOT / "examples"
     work = Path(tempfile.mkdtemp(prefix="nst-resume-"))
