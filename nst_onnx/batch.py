@@ -28,8 +28,8 @@ from pathlib import Path
 
 from .config import EngineOptions, LossSpec, LossWeights, RunOptions, settings_dict, split_settings
 from .errors import BadInput, Interrupted, NstError
-from .io.atomic import sha256_file
-from .io.images import FORMATS, EncodedImage
+from .io.atomic import sha256_file, write_bytes
+from .io.images import FORMATS, EncodedImage, encode_image, load_image
 
 DEFAULT_TEMPLATE = "{content}__{style}.png"
 MANIFEST = "manifest.jsonl"
@@ -356,18 +356,11 @@ def execute(payload: dict) -> dict:
         raise result.optimize.error
     summary = {k: v for k, v in result.summary().items() if k not in ("scales",)}
     summary["fingerprint"] = payload["fingerprint"]
-    buf = io.BytesIO()
-    from PIL import PngImagePlugin
-
-    info = PngImagePlugin.PngInfo()
     from . import __version__
 
-    info.add_itxt("nst-onnx", json.dumps({"version": __version__, **summary,
-                                          "output": str(output)}, default=str))
-    fmt = FORMATS[output.suffix.lower()]
-    result.image.save(buf, format=fmt, **({"pnginfo": info} if fmt == "PNG" else
-                                          {"quality": 95} if fmt in ("JPEG", "WEBP") else {}))
-    return {"data": buf.getvalue(), "summary": summary}
+    data = encode_image(result.image, output, {"nst-onnx": json.dumps(
+        {"version": __version__, **summary, "output": str(output)}, default=str)})
+    return {"data": data, "summary": summary}
 
 
 def _init_worker(queue) -> None:
@@ -433,7 +426,6 @@ def batch(contents: list | None = None, styles: list | None = None, outdir: str 
     from .api import fingerprint_images
     from .graphs.export import export_model
     from .graphs.export import read_manifest as read_model_manifest
-    from .io.images import load_image
 
     start = time.perf_counter()
     run, weights = split_settings(run, weights, **overrides)
@@ -559,8 +551,6 @@ def _payload(job: Job, fp: str, base: dict, travel: bool = False) -> dict:
 
 def _finish(job: Job, fp: str, outcome, base: dict) -> dict:
     """Write a finished job's output (atomically) and make its manifest record."""
-    from .io.atomic import write_bytes
-
     if isinstance(outcome, BaseException):
         return base | {"status": "failed", "fingerprint": fp, "reason": _one_line(outcome)}
     write_bytes(job.output, outcome["data"])

@@ -13,7 +13,7 @@ from PIL import Image, ImageCms, ImageOps, PngImagePlugin, UnidentifiedImageErro
 
 from ..config import MAX_PIXELS
 from ..errors import BadInput
-from .atomic import atomic_path
+from .atomic import write_bytes
 
 FORMATS = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".webp": "WEBP",
            ".tif": "TIFF", ".tiff": "TIFF", ".bmp": "BMP"}
@@ -151,8 +151,10 @@ def output_format(path: str | os.PathLike) -> str:
     return FORMATS[ext]
 
 
-def save_image(img: Image.Image, path: str | os.PathLike, metadata: dict | None = None) -> None:
-    """Save atomically, format from the extension; PNG carries ``metadata`` as text chunks."""
+def encode_image(img: Image.Image, path: str | os.PathLike,
+                 metadata: dict | None = None) -> bytes:
+    """The file ``path`` would hold, format from its extension; PNG carries ``metadata`` as
+    text chunks (a batch worker encodes, the driver writes)."""
     fmt = output_format(path)
     kwargs = {}
     if fmt == "PNG" and metadata:
@@ -162,5 +164,11 @@ def save_image(img: Image.Image, path: str | os.PathLike, metadata: dict | None 
         kwargs["pnginfo"] = info
     elif fmt in ("JPEG", "WEBP"):
         kwargs["quality"] = 95
-    with atomic_path(path) as tmp:
-        img.save(tmp, format=fmt, **kwargs)
+    buf = io.BytesIO()
+    img.save(buf, format=fmt, **kwargs)
+    return buf.getvalue()
+
+
+def save_image(img: Image.Image, path: str | os.PathLike, metadata: dict | None = None) -> None:
+    """Save atomically (:func:`encode_image`)."""
+    write_bytes(path, encode_image(img, path, metadata))
