@@ -51,9 +51,8 @@ from .run.binding import DeviceGraph, Evaluator, Terms, Traffic
 from .run.device_optim import Loop, adam_onnx, lbfgs_onnx
 from .run.optimize import OptimizeResult, Progress, lbfgs
 from .run.runtime import (
-    DeviceOutOfMemory,
-    is_out_of_memory,
     make_session,
+    out_of_memory_as,
     physical_cores,
     release_free_memory,
     resolve_device,
@@ -278,14 +277,9 @@ class StyleTransfer:
         session = self._features_session or self._session(
             self.model_dir / features_io(self.spec).file)
         names = features_io(self.spec).names("outputs")
-        try:
+        with out_of_memory_as(self.device, "the GPU ran out of memory computing the targets: "
+                              "use a smaller --size or style image, or raise --gpu-mem-limit"):
             out = [dict(zip(names, session.run(names, {"image": x}))) for x in images]
-        except Exception as e:
-            if self.device == "cuda" and is_out_of_memory(e):
-                raise DeviceOutOfMemory("the GPU ran out of memory computing the targets: use "
-                                        "a smaller --size or style image, or raise "
-                                        "--gpu-mem-limit") from None
-            raise
         if self.device == "cuda":
             self._features_session = session
         else:

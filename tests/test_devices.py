@@ -135,3 +135,19 @@ def test_gpu_memory_estimate_matches_the_h200_measurements(h, w, optimizer, hist
 
     est = res.estimate_gpu_mb(LossSpec(), h, w, 0, res.device_state_images(optimizer, history))
     assert 0.95 < est / measured_mb < 1.05
+
+
+def test_cuda_out_of_memory_becomes_one_line_and_other_errors_pass():
+    """What onnxruntime raised on an H200 under --gpu-mem-limit (its BFC arena's words)."""
+    err = RuntimeError("Non-zero status code returned while running Relu node. Name:'relu1_2' "
+                       "... Available memory of 11535104 is smaller than requested bytes of "
+                       "50331648")
+    with pytest.raises(runtime.DeviceOutOfMemory, match=r"^the GPU ran out .*requested bytes"):
+        with runtime.out_of_memory_as("cuda", "the GPU ran out of memory ({e})"):
+            raise err
+    with pytest.raises(RuntimeError):  # on the CPU, or another error: unchanged
+        with runtime.out_of_memory_as("cpu", "the GPU ran out of memory"):
+            raise err
+    with pytest.raises(ValueError):
+        with runtime.out_of_memory_as("cuda", "the GPU ran out of memory"):
+            raise ValueError("shape mismatch")

@@ -15,7 +15,7 @@ import numpy as np
 import onnxruntime as ort
 
 from ..graphs.interface import Interface
-from .runtime import DeviceOutOfMemory, is_out_of_memory
+from .runtime import out_of_memory_as
 
 
 @dataclass
@@ -100,13 +100,9 @@ class DeviceGraph:
         for t in self.io.outputs:
             b.bind_output(t.name, self.device if t.role in self.DEVICE_ROLES else "cpu")
         start = time.perf_counter()
-        try:
+        with out_of_memory_as(self.device, "the GPU ran out of memory: use a smaller --size "
+                              "or --history, or raise --gpu-mem-limit"):
             self.session.run_with_iobinding(b)
-        except Exception as e:
-            if self.device == "cuda" and is_out_of_memory(e):
-                raise DeviceOutOfMemory("the GPU ran out of memory: use a smaller --size or "
-                                        "--history, or raise --gpu-mem-limit") from None
-            raise
         self.seconds += time.perf_counter() - start
         out = {}
         for t, v in zip(self.io.outputs, b.get_outputs()):

@@ -183,13 +183,8 @@ def make_session(model: str | Path | bytes, device: str = "cpu", threads: int | 
     with (contextlib.nullcontext([]) if debug else _captured_output()) as said:
         if cuda_options is not None and shared_arena and _register_cuda_arena(cuda_options):
             so.add_session_config_entry("session.use_env_allocators", "1")
-        try:
+        with out_of_memory_as(device, "the GPU ran out of memory loading the model ({e})"):
             session = ort.InferenceSession(src, so, providers=providers)
-        except Exception as e:
-            if device == "cuda" and is_out_of_memory(e):
-                raise DeviceOutOfMemory(f"the GPU ran out of memory loading the model ({e})") \
-                    from None
-            raise
     if device == "cuda" and session.get_providers()[0] != CUDA:
         raise DeviceError(diagnose_cuda("".join(log + said)))
     release_free_memory()
@@ -310,6 +305,19 @@ def is_out_of_memory(e: BaseException) -> bool:
 
 class DeviceOutOfMemory(BadInput):
     """The GPU ran out of memory (exit 2; the best image so far is kept)."""
+
+
+@contextlib.contextmanager
+def out_of_memory_as(device: str, message: str):
+    """Inside: a CUDA out-of-memory error from onnxruntime becomes :class:`DeviceOutOfMemory`
+    with ``message`` (exit 2; ``{e}`` in it stands for onnxruntime's error); every other
+    error passes unchanged."""
+    try:
+        yield
+    except Exception as e:
+        if device == "cuda" and is_out_of_memory(e):
+            raise DeviceOutOfMemory(message.format(e=e)) from None
+        raise
 
 
 _ARENA_REGISTERED = False
