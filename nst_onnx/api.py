@@ -232,10 +232,7 @@ class StyleTransfer:
                             spinning=spinning)
 
     def _model(self, spec: LossSpec) -> tuple[Path, dict]:
-        o = self.options
-        out = export_model(spec, Path(o.models_dir) if o.models_dir else None,
-                           weights_path=o.weights,
-                           cache_dir=Path(o.cache_dir) if o.cache_dir else None, log=self.log)
+        out = model_for(self.options, spec, self.log)
         return out, read_manifest(out)
 
     def _loss_session(self, guided: bool):
@@ -644,6 +641,15 @@ def plan_scales(size: int, scales: int | list[int] | None,
     return sizes, its
 
 
+def model_for(engine: EngineOptions, spec: LossSpec, log: Callable[[str], None] = print,
+              force: bool = False) -> Path:
+    """The model directory for ``spec`` (exported there first if missing, stale, or built
+    from other weights than ``engine.weights``), from the engine's models folder and cache."""
+    return export_model(spec, Path(engine.models_dir) if engine.models_dir else None,
+                        weights_path=engine.weights, force=force, log=log,
+                        cache_dir=Path(engine.cache_dir) if engine.cache_dir else None)
+
+
 def export(engine: EngineOptions | None = None, spec: LossSpec | None = None, *,
            force: bool = False, guided: bool = False, log: Callable[[str], None] = print,
            **options) -> list[dict]:
@@ -652,10 +658,7 @@ def export(engine: EngineOptions | None = None, spec: LossSpec | None = None, *,
     o, spec = split_engine(engine, spec, **options)
     out = []
     for g in ([False, True] if guided else [False]):
-        d = export_model(dataclasses.replace(spec, guided=g),
-                         Path(o.models_dir) if o.models_dir else None, weights_path=o.weights,
-                         cache_dir=Path(o.cache_dir) if o.cache_dir else None, force=force,
-                         log=log)
+        d = model_for(o, dataclasses.replace(spec, guided=g), log, force)
         out.append({"dir": str(d), **read_manifest(d)})
     return out
 

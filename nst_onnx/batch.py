@@ -423,8 +423,7 @@ def batch(contents: list | None = None, styles: list | None = None, outdir: str 
     """Run a batch (module docstring); ``progress`` gets events: ``{"event": "start",
     "total"}``, ``{"event": "iteration", "index", "iteration", "iterations", "loss"}`` and
     ``{"event": "job", "record"}``. Returns every job's manifest record."""
-    from .api import fingerprint_images
-    from .graphs.export import export_model
+    from .api import fingerprint_images, model_for
     from .graphs.export import read_manifest as read_model_manifest
 
     start = time.perf_counter()
@@ -438,9 +437,7 @@ def batch(contents: list | None = None, styles: list | None = None, outdir: str 
     ray_mod = _ray(ray) if ray else None  # a missing or unreachable Ray fails before any work
     jobs, skipped_inputs = plan(contents or [], styles or [], outdir, template, run, weights,
                                 Path(jobs_file) if jobs_file else None, log)
-    model_dir = export_model(spec, Path(engine.models_dir) if engine.models_dir else None,
-                             weights_path=engine.weights, log=log,
-                             cache_dir=Path(engine.cache_dir) if engine.cache_dir else None)
+    model_dir = model_for(engine, spec, log)
     model = read_model_manifest(model_dir)
     model_sha = model["files"]["loss.onnx"]["sha256"]
     previous = read_manifest(outdir)

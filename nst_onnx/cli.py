@@ -142,6 +142,14 @@ def _settings(given: dict) -> tuple[RunOptions, LossWeights]:
     return run, weights
 
 
+def _engine(o: SimpleNamespace) -> tuple[EngineOptions, LossSpec]:
+    """The shared options (as parsed) → where the graphs come from and run, and which."""
+    return (EngineOptions(device=o.device, threads=o.threads, tf32=o.tf32,
+                          gpu_mem_limit_mb=o.gpu_mem_limit, models_dir=o.models,
+                          weights=o.weights, cache_dir=o.cache_dir, debug=o.debug),
+            LossSpec(o.content_layers, o.style_layers, o.pooling))
+
+
 def _log(quiet: bool):
     return (lambda m: None) if quiet else (lambda m: typer.echo(m, err=True))
 
@@ -328,11 +336,7 @@ def stylize(
         output_format(output)
         run, loss_weights = _settings(given)
         log = _log(o.quiet or o.as_json)
-        st = StyleTransfer(device=o.device, threads=o.threads, tf32=o.tf32,
-                           gpu_mem_limit_mb=o.gpu_mem_limit, pooling=o.pooling,
-                           content_layers=o.content_layers, style_layers=o.style_layers,
-                           models_dir=o.models, weights=o.weights, cache_dir=o.cache_dir, debug=o.debug,
-                           log=log)
+        st = StyleTransfer(*_engine(o), log=log)
 
         def before_run(problem, sizes, its):
             plan = "" if len(sizes) == 1 else \
@@ -409,7 +413,6 @@ def batch(
 
     def go():
         from .batch import batch as run_batch
-        from .config import EngineOptions, LossSpec
 
         if not jobs_file and not (contents and styles):
             raise BadInput("give CONTENT... and --styles, or --jobs-file")
@@ -419,10 +422,7 @@ def batch(
             raise BadInput("--workers must be ≥ 1")
         run, loss_weights = _settings(given)
         style_list = [v for item in styles or [] for v in item.split(",") if v.strip()]
-        engine = EngineOptions(device=o.device, threads=o.threads, tf32=o.tf32,
-                               gpu_mem_limit_mb=o.gpu_mem_limit, models_dir=o.models,
-                               weights=o.weights, cache_dir=o.cache_dir, debug=o.debug)
-        spec = LossSpec(o.content_layers, o.style_layers, o.pooling)
+        engine, spec = _engine(o)
         with _BatchProgress(o.quiet or o.as_json) as progress:
             result = run_batch(contents or [], style_list, output, run=run,
                                weights=loss_weights, engine=engine, spec=spec,
