@@ -342,27 +342,11 @@ def main() -> None:
         "tf32_512": cuda + ["--size", str(sizes[0]), "--tf32"],
         "default_2048": cuda + ["--size", str(2 * sizes[1])]}))
 
-    def guided():
-        dest = Path(os.environ.get("OUT", tempfile.mkdtemp()))
-        png = dest / "cli_guided_512.png"
-        cmd = [sys.executable, "-m", "nst_onnx.cli", "stylize", str(CONTENT),
-               str(STYLE), str(ROOT / "examples/the_scream.jpg"), "--masks",
-               f"{ROOT / 'examples/tubingen_sky.png'},{ROOT / 'examples/tubingen_ground.png'}",
-               "--device", gpu, "--size", str(sizes[0]), "--json", "--quiet", "-o", str(png)]
-        if args.weights:
-            cmd += ["--weights", args.weights]
-        t = time.perf_counter()
-        r = subprocess.run(cmd, capture_output=True, text=True, env=cli_env(), timeout=300)
-        res = {"exit": r.returncode, "wall_s": time.perf_counter() - t, "png": png.exists(),
-               "stderr_lines": r.stderr.strip().splitlines()[-5:]}
-        try:
-            info = json.loads(r.stdout)
-            res.update({k: info.get(k) for k in ("device", "iterations", "stop_reason",
-                                                 "seconds", "final_loss", "memory")})
-        except ValueError:
-            res["stdout_tail"] = r.stdout[-500:]
-        return res
-    report.section("guided", guided)
+    # a second style (the scream) on the ground, starry night on the sky
+    masks = f"{ROOT / 'examples/tubingen_sky.png'},{ROOT / 'examples/tubingen_ground.png'}"
+    report.section("guided", lambda: stylize_runs({"guided_512": cuda + [
+        str(ROOT / "examples/the_scream.jpg"), "--masks", masks, "--size", str(sizes[0]),
+        *(["--weights", args.weights] if args.weights else [])]}))
 
     def batch():
         outdir = Path(tempfile.mkdtemp(prefix="nst-batch-"))

@@ -7,9 +7,10 @@ session's log is captured and condensed into one line that names the cause, and
 ``--device auto`` falls back to the CPU with that line as a notice.
 
 CUDA sessions run exact float32 (``use_tf32=0`` unless asked), search cuDNN's convolution
-algorithms exhaustively once per shape, grow their arena by what is asked (not powers of
-two), may be capped (``gpu_mem_limit``), and use one non-spinning host thread, so they do
-not compete with the host optimiser.
+algorithms exhaustively once per shape, draw from one device arena shared by the process's
+sessions that grows by what is asked (not powers of two) and may be capped
+(``gpu_mem_limit``), and use one non-spinning host thread, so they do not compete with the
+host optimiser.
 """
 
 from __future__ import annotations
