@@ -505,7 +505,7 @@ def default_workers(engine: EngineOptions, run: RunOptions, jobs: int) -> int:
     by_cores = max(1, physical_cores() // 2)
     avail = resources.available_mb()
     mpx = run.size * run.size * 0.75 / 1e6
-    per_job = resources.estimate_peak_mb(mpx, run.history)
+    per_job = resources.estimate_peak_mb(mpx, run.history, optimizer=run.optimizer)
     by_memory = max(1, int(resources.HEADROOM * avail // per_job)) if avail else by_cores
     return max(1, min(by_cores, by_memory, jobs))
 
@@ -646,13 +646,14 @@ def _run_pool(workers: int, pending, base, models, engine: EngineOptions, emit):
 
 def _run_ray(ray, pending, base, model_dir: Path, model: dict, engine: EngineOptions):
     """Ray tasks: the model's files travel once (the object store), inputs as bytes,
-    outputs come back as bytes; each task asks for its threads (and a GPU with CUDA)."""
+    outputs come back as bytes; each task asks for its threads (and a GPU: see
+    :func:`_ray_gpus`)."""
     threads = engine.threads or 2
     files = {name: (model_dir / name).read_bytes() for name in model["files"]}
     files["manifest.json"] = (model_dir / "manifest.json").read_bytes()
     models = ray.put({"sha": model["files"]["loss.onnx"]["sha256"][:16], "key": model["key"],
                       "files": files})
-    task = ray.remote(num_cpus=threads, num_gpus=1 if engine.device == "cuda" else 0,
+    task = ray.remote(num_cpus=threads, num_gpus=_ray_gpus(engine.device, ray.cluster_resources()),
                       max_retries=2, retry_exceptions=False)(_ray_execute)
     base = base | {"engine": base["engine"] | {"threads": threads, "models_dir": None}}
     refs = {task.remote(_payload(job, fp, base, travel=True), models): (job, fp)
@@ -672,6 +673,13 @@ def _run_ray(ray, pending, base, model_dir: Path, model: dict, engine: EngineOpt
         for ref in remaining:
             ray.cancel(ref, force=True)
         raise
+
+
+def _ray_gpus(device: str, cluster: dict) -> int:
+    """GPUs one Ray task asks for: one with ``cuda``, and with ``auto`` when the cluster has
+    any — otherwise every task on a GPU node would pick the device by itself and share it
+    unscheduled. (``--device cpu`` keeps a mixed cluster's CPU-only nodes busy too.)"""
+    return 1 if device == "cuda" or (device == "auto" and cluster.get("GPU", 0) >= 1) else 0
 
 
 def _ray_execute(payload: dict, models: dict) -> dict:

@@ -214,3 +214,13 @@ def test_one_worker_when_auto_finds_a_gpu(monkeypatch):
     assert default_workers(EngineOptions(device="auto"), RunOptions(size=64), 8) == 1
     monkeypatch.setattr(runtime, "cuda_problem", lambda debug=False: "no GPU")
     assert default_workers(EngineOptions(device="auto"), RunOptions(size=64), 8) == 4
+
+
+def test_ray_tasks_ask_for_a_gpu_when_auto_finds_one_in_the_cluster():
+    """With `auto`, tasks on a GPU node would otherwise all pick the device unscheduled."""
+    from nst_onnx.batch import _ray_gpus
+
+    assert _ray_gpus("auto", {"CPU": 16.0, "GPU": 2.0}) == 1
+    assert _ray_gpus("auto", {"CPU": 16.0}) == 0
+    assert _ray_gpus("cuda", {"CPU": 16.0}) == 1
+    assert _ray_gpus("cpu", {"CPU": 16.0, "GPU": 2.0}) == 0
