@@ -367,7 +367,6 @@ class StyleTransfer:
         h, w = problem.shape[:2]
         grow = (final_size / max(h, w)) ** 2
         aspect = min(h, w) / max(h, w)
-        pairs = 1 if run.optimizer == "adam" else run.history
         if self.device == "cuda":
             fh, fw = round(h * grow ** 0.5), round(w * grow ** 0.5)
             spec = dataclasses.replace(self.spec, guided=problem.regions > 0)
@@ -386,12 +385,13 @@ class StyleTransfer:
         else:
             style_px = max(s.shape[2] * s.shape[3] for s in problem.styles)
             mpx = max(h * w, style_px) * grow / 1e6
-            est = resources.estimate_peak_mb(mpx, pairs, problem.regions)
+            est = resources.estimate_peak_mb(mpx, run.history, problem.regions, run.optimizer)
             avail = resources.available_mb()
             what = "memory"
 
             def largest(budget):
-                return resources.largest_side(budget, aspect, pairs, problem.regions)
+                return resources.largest_side(budget, aspect, run.history, problem.regions,
+                                              run.optimizer)
             info = {"megapixels": round(mpx, 4), "estimated_peak_mb": round(est),
                     "available_mb": None if avail is None else round(avail),
                     "device": self.device}

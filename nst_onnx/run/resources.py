@@ -4,29 +4,44 @@ Calibrated on the 2-core CPU machine this project is built on (onnxruntime 1.32,
 layers, max pooling) by ``scripts/bench_memory.py``: the peak resident memory of a whole
 ``nst stylize`` run grows linearly with the pixels evaluated —
 
-    peak_MB ≈ BASE_MB + (PER_MPX_MB + HISTORY_MB · history) · megapixels
+    peak_MB ≈ base + (per_mpx + per_pair · history + REGION_MB · regions) · megapixels
 
 where megapixels is the larger of the output's and the (largest) style image's pixel count
-(the style's features are computed once, before the run). The calibration runs made 2
-iterations; L-BFGS keeps ``history`` pairs of float64 vectors (2 × 3 × 8 bytes per pixel per
-pair) once it has run that long — the term that a 40-iteration 1024×768 run showed missing
-(measured 3412 MB: the formula gives 3312 with it, 2935 without). See the README's table.
+(the style's features are computed once, before the run) and (base, per_mpx, per_pair) depend on
+the optimiser (``CPU_MB``): scipy keeps its float64 iterate, gradient and history
+pairs on the host; lbfgs-onnx and adam keep float32 state in onnxruntime's arena.
 """
 
 from __future__ import annotations
 
 import math
 
-BASE_MB = 300.0
-PER_MPX_MB = 3350.0
-HISTORY_MB = 48.0  # per megapixel per L-BFGS pair
+from ..config import RunOptions
+
+RUN = RunOptions()  # the defaults
+
+# Per optimiser: (base MB, MB per megapixel besides the history, MB per megapixel per L-BFGS
+# pair), least-squares fits rounded up to the safe side (README, Memory estimate). scipy's: 2
+# iterations at 256–1024 px plus its float64 pairs by size, checked on 1024×768 runs of 35–40
+# iterations; lbfgs-onnx's: 25 iterations at 256–1024 px with history 10 and 20 (its pairs
+# cost ~4× their 24 bytes per pixel: the update's Concat makes the new S and Y while the old
+# are alive, and onnxruntime's arena keeps what it grew by — not analysed further);
+# adam's: 10 iterations at 256–768 px.
+CPU_MB = {"lbfgs": (300.0, 3350.0, 48.0), "lbfgs-onnx": (300.0, 2250.0, 102.0),
+          "adam": (400.0, 2450.0, 0.0)}
 REGION_MB = 390.0  # per megapixel per --masks region: F⊙T_r at every style layer (measured:
 #                    2 regions at 512×384 peaked at 1175 MB against 1023 MB without masks)
 HEADROOM = 0.9  # refuse above 90% of what is available
 
 
-def estimate_peak_mb(megapixels: float, history: int = 10, regions: int = 0) -> float:
-    return BASE_MB + (PER_MPX_MB + HISTORY_MB * history + REGION_MB * regions) * megapixels
+def _per_mpx(optimizer: str, history: int, regions: int) -> float:
+    _, per, per_pair = CPU_MB[optimizer]
+    return per + per_pair * history + REGION_MB * regions
+
+
+def estimate_peak_mb(megapixels: float, history: int = RUN.history, regions: int = 0,
+                     optimizer: str = RUN.optimizer) -> float:
+    return CPU_MB[optimizer][0] + _per_mpx(optimizer, history, regions) * megapixels
 
 
 def available_mb() -> float | None:
@@ -41,9 +56,10 @@ def available_mb() -> float | None:
     return None
 
 
-def largest_side(budget_mb: float, aspect: float, history: int = 10, regions: int = 0) -> int:
+def largest_side(budget_mb: float, aspect: float, history: int = RUN.history, regions: int = 0,
+                 optimizer: str = RUN.optimizer) -> int:
     """Longest side (px) whose estimate stays within ``budget_mb``; aspect = short/long ≤ 1."""
-    mpx = max(budget_mb - BASE_MB, 0.0) / (PER_MPX_MB + HISTORY_MB * history + REGION_MB * regions)
+    mpx = max(budget_mb - CPU_MB[optimizer][0], 0.0) / _per_mpx(optimizer, history, regions)
     return int(math.sqrt(mpx * 1e6 / max(aspect, 1e-6)))
 
 
