@@ -25,7 +25,7 @@ from typing import Annotated
 import typer
 
 from . import __version__
-from .config import EngineOptions, LossSpec, LossWeights, RunOptions
+from .config import STOP_TOLERANCE, STOP_WINDOW, EngineOptions, LossSpec, LossWeights, RunOptions
 from .errors import BadInput, Interrupted, NstError
 
 RUN, WEIGHTS, ENGINE, SPEC = RunOptions(), LossWeights(), EngineOptions(), LossSpec()
@@ -89,8 +89,8 @@ LrOpt = Annotated[float, typer.Option("--lr", help="Adam step size (pixels).")]
 HistoryOpt = Annotated[int, typer.Option("--history", help="L-BFGS memory.")]
 StopOpt = Annotated[float | None, typer.Option(
     "--stop-tolerance", help="End a run once its loss fell by less than this (relative) over "
-    "the last 20 iterations. Default: 0.005 when --iterations is not given, else 0 (exactly "
-    "the iterations asked for).")]
+    f"the last {STOP_WINDOW} iterations. Default: {STOP_TOLERANCE:g} when --iterations is not "
+    "given, else 0 (exactly the iterations asked for).")]
 CheckpointOpt = Annotated[float, typer.Option(
     "--checkpoint-every", help="Keep the run's state beside the output (.OUT.ckpt.npz) every "
     "N seconds of work; 0: never.")]

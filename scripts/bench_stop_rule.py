@@ -13,7 +13,10 @@ against the first optimiser's full run (the reference: today's 500-iteration def
 
     python scripts/bench_stop_rule.py --size 512 --iterations 500 --out /tmp/stop
     python scripts/bench_stop_rule.py --optimizers lbfgs lbfgs-onnx --out /tmp/stop2
+    python scripts/bench_stop_rule.py --optimizers lbfgs:10 lbfgs-onnx lbfgs-onnx:10 \
+        --compare-iterations 320 --out /tmp/stop3
     python scripts/bench_stop_rule.py --analyse /tmp/stop/curves.json   # the rules only
+    python scripts/bench_stop_rule.py --analyse /tmp/stop3/curves.json --figures lbfgs-onnx
 """
 
 from __future__ import annotations
@@ -48,8 +51,8 @@ def stop_at(losses: list[float], tau: float, k: int) -> int:
 
 def analyse(curves: dict, out: Path | None = None) -> list[dict]:
     rows = []
-    for tau in (1e-2, 5e-3, 3e-3, 2e-3, 1e-3, 5e-4):
-        for k in (10, 20, 40):
+    for tau in (1e-2, 7e-3, 5e-3, 4e-3, 3e-3, 2e-3, 1e-3):
+        for k in (10, 15, 20, 25, 40):
             per = []
             for name, c in curves.items():
                 losses, seconds = c["loss"], c["seconds"]
@@ -73,14 +76,17 @@ def analyse(curves: dict, out: Path | None = None) -> list[dict]:
     return rows
 
 
-def plot(curves: dict, target: Path, stops: dict[str, int] | None = None) -> None:
-    """Loss ÷ final loss against seconds, one line per pair (log scale), stops marked."""
+def plot(curves: dict, target: Path, stops: dict[str, int] | None = None,
+         names: list[str] | None = None) -> None:
+    """Loss ÷ the reference's final loss against seconds, one line per curve in ``names``
+    (default: all; log scale), stops marked."""
     from PIL import Image, ImageDraw
 
     w, h, m = 720, 360, 50
     img = Image.new("RGB", (w, h), "white")
     d = ImageDraw.Draw(img)
-    t_max = max(c["seconds"][-1] for c in curves.values())
+    names = names or list(curves)
+    t_max = max(curves[n]["seconds"][-1] for n in names)
     lo, hi = 0.0, np.log10(2.0)  # loss ratio 1 … 2
 
     def xy(t, r):
@@ -95,11 +101,12 @@ def plot(curves: dict, target: Path, stops: dict[str, int] | None = None) -> Non
         x0, _ = xy(k, 1)
         d.text((x0 - 8, h - m + 5), f"{k}s", fill="black")
     colours = [(200, 40, 40), (40, 100, 200), (40, 160, 60)]
-    for (name, c), col in zip(curves.items(), colours):
-        final = min(c["loss"])
+    for name, col in zip(names, colours):
+        c = curves[name]
+        final = min(curves[c.get("reference", name)]["loss"])
         pts = [xy(t, v / final) for t, v in zip(c["seconds"], c["loss"])]
         d.line(pts, fill=col, width=2)
-        d.text((w - m - 230, m + 8 + 14 * list(curves).index(name)), name, fill=col)
+        d.text((w - m - 230, m + 8 + 14 * names.index(name)), name, fill=col)
         if stops and name in stops:
             i = stops[name] - 1
             x0, y0 = xy(c["seconds"][i], c["loss"][i] / final)
@@ -107,6 +114,27 @@ def plot(curves: dict, target: Path, stops: dict[str, int] | None = None) -> Non
     d.text((m, 10), "loss / loss after 500 iterations, against seconds (512 px; circles: the stop rule)",
            fill="black")
     img.save(target)
+
+
+def figures(curves: dict, out: Path, optimizer: str, target: Path) -> None:
+    """The README's figures for ``optimizer``'s curves under the default rule: loss against
+    time with the stops marked (``stop_rule_curves.png``), and for the first pair, the
+    picture kept nearest before the stop beside the reference's last (``stop_rule.jpg``)."""
+    from PIL import Image
+
+    from nst_onnx.config import STOP_TOLERANCE, STOP_WINDOW
+
+    names = [n for n, c in curves.items() if c["optimizer"] == optimizer]
+    stops = {n: stop_at(curves[n]["loss"], STOP_TOLERANCE, STOP_WINDOW) for n in names}
+    plot(curves, target / "stop_rule_curves.png", stops, names)
+    c = curves[names[0]]
+    ref = c.get("reference", names[0])
+    kept = max(c["every"], stops[names[0]] // c["every"] * c["every"])
+    a, b = _img(out / f"{names[0]}_{kept}.png"), _img(out / f"{ref}_{len(curves[ref]['loss'])}.png")
+    side = Image.new("RGB", (a.width + b.width + 10, max(a.height, b.height)), "white")
+    side.paste(a, (0, 0))
+    side.paste(b, (a.width + 10, 0))
+    side.save(target / "stop_rule.jpg", quality=90)
 
 
 def _img(path: Path):
@@ -119,15 +147,26 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--size", type=int, default=512)
     ap.add_argument("--iterations", type=int, default=500)
+    ap.add_argument("--compare-iterations", type=int,
+                    help="iterations of the optimisers after the first (default: --iterations)")
     ap.add_argument("--every", type=int, default=10, help="keep the image every N iterations")
     ap.add_argument("--out", default="bench_stop_rule")
     ap.add_argument("--optimizers", nargs="+", default=["lbfgs"],
-                    help="each pair by each; the first is the reference")
+                    help="each pair by each, as NAME or NAME:HISTORY; the first is the "
+                         "reference")
+    ap.add_argument("--pairs", nargs="+", metavar="CONTENT:STYLE",
+                    help="image files in ../shared/images (default: the three of PAIRS)")
     ap.add_argument("--analyse", help="curves.json of an earlier run: print the rules only")
+    ap.add_argument("--figures", metavar="OPTIMIZER",
+                    help="with --analyse: draw the README's figures for this optimiser's "
+                         "curves (e.g. lbfgs-onnx) into docs/")
     args = ap.parse_args()
     if args.analyse:
         path = Path(args.analyse)
-        print(json.dumps(analyse(json.loads(path.read_text()), path.parent), indent=1))
+        curves = json.loads(path.read_text())
+        if args.figures:
+            figures(curves, path.parent, args.figures, ROOT / "docs")
+        print(json.dumps(analyse(curves, path.parent), indent=1))
         return
 
     from bench_optimizers import cpu_model
@@ -141,24 +180,28 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
     st = StyleTransfer(device="cpu", log=lambda m: None)
     curves = {}
-    for content, style in PAIRS:
+    pairs = [tuple(p.split(":")) for p in args.pairs] if args.pairs else PAIRS
+    for content, style in pairs:
         if not (src / style).exists():
             continue
         pair = f"{Path(content).stem}_{Path(style).stem}"
         problem = st.prepare(src / content, src / style, size=args.size)
-        for n, optimizer in enumerate(args.optimizers):
-            name = pair if n == 0 else f"{pair}_{optimizer}"
+        for n, opt in enumerate(args.optimizers):
+            optimizer, _, history = opt.partition(":")
+            name = pair if n == 0 else f"{pair}_{opt.replace(':', '_h')}"
+            its = args.iterations if n == 0 else args.compare_iterations or args.iterations
             losses, seconds = [], []
             start = time.perf_counter()
 
             def record(p, name=name, losses=losses, seconds=seconds, start=start):
                 losses.append(p.loss)
                 seconds.append(time.perf_counter() - start)
-                if p.iteration % args.every == 0 or p.iteration == args.iterations:
+                if p.iteration % args.every == 0 or p.iteration == p.iterations:
                     to_pil(p.x[None]).save(out / f"{name}_{p.iteration}.png")
-            st.run(problem, iterations=args.iterations, optimizer=optimizer, callback=record)
+            st.run(problem, iterations=its, optimizer=optimizer, callback=record,
+                   **({"history": int(history)} if history else {}))
             curves[name] = {"loss": losses, "seconds": seconds, "every": args.every,
-                            "shape": list(problem.shape[:2]), "optimizer": optimizer,
+                            "shape": list(problem.shape[:2]), "optimizer": opt,
                             **({"reference": pair} if n else {})}
             (out / "curves.json").write_text(json.dumps(curves))
             print(f"{name}: {losses[0]:.4g} → {losses[-1]:.4g} in {seconds[-1]:.0f} s",

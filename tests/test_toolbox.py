@@ -132,8 +132,8 @@ def test_bad_masks_are_refused(st, images):
 
 
 def test_stop_rule_ends_a_default_run_and_iterations_mean_exactly(st, images):
-    """Without --iterations a run ends once its loss fell by less than τ over the last 20
-    iterations; with --iterations N it makes exactly N, unless a tolerance is asked for."""
+    """Without --iterations a run ends once its loss fell by less than τ over the last
+    STOP_WINDOW iterations; with --iterations N it makes exactly N, unless a tolerance is asked for."""
     from nst_onnx.config import STOP_WINDOW
 
     args = (images["tubingen"], images["starry_night"])
