@@ -1,7 +1,8 @@
 """What one 3×3 convolution reaches in onnxruntime on this machine (GFLOP/s ceiling).
 
 The loss graph is ~26 such convolutions plus memory-bound glue, so its GFLOP/s can only
-approach this number. Run:  python scripts/bench_conv.py --threads 2
+approach this number; a large square MatMul (MLAS's SGEMM) is printed beside it as the
+machine's float32 ceiling. Run:  python scripts/bench_conv.py --threads 2
 """
 
 from __future__ import annotations
@@ -44,6 +45,25 @@ def conv_gflops(cin: int, cout: int, side: int, threads: int, level) -> tuple[fl
     return best, 2 * 9 * cin * cout * side * side / best / 1e9
 
 
+def gemm_gflops(n: int, threads: int) -> float:
+    """Best of 5 n×n×n float32 MatMuls, GFLOP/s."""
+    io = [helper.make_tensor_value_info(k, TensorProto.FLOAT, [n, n]) for k in "abc"]
+    g = helper.make_graph([helper.make_node("MatMul", ["a", "b"], ["c"])], "mm", io[:2], io[2:])
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+    m.ir_version = 8
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = threads
+    s = ort.InferenceSession(m.SerializeToString(), so, providers=["CPUExecutionProvider"])
+    a = np.random.default_rng(2).random((n, n), dtype=np.float32)
+    s.run(None, {"a": a, "b": a})
+    times = []
+    for _ in range(5):
+        t = time.perf_counter()
+        s.run(None, {"a": a, "b": a})
+        times.append(time.perf_counter() - t)
+    return 2 * n ** 3 / min(times) / 1e9
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--threads", type=int, default=2)
@@ -55,6 +75,7 @@ def main() -> None:
                              ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED)
         _, full = conv_gflops(cin, cout, side, args.threads, ort.GraphOptimizationLevel.ORT_ENABLE_ALL)
         print(f"| {cin}→{cout} @ {side}² | {ext:.0f} | {full:.0f} |")
+    print(f"\nMatMul 2048×2048×2048: {gemm_gflops(2048, args.threads):.0f} GFLOP/s")
 
 
 if __name__ == "__main__":
