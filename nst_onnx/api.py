@@ -396,9 +396,11 @@ class StyleTransfer:
                     "available_mb": None if avail is None else round(avail),
                     "device": self.device}
         if avail is not None and est > resources.HEADROOM * avail:
+            side = largest(resources.HEADROOM * avail)
+            advice = (f"use --size {side} or less" if side >= 16 else
+                      f"too little for any size: free some {what}")
             msg = (f"this run needs about {est / 1024:.1f} GB of {what} and {avail / 1024:.1f} "
-                   f"GB is free: use --size {largest(resources.HEADROOM * avail)} or less, or "
-                   "pass --force")
+                   f"GB is free: {advice}, or pass --force")
             if not run.force:
                 raise BadInput(msg)
             self.log(f"warning: {msg} (--force given)")

@@ -176,18 +176,21 @@ def test_memory_estimate_refuses_with_largest_size_unless_forced(models_dir, ima
                                                                  monkeypatch):
     import nst_onnx.run.resources as res
 
-    monkeypatch.setattr(res, "available_mb", lambda: 350.0)
+    monkeypatch.setattr(res, "available_mb", lambda: 420.0)
     out = tmp_path / "m.png"
     args = ["stylize", str(images["tubingen"]), str(images["starry_night"]), "-o", str(out),
             "--iterations", "1", "--json"]
     r = nst(models_dir, *args, "--size", "128")
     assert r.exit_code == 2 and "or pass --force" in r.output
     side = int(r.output.split("--size ")[1].split()[0])
-    assert 16 <= side < 128 and res.estimate_peak_mb(side * side * 0.75 / 1e6) <= 0.9 * 350 + 1
+    assert 16 <= side < 128 and res.estimate_peak_mb(side * side * 0.75 / 1e6) <= 0.9 * 420 + 1
     r = nst(models_dir, *args, "--size", "128", "--force")
     assert r.exit_code == 0, r.output
     mem = json.loads(r.stdout.strip().splitlines()[-1])["memory"]
-    assert mem["estimated_peak_mb"] > 0 and mem["available_mb"] == 350
+    assert mem["estimated_peak_mb"] > 0 and mem["available_mb"] == 420
+    monkeypatch.setattr(res, "available_mb", lambda: 200.0)  # below any run's base
+    r = nst(models_dir, *args, "--size", "128")
+    assert r.exit_code == 2 and "too little for any size" in r.output
 
 
 def test_click_usage_errors_are_one_line_exit_2(models_dir):

@@ -148,6 +148,27 @@ def test_lbfgs_onnx_reaches_scipys_solution_with_active_bounds():
     assert res.x.min() >= 0 and res.x.max() <= 255
 
 
+def test_history_rows_are_fixed_and_resume_from_either_layout():
+    """S and Y keep ``history`` rows from the first iteration (unfilled ones zero, so the
+    update makes tensors of one size); a state holding only the filled rows (checkpoints
+    written before) resumes exactly as the full one."""
+    b, c = bounded_quadratic(3)
+    x0, states = np.full(SHAPE[1:], 128.0), []
+    lbfgs_onnx(quadratic_loop(b, c, Traffic()), x0, iterations=4, history=8,
+               callback=lambda p: states.append((p.x.copy(), p.state())))
+    x, state = states[-1]
+    k = len(state["hist_sy"])
+    assert state["S"].shape[0] == 8 and 0 < k < 8 and not state["S"][:8 - k].any()
+    trimmed = state | {"S": state["S"][8 - k:], "Y": state["Y"][8 - k:]}
+    full = lbfgs_onnx(quadratic_loop(b, c, Traffic()), x, iterations=5, history=8, state=state)
+    old = lbfgs_onnx(quadratic_loop(b, c, Traffic()), x, iterations=5, history=8, state=trimmed)
+    np.testing.assert_array_equal(full.x, old.x)
+    one = [lbfgs_onnx(quadratic_loop(b, c, Traffic()), x, iterations=1, history=8,
+                      state=st).x for st in (state, trimmed, None)]
+    np.testing.assert_array_equal(one[0], one[1])
+    assert np.abs(one[0] - one[2]).max() > 1e-3  # the history did carry over
+
+
 def test_pairs_failing_the_curvature_condition_are_skipped():
     """A pair with s·y ≤ 0 would make H indefinite: it must not enter the history. The line
     search's own curvature test keeps most such pairs away, so one is made here: the third

@@ -160,7 +160,12 @@ def lbfgs_onnx(loop: Loop, x0: np.ndarray, iterations: int, history: int = 10,
     an earlier run's ``Progress.state()``) restores the history."""
     st, start = loop.steps, time.perf_counter()
     n = int(np.prod(loop.shape))
-    empty = to_device(np.zeros((0, n), np.float32), loop.device)
+
+    def empty():
+        """S and Y keep ``history`` rows from the start, the unfilled (oldest) ones zero: the
+        update then always makes tensors of one size, which the arena reuses — growing them
+        row by row left a block of every size behind (4× the pairs' memory on the CPU)."""
+        return to_device(np.zeros((history, n), np.float32), loop.device)
     best, done, restarts, failures, end = _Best(), 0, 0, 0, _Ending()
     x = loop.upload(x0)
     once = loop.traffic.bytes
@@ -171,8 +176,13 @@ def lbfgs_onnx(loop: Loop, x0: np.ndarray, iterations: int, history: int = 10,
         return _result(loop, x0, best, (math.nan, {}), 0, end, start, 0, 0)
     first = (f, terms)
     best.offer(f, x, g, terms)
-    s_hist, y_hist, hist = empty, empty, _History(history)
-    if state and "S" in state and state["S"].shape[0] <= history:
+    s_hist, y_hist, hist = empty(), empty(), _History(history)
+    if state and "S" in state and 0 < len(state["hist_sy"]) <= history:
+        k = len(state["hist_sy"])
+        for name in ("S", "Y"):  # the filled rows, last; earlier checkpoints kept only those
+            rows = np.zeros((history, n), np.float32)
+            rows[history - k:] = state[name][-k:]
+            state = state | {name: rows}
         s_hist, y_hist = to_device(state["S"], loop.device), to_device(state["Y"], loop.device)
         hist.sy, hist.yy = state["hist_sy"].astype(np.float64), state["hist_yy"].astype(np.float64)
         hist.gamma = float(state["gamma"])
@@ -189,14 +199,16 @@ def lbfgs_onnx(loop: Loop, x0: np.ndarray, iterations: int, history: int = 10,
             if float(pr["pg_max"]) == 0.0:
                 end.reason = "converged (the projected gradient is zero)"
                 break
-            p, q = hist.coefficients(pr["sg"], pr["yg"])
+            k = len(hist)  # filled rows: the last k of S and Y
+            p, q = (np.concatenate([np.zeros(history - k), c])
+                    for c in hist.coefficients(pr["sg"][history - k:], pr["yg"][history - k:]))
             dr = st["lbfgs_direction"](x=x, g=g, gf=pr["gf"], S=s_hist, Y=y_hist, p=p, q=q,
                                        gamma=np.float32(hist.gamma))
             if not float(dr["gd"]) < 0:  # rounding spoilt H: steepest descent, fresh history
-                s_hist, y_hist, hist = empty, empty, _History(history)
+                s_hist, y_hist, hist = empty(), empty(), _History(history)
                 continue
             t = 1.0 if len(hist) else 1.0 / math.sqrt(float(pr["gg"]))
-            keep = np.array([1 if len(hist) == history else 0])
+            keep = np.array([1])  # the oldest row goes (a zero one until the history is full)
             accepted = None  # (x_t, f_t, terms_t, g_t)
             for _ in range(MAX_TRIALS):
                 tr = st["project_step"](x=x, d=dr["d"], g=g, t=np.float32(t))
@@ -232,7 +244,7 @@ def lbfgs_onnx(loop: Loop, x0: np.ndarray, iterations: int, history: int = 10,
                     break
                 restarts += 1
                 x, g, f, terms = best.x, best.g, best.loss, best.terms
-                s_hist, y_hist, hist = empty, empty, _History(history)
+                s_hist, y_hist, hist = empty(), empty(), _History(history)
                 continue
             failures = 0
             x_t, f_t, terms_t, g_t = accepted
@@ -243,7 +255,8 @@ def lbfgs_onnx(loop: Loop, x0: np.ndarray, iterations: int, history: int = 10,
                 raise FloatingPointError("the gradient is not finite")
             if sy > CURVATURE * yy:  # otherwise skip the pair: H stays positive definite
                 s_hist, y_hist = up["S_new"], up["Y_new"]
-                hist.push(up["Sy"], up["Yy"], sy, yy)
+                k = min(len(hist) + 1, history)
+                hist.push(up["Sy"][history - k:], up["Yy"][history - k:], sy, yy)
             x, f, terms, g = x_t, f_t, terms_t, g_t
             done += 1
             if callback:

@@ -24,10 +24,9 @@ RUN = RunOptions()  # the defaults
 # pair), least-squares fits rounded up to the safe side (README, Memory estimate). scipy's: 2
 # iterations at 256–1024 px plus its float64 pairs by size, checked on 1024×768 runs of 35–40
 # iterations; lbfgs-onnx's: 25 iterations at 256–1024 px with history 10 and 20 (its pairs
-# cost ~4× their 24 bytes per pixel: the update's Concat makes the new S and Y while the old
-# are alive, and onnxruntime's arena keeps what it grew by — not analysed further);
-# adam's: 10 iterations at 256–768 px.
-CPU_MB = {"lbfgs": (300.0, 3350.0, 48.0), "lbfgs-onnx": (300.0, 2250.0, 102.0),
+# cost twice their 24 bytes per pixel: the update makes the new S and Y while the old are
+# alive); adam's: 10 iterations at 256–768 px.
+CPU_MB = {"lbfgs": (300.0, 3350.0, 48.0), "lbfgs-onnx": (350.0, 2850.0, 50.0),
           "adam": (400.0, 2450.0, 0.0)}
 REGION_MB = 390.0  # per megapixel per --masks region: F⊙T_r at every style layer (measured:
 #                    2 regions at 512×384 peaked at 1175 MB against 1023 MB without masks)
