@@ -117,7 +117,8 @@ class _Ending:
 
 
 class _History:
-    """The host's side of the compact form: m×m matrices of s_iᵀy_j and y_iᵀy_j, float64."""
+    """The host's side of the compact form: k×k matrices of s_iᵀy_j and y_iᵀy_j, float64,
+    for the k filled rows of S and Y — their last k (the device keeps all m rows)."""
 
     def __init__(self, m: int):
         self.m = m
@@ -129,7 +130,10 @@ class _History:
         return self.sy.shape[0]
 
     def push(self, col_sy: np.ndarray, col_yy: np.ndarray, sy: float, yy: float) -> None:
-        """Append a pair given S_new·y and Y_new·y (the new pair's own entries last)."""
+        """Append a pair given S_new·y and Y_new·y, one entry per row of S_new (the new
+        pair's own last)."""
+        k = min(len(self) + 1, self.m)
+        col_sy, col_yy = col_sy[-k:], col_yy[-k:]
         if len(self) == self.m:
             self.sy, self.yy = self.sy[1:, 1:], self.yy[1:, 1:]
         k = len(self) + 1
@@ -142,15 +146,18 @@ class _History:
 
     def coefficients(self, sg: np.ndarray, yg: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(p, q) with H·g = γg + Sᵀp + Yᵀq, from u = S·g and w = Y·g (Byrd, Nocedal &
-        Schnabel 1994, eq. 3.1): p = R⁻ᵀ((D + γYᵀY)R⁻¹u − γw), q = −γR⁻¹u."""
-        if not len(self):
-            return np.zeros(0), np.zeros(0)
+        Schnabel 1994, eq. 3.1): p = R⁻ᵀ((D + γYᵀY)R⁻¹u − γw), q = −γR⁻¹u; one entry per
+        row of S, zero for the unfilled ones."""
+        p, q, k = np.zeros(len(sg)), np.zeros(len(sg)), len(self)
+        if not k:
+            return p, q
         r = np.triu(self.sy)
         d = np.diag(np.diag(self.sy))
-        r_inv_u = solve_triangular(r, sg.astype(np.float64))
-        p = solve_triangular(r, (d + self.gamma * self.yy) @ r_inv_u
-                             - self.gamma * yg.astype(np.float64), trans="T")
-        return p, -self.gamma * r_inv_u
+        r_inv_u = solve_triangular(r, sg[-k:].astype(np.float64))
+        p[-k:] = solve_triangular(r, (d + self.gamma * self.yy) @ r_inv_u
+                                  - self.gamma * yg[-k:].astype(np.float64), trans="T")
+        q[-k:] = -self.gamma * r_inv_u
+        return p, q
 
 
 def lbfgs_onnx(loop: Loop, x0: np.ndarray, iterations: int, history: int = 10,
@@ -199,9 +206,7 @@ def lbfgs_onnx(loop: Loop, x0: np.ndarray, iterations: int, history: int = 10,
             if float(pr["pg_max"]) == 0.0:
                 end.reason = "converged (the projected gradient is zero)"
                 break
-            k = len(hist)  # filled rows: the last k of S and Y
-            p, q = (np.concatenate([np.zeros(history - k), c])
-                    for c in hist.coefficients(pr["sg"][history - k:], pr["yg"][history - k:]))
+            p, q = hist.coefficients(pr["sg"], pr["yg"])
             dr = st["lbfgs_direction"](x=x, g=g, gf=pr["gf"], S=s_hist, Y=y_hist, p=p, q=q,
                                        gamma=np.float32(hist.gamma))
             if not float(dr["gd"]) < 0:  # rounding spoilt H: steepest descent, fresh history
@@ -255,8 +260,7 @@ def lbfgs_onnx(loop: Loop, x0: np.ndarray, iterations: int, history: int = 10,
                 raise FloatingPointError("the gradient is not finite")
             if sy > CURVATURE * yy:  # otherwise skip the pair: H stays positive definite
                 s_hist, y_hist = up["S_new"], up["Y_new"]
-                k = min(len(hist) + 1, history)
-                hist.push(up["Sy"][history - k:], up["Yy"][history - k:], sy, yy)
+                hist.push(up["Sy"], up["Yy"], sy, yy)
             x, f, terms, g = x_t, f_t, terms_t, g_t
             done += 1
             if callback:
