@@ -61,12 +61,9 @@ def analyse(curves: dict, out: Path | None = None) -> list[dict]:
                 i = stop_at(losses, tau, k)
                 row = {"pair": name, "stop": i, "time_ratio": seconds[i - 1] / ref["seconds"][-1],
                        "loss_ratio": min(losses[:i]) / min(ref["loss"])}
-                if out is not None:  # the image kept nearest before the stop
-                    every = c["every"]
-                    j = max(every, (i // every) * every)
-                    a = np.asarray(_img(out / f"{name}_{j}.png"), np.float64)
-                    b = np.asarray(_img(out / f"{ref_name}_{len(ref['loss'])}.png"), np.float64)
-                    d = np.abs(a - b)
+                if out is not None:
+                    j, a, b = _pictures(curves, out, name, i)
+                    d = np.abs(np.asarray(a, np.float64) - np.asarray(b, np.float64))
                     row |= {"image_at": j, "mean_abs_diff": float(d.mean()),
                             "p99_abs_diff": float(np.percentile(d, 99))}
                 per.append(row)
@@ -127,20 +124,22 @@ def figures(curves: dict, out: Path, optimizer: str, target: Path) -> None:
     names = [n for n, c in curves.items() if c["optimizer"] == optimizer]
     stops = {n: stop_at(curves[n]["loss"], STOP_TOLERANCE, STOP_WINDOW) for n in names}
     plot(curves, target / "stop_rule_curves.png", stops, names)
-    c = curves[names[0]]
-    ref = c.get("reference", names[0])
-    kept = max(c["every"], stops[names[0]] // c["every"] * c["every"])
-    a, b = _img(out / f"{names[0]}_{kept}.png"), _img(out / f"{ref}_{len(curves[ref]['loss'])}.png")
+    _, a, b = _pictures(curves, out, names[0], stops[names[0]])
     side = Image.new("RGB", (a.width + b.width + 10, max(a.height, b.height)), "white")
     side.paste(a, (0, 0))
     side.paste(b, (a.width + 10, 0))
     side.save(target / "stop_rule.jpg", quality=90)
 
 
-def _img(path: Path):
+def _pictures(curves: dict, out: Path, name: str, stop: int):
+    """(iteration, picture) kept nearest before ``stop`` on curve ``name``, and its
+    reference's last picture."""
     from PIL import Image
 
-    return Image.open(path).convert("RGB")
+    every, ref = curves[name]["every"], curves[name].get("reference", name)
+    j = max(every, stop // every * every)
+    return (j, Image.open(out / f"{name}_{j}.png").convert("RGB"),
+            Image.open(out / f"{ref}_{len(curves[ref]['loss'])}.png").convert("RGB"))
 
 
 def main() -> None:
