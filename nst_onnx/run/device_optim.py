@@ -171,7 +171,7 @@ def lbfgs_onnx(loop: Loop, x0: np.ndarray, iterations: int, history: int = 10,
     def empty():
         """S and Y keep ``history`` rows from the start, the unfilled (oldest) ones zero: the
         update then always makes tensors of one size, which the arena reuses — growing them
-        row by row left a block of every size behind (4× the pairs' memory on the CPU)."""
+        row by row left a block of every size behind (README, Memory estimate)."""
         return to_device(np.zeros((history, n), np.float32), loop.device)
     best, done, restarts, failures, end = _Best(), 0, 0, 0, _Ending()
     x = loop.upload(x0)
