@@ -225,6 +225,11 @@ class StyleTransfer:
         self.manifest = read_manifest(self.model_dir)
         self.providers: list[str] = []  # what the loss session actually runs on
 
+    @property
+    def threads_used(self) -> int:
+        """The host threads a session runs with: CUDA sessions get one (run.runtime)."""
+        return self.threads if self.device == "cpu" else 1
+
     def _session(self, path: Path, spinning: bool = True):
         o = self.options
         return make_session(path, self.device, self.threads, tf32=o.tf32,
@@ -432,7 +437,7 @@ class StyleTransfer:
                       model={"model": problem.manifest["key"],
                              "model_sha256": problem.manifest["files"]["loss.onnx"]["sha256"]},
                       engine={"device": self.device, "providers": self.providers,
-                              "threads": self.threads if self.device == "cpu" else 1,
+                              "threads": self.threads_used,
                               "tf32": self.options.tf32 if self.device == "cuda" else None})
 
     def transfer(self, content, styles, run: RunOptions | None = None,
@@ -768,6 +773,6 @@ def bench(st: StyleTransfer, sizes: list[int], repeats: int = 5, profile: bool =
         if profile:
             rows[-1]["profile"] = _profile(st, problem, x, repeats)
     return {"device": st.device, "providers": st.providers,
-            "threads": st.threads if st.device == "cpu" else 1,
+            "threads": st.threads_used,
             "tf32": st.options.tf32, "model": st.manifest["key"],
             "peak_rss_mb": resources.peak_rss_mb(), "results": rows}
