@@ -8,7 +8,7 @@ The public names are imported on first use (PEP 562), so that ``nst`` can config
 process (BLAS threads, see ``nst_onnx.cli``) before numpy is loaded.
 """
 
-__version__ = "0.1.0"
+from ._version import __version__
 
 __all__ = ["StyleTransfer", "Problem", "Result", "NstError", "BadInput", "__version__"]
 

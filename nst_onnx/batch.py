@@ -26,12 +26,19 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .config import EngineOptions, LossSpec, LossWeights, RunOptions, settings_dict, split_settings
+from .config import (
+    NAME_TEMPLATE,
+    EngineOptions,
+    LossSpec,
+    LossWeights,
+    RunOptions,
+    settings_dict,
+    split_settings,
+)
 from .errors import BadInput, Interrupted, NstError
 from .io.atomic import sha256_file, write_bytes
-from .io.images import FORMATS, EncodedImage, encode_image, load_image
+from .io.images import FORMATS, EncodedImage, encode_image
 
-DEFAULT_TEMPLATE = "{content}__{style}.png"
 MANIFEST = "manifest.jsonl"
 SHEET = "contact_sheet.jpg"
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".tif", ".tiff", ".bmp", ".gif"}
@@ -339,7 +346,7 @@ def execute(payload: dict) -> dict:
     run = RunOptions(**payload["run"])
     weights = LossWeights(**payload["weights"])
     output = Path(payload["output"])
-    ckpt = checkpoint_path(output) if payload["checkpoint_every"] and \
+    ckpt = checkpoint_path(output) if run.checkpoint_every and \
         os.access(output.parent, os.W_OK) else None
     index = payload["index"]
 
@@ -349,14 +356,14 @@ def execute(payload: dict) -> dict:
                            "iterations": p.iterations, "loss": p.loss})
     result = st.transfer(payload["content"], payload["styles"], run, weights,
                          masks=payload["masks"], callback=progress, checkpoint=ckpt,
-                         checkpoint_every=payload["checkpoint_every"], resume="auto")
+                         resume="auto")
     if result.optimize.interrupted is not None:
         raise result.optimize.interrupted
     if result.optimize.error is not None:
         raise result.optimize.error
     summary = {k: v for k, v in result.summary().items() if k not in ("scales",)}
     summary["fingerprint"] = payload["fingerprint"]
-    from . import __version__
+    from ._version import __version__
 
     data = encode_image(result.image, output, {"nst-onnx": json.dumps(
         {"version": __version__, **summary, "output": str(output)}, default=str)})
@@ -416,15 +423,17 @@ def _ray(address: str):
 def batch(contents: list | None = None, styles: list | None = None, outdir: str | os.PathLike =
           "out", *, run: RunOptions | None = None, weights: LossWeights | None = None,
           engine: EngineOptions | None = None, spec: LossSpec | None = None,
-          jobs_file: str | os.PathLike | None = None, template: str = DEFAULT_TEMPLATE,
-          workers: int | None = None, ray: str | None = None, force: bool = False,
-          checkpoint_every: float = 60.0, log: Callable[[str], None] = print,
+          jobs_file: str | os.PathLike | None = None, template: str = NAME_TEMPLATE,
+          workers: int | None = None, ray: str | None = None, redo: bool = False,
+          log: Callable[[str], None] = print,
           progress: Callable[[dict], None] | None = None, **overrides) -> BatchResult:
     """Run a batch (module docstring); ``progress`` gets events: ``{"event": "start",
     "total"}``, ``{"event": "iteration", "index", "iteration", "iterations", "loss"}`` and
-    ``{"event": "job", "record"}``. Returns every job's manifest record."""
-    from .api import fingerprint_images, model_for
+    ``{"event": "job", "record"}``. ``redo``: run jobs already done too (``run.force`` is
+    the memory estimate's override, as everywhere). Returns every job's manifest record."""
     from .graphs.export import read_manifest as read_model_manifest
+    from .job import Inputs, fingerprint_images
+    from .run.engine import model_for
 
     start = time.perf_counter()
     run, weights = split_settings(run, weights, **overrides)
@@ -448,17 +457,16 @@ def batch(contents: list | None = None, styles: list | None = None, outdir: str 
     for job in jobs:
         base = _base_record(job, model, model_sha)
         try:
-            images = [load_image(p, what, run.max_image_pixels) for p, what in
-                      [(job.content, "content image"), *((s, "style image") for s in job.styles),
-                       *((m, "mask") for m in job.masks or [])]]
-            fp = fingerprint_images(images, job.run, job.weights, spec, model_sha)
+            inputs = Inputs.load(job.content, job.styles, job.masks, job.run.init,
+                                 job.run.max_image_pixels, lambda m: None)
+            fp = fingerprint_images(inputs.images, job.run, job.weights, spec, model_sha)
         except NstError as e:
             rec = base | {"status": "failed", "reason": str(e)}
             records[job.index] = rec
             append_record(outdir, rec)
             emit({"event": "job", "record": rec})
             continue
-        if not force and _already_done(job, fp, previous):
+        if not redo and _already_done(job, fp, previous):
             rec = base | {"status": "skipped", "fingerprint": fp,
                           "reason": "already done with the same settings, inputs and model",
                           "output_sha256": sha256_file(job.output)}
@@ -469,8 +477,7 @@ def batch(contents: list | None = None, styles: list | None = None, outdir: str 
             pending.append((job, fp))
     interrupted = None
     if pending:
-        payload_base = {"engine": dataclasses.asdict(engine), "spec": dataclasses.asdict(spec),
-                        "checkpoint_every": checkpoint_every}
+        payload_base = {"engine": dataclasses.asdict(engine), "spec": dataclasses.asdict(spec)}
         try:
             if ray_mod is not None:
                 runner = _run_ray(ray_mod, pending, payload_base, model_dir, model, engine)
@@ -496,7 +503,8 @@ def default_workers(engine: EngineOptions, run: RunOptions, jobs: int) -> int:
     estimate allows; one on a GPU (the device is shared: each worker would hold its own CUDA
     context and arena), also when ``auto`` finds one, or for a single job."""
     from .run import resources
-    from .run.runtime import physical_cores, resolve_device
+    from .run.devices import resolve_device
+    from .run.sessions import physical_cores
 
     gpu = engine.device == "cuda" or (engine.device == "auto" and
                                       resolve_device("auto")[0] == "cuda")
@@ -504,7 +512,7 @@ def default_workers(engine: EngineOptions, run: RunOptions, jobs: int) -> int:
         return 1 if not engine.threads else max(1, min(jobs, physical_cores() // engine.threads))
     by_cores = max(1, physical_cores() // 2)
     avail = resources.available_mb()
-    mpx = run.size * run.size * 0.75 / 1e6
+    mpx = run.output_size ** 2 * 0.75 / 1e6
     per_job = resources.estimate_peak_mb(mpx, run.history, optimizer=run.optimizer)
     by_memory = max(1, int(resources.HEADROOM * avail // per_job)) if avail else by_cores
     return max(1, min(by_cores, by_memory, jobs))
@@ -603,7 +611,7 @@ def _run_pool(workers: int, pending, base, models, engine: EngineOptions, emit):
     import threading
     from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 
-    from .run.runtime import physical_cores
+    from .run.sessions import physical_cores
 
     threads = engine.threads or max(1, physical_cores() // workers)
     base = base | {"engine": base["engine"] | {"threads": threads}, "models": models}

@@ -24,8 +24,17 @@ from typing import Annotated
 
 import typer
 
-from . import __version__
-from .config import STOP_TOLERANCE, STOP_WINDOW, EngineOptions, LossSpec, LossWeights, RunOptions
+from ._version import __version__
+from .config import (
+    DEFAULT_SIZE,
+    NAME_TEMPLATE,
+    STOP_TOLERANCE,
+    STOP_WINDOW,
+    EngineOptions,
+    LossSpec,
+    LossWeights,
+    RunOptions,
+)
 from .errors import BadInput, Interrupted, NstError
 
 RUN, WEIGHTS, ENGINE, SPEC = RunOptions(), LossWeights(), EngineOptions(), LossSpec()
@@ -131,7 +140,8 @@ def _settings(given: dict) -> tuple[RunOptions, LossWeights]:
                      scales=_one_or_list(_numbers(g["scales"], "--scales", int)),
                      init=g["init"], seed=g["seed"], optimizer=g["optimizer"], lr=g["lr"],
                      history=g["history"], max_image_pixels=g["max_image_pixels"] or None,
-                     force=g["force"], stop_tolerance=g["stop_tolerance"])
+                     force=g["force"], stop_tolerance=g["stop_tolerance"],
+                     checkpoint_every=g["checkpoint_every"])
     run.validate()
     weights = LossWeights(
         content_weight=g["content_weight"], style_weight=g["style_weight"],
@@ -158,7 +168,9 @@ def _log(quiet: bool):
 def export(models: ModelsOpt = None, weights: WeightsOpt = None, cache_dir: CacheOpt = None,
            pooling: PoolingOpt = SPEC.pooling, content_layers: LayersC = DEFAULT_C,
            style_layers: LayersS = DEFAULT_S,
-           force: Annotated[bool, typer.Option(help="Rebuild even if current.")] = False,
+           rebuild: Annotated[bool, typer.Option("--rebuild", help="Rebuild even if current.")]
+           = False,
+           force: Annotated[bool, typer.Option("--force", hidden=True)] = False,
            guided: Annotated[bool, typer.Option(help="Also the loss for --masks (otherwise "
                                                 "built on first use).")] = False,
            quiet: QuietOpt = False, debug: DebugOpt = False) -> None:
@@ -166,9 +178,11 @@ def export(models: ModelsOpt = None, weights: WeightsOpt = None, cache_dir: Cach
     def go():
         from .api import export as export_models
 
+        if force:  # its meaning before; --force means "ignore the memory estimate" now
+            raise BadInput("nst export --force is now --rebuild")
         for m in export_models(models_dir=models, weights=weights, cache_dir=cache_dir,
                                pooling=pooling, content_layers=content_layers,
-                               style_layers=style_layers, force=force, guided=guided,
+                               style_layers=style_layers, rebuild=rebuild, guided=guided,
                                log=_log(quiet)):
             if not quiet:
                 size = sum(f["bytes"] for f in m["files"].values()) / 1e6
@@ -182,7 +196,7 @@ def info(models: ModelsOpt = None, cache_dir: CacheOpt = None, as_json: JsonOpt 
          debug: DebugOpt = False):
     """Versions, providers and devices, exported models, cache directory, memory."""
     def go():
-        from .api import system_info
+        from .diagnostics import system_info
 
         data = system_info(models, cache_dir)
         if as_json:
@@ -220,7 +234,7 @@ def bench(sizes: Annotated[list[int] | None, typer.Option("--size", help="Square
     """Time one loss+gradient evaluation (median after a warm-up) on this machine."""
     def go():
         from .api import StyleTransfer
-        from .api import bench as run_bench
+        from .diagnostics import bench as run_bench
 
         st = StyleTransfer(device=device, threads=threads, tf32=tf32,
                            gpu_mem_limit_mb=gpu_mem_limit, models_dir=models, weights=weights,
@@ -247,7 +261,7 @@ def bench(sizes: Annotated[list[int] | None, typer.Option("--size", help="Square
 
 
 def _shared(
-    size: SizeOpt = RUN.size,
+    size: SizeOpt = DEFAULT_SIZE,
     iterations: IterationsOpt = None,
     scales: ScalesOpt = None,
     preserve_colors: PreserveOpt = WEIGHTS.preserve_colors,
@@ -270,7 +284,7 @@ def _shared(
     threads: ThreadsOpt = ENGINE.threads,
     tf32: Tf32Opt = ENGINE.tf32,
     gpu_mem_limit: GpuMemOpt = ENGINE.gpu_mem_limit_mb,
-    checkpoint_every: CheckpointOpt = 60.0,
+    checkpoint_every: CheckpointOpt = RUN.checkpoint_every,
     max_image_pixels: MaxPixelsOpt = RUN.max_image_pixels,
     models: ModelsOpt = None,
     weights: WeightsOpt = None,
@@ -331,8 +345,6 @@ def stylize(
         _check_paths(content, [*styles, *(mask_paths or [])], output, o.init, no_clobber)
         if save_every < 0:
             raise BadInput("--save-every must be ≥ 0")
-        if not o.checkpoint_every >= 0:
-            raise BadInput("--checkpoint-every must be a number of seconds ≥ 0")
         output_format(output)
         run, loss_weights = _settings(given)
         log = _log(o.quiet or o.as_json)
@@ -356,8 +368,7 @@ def stylize(
             result = st.transfer(content, styles, run, loss_weights, masks=mask_paths,
                                  callback=callback, before_run=before_run,
                                  checkpoint=checkpoint_path(output) if o.checkpoint_every or resume
-                                 else None, checkpoint_every=o.checkpoint_every,
-                                 resume="require" if resume else "never")
+                                 else None, resume="require" if resume else "never")
             signals.ignore()
             progress.close()
             w, h = result.image.size
@@ -394,30 +405,29 @@ def batch(
         "--jobs-file", help="CSV or JSON lines: content, style (or styles, ';'-separated), "
         "optional output and per-job settings (size, seed, style_weight, …).")] = None,
     name: Annotated[str, typer.Option("--name", help="Output names: {content}, {style}, "
-                                      "{index}.")] = "{content}__{style}.png",
+                                      "{index}.")] = NAME_TEMPLATE,
     workers: Annotated[int | None, typer.Option(
         "--workers", help="Local worker processes (default: from the cores and the memory "
         "estimate).")] = None,
     ray: Annotated[str | None, typer.Option(
         "--ray", help="Run the jobs as Ray tasks: auto, local, or a cluster address "
         "(host:port).")] = None,
-    force: Annotated[bool, typer.Option("--force", help="Redo jobs that are already done.")]
+    redo: Annotated[bool, typer.Option("--redo", help="Redo jobs that are already done.")]
     = False,
+    force: ForceOpt = RUN.force,
     **shared,
 ) -> None:
     """Stylise many pictures: every CONTENT × --styles pair (or --jobs-file), outputs in -o
     with a manifest.jsonl and a contact sheet; re-runs skip finished jobs and resume stopped
     ones. Exit 0 when every job succeeded, 2 when any failed."""
     o = SimpleNamespace(**shared)
-    given = {**locals(), **shared, "style_blend": None, "masks": None, "force": False}
+    given = {**locals(), **shared, "style_blend": None, "masks": None}
 
     def go():
         from .batch import batch as run_batch
 
         if not jobs_file and not (contents and styles):
             raise BadInput("give CONTENT... and --styles, or --jobs-file")
-        if not o.checkpoint_every >= 0:
-            raise BadInput("--checkpoint-every must be a number of seconds ≥ 0")
         if workers is not None and workers < 1:
             raise BadInput("--workers must be ≥ 1")
         run, loss_weights = _settings(given)
@@ -427,8 +437,7 @@ def batch(
             result = run_batch(contents or [], style_list, output, run=run,
                                weights=loss_weights, engine=engine, spec=spec,
                                jobs_file=jobs_file, template=name, workers=workers, ray=ray,
-                               force=force, checkpoint_every=o.checkpoint_every,
-                               log=_log(o.quiet or o.as_json), progress=progress)
+                               redo=redo, log=_log(o.quiet or o.as_json), progress=progress)
         if o.as_json:
             typer.echo(json.dumps({"counts": result.counts, "seconds": result.seconds,
                                    "manifest": str(result.outdir / "manifest.jsonl"),

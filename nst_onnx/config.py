@@ -16,10 +16,10 @@ import dataclasses
 import math
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from .errors import BadInput
-from .graphs.vgg19 import canonical, min_size
+from .vgg19 import canonical, min_size
 
 DEFAULT_CONTENT_LAYERS = ("relu4_2",)
 DEFAULT_STYLE_LAYERS = ("relu1_1", "relu2_1", "relu3_1", "relu4_1", "relu5_1")
@@ -40,6 +40,11 @@ STOP_WINDOW = 25  # the stop rule looks at the loss this many iterations back �
 STOP_TOLERANCE = 7e-3  # … and ends a run whose loss fell by less than this (relative);
 #                        fitted on three pairs at 512 px (README, When a picture is finished)
 MAX_HISTORY = 1000  # L-BFGS pairs; the memory estimate refuses far fewer at large sizes
+DEFAULT_SIZE = 512  # longest side of the output when none is given
+CHECKPOINT_EVERY = 60.0  # seconds of work between checkpoints
+NAME_TEMPLATE = "{content}__{style}.png"  # batch output names
+RESULT = "result"  # field metadata: False for settings that do not change the picture
+FINGERPRINT = "fingerprint"  # … False for settings recorded but not fingerprinted
 
 
 @dataclass(frozen=True)
@@ -161,7 +166,8 @@ class LossWeights:
 class RunOptions:
     """The optimisation: output size, coarse-to-fine plan, optimiser and its settings."""
 
-    size: int = 512  # longest side of the output
+    size: int | None = None  # longest side of the output; None: DEFAULT_SIZE (transfer), the
+    #                          problem's own size (run)
     iterations: int | Sequence[int] | None = None  # None: see plan_scales
     scales: int | Sequence[int] | None = None  # None: auto (coarse-to-fine from 1024 px)
     init: str | os.PathLike = "content"  # content | noise | style | an image path
@@ -174,9 +180,18 @@ class RunOptions:
     # L-BFGS pairs. 20 by measurement (lbfgs-onnx, 512 px, CPU): the loss that 10 pairs
     # reach at iteration 268 is reached at 247, for 2% more time per iteration (README)
     history: int = 20
-    max_image_pixels: int | None = MAX_PIXELS  # refuse larger input headers (None: no limit)
-    force: bool = False  # run even when the memory estimate exceeds what is available
+    max_image_pixels: int | None = field(  # refuse larger input headers (None: no limit)
+        default=MAX_PIXELS, metadata={FINGERPRINT: False})
+    # run even when the memory estimate exceeds what is available
+    force: bool = field(default=False, metadata={RESULT: False})
     stop_tolerance: float | None = None  # None: STOP_TOLERANCE unless iterations are given
+    # seconds of work between checkpoints (when the job has a checkpoint file); 0: never
+    checkpoint_every: float = field(default=CHECKPOINT_EVERY, metadata={RESULT: False})
+
+    @property
+    def output_size(self) -> int:
+        """The longest side of the output: ``size``, or DEFAULT_SIZE when none was given."""
+        return DEFAULT_SIZE if self.size is None else self.size
 
     def stop_rule(self) -> float:
         """τ of the stop rule in force: a run ends once its loss fell by less than τ
@@ -187,8 +202,10 @@ class RunOptions:
         return STOP_TOLERANCE if self.iterations is None else 0.0
 
     def validate(self) -> None:
-        if self.size < 1:
+        if self.size is not None and self.size < 1:
             raise BadInput("--size must be ≥ 1")
+        if not (self.checkpoint_every >= 0 and math.isfinite(self.checkpoint_every)):
+            raise BadInput("--checkpoint-every must be a number of seconds ≥ 0")
         if self.optimizer not in OPTIMIZERS:
             raise BadInput(f"unknown optimizer {self.optimizer!r}: use "
                            + ", ".join(OPTIMIZERS))
@@ -233,8 +250,23 @@ def split_engine(engine: EngineOptions | None = None, spec: LossSpec | None = No
 
 
 def settings_dict(run: RunOptions, weights: LossWeights, spec: LossSpec) -> dict:
-    """Everything that decides a result, as plain JSON-able values (PNG metadata, --json)."""
-    return {**{k: (str(v) if isinstance(v, os.PathLike) else v)
-               for k, v in dataclasses.asdict(run).items() if k not in ("force",)},
-            "pooling": spec.pooling, "content_layers": list(spec.content_layers),
+    """Everything that decides a result, as plain JSON-able values (PNG metadata, --json);
+    fields marked ``RESULT: False`` are left out, the size is the one in force."""
+    out = {}
+    for f in dataclasses.fields(run):
+        if f.metadata.get(RESULT, True):
+            v = getattr(run, f.name)
+            out[f.name] = str(v) if isinstance(v, os.PathLike) else v
+    out["size"] = run.output_size
+    return {**out, "pooling": spec.pooling, "content_layers": list(spec.content_layers),
             "style_layers": list(spec.style_layers), **dataclasses.asdict(weights)}
+
+
+def fingerprint_settings(run: RunOptions, weights: LossWeights, spec: LossSpec) -> dict:
+    """:func:`settings_dict` without what is recorded but does not decide the pixels
+    (fields marked ``FINGERPRINT: False``): the settings a job's fingerprint hashes."""
+    out = settings_dict(run, weights, spec)
+    for f in dataclasses.fields(run):
+        if not f.metadata.get(FINGERPRINT, True):
+            out.pop(f.name, None)
+    return out

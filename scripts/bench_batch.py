@@ -31,7 +31,7 @@ def main() -> None:
 
     from nst_onnx.batch import batch
     from nst_onnx.config import EngineOptions
-    from nst_onnx.run.runtime import physical_cores
+    from nst_onnx.run.sessions import physical_cores
 
     src = SHARED if SHARED.is_dir() else ROOT / "examples"
     contents = [src / "tubingen.jpg", src / "the_scream.jpg"]

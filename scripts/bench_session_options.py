@@ -38,7 +38,7 @@ def worker(name: str, size: int, threads: int) -> None:
     import onnxruntime as ort
 
     from nst_onnx import StyleTransfer
-    from nst_onnx.run import runtime
+    from nst_onnx.run import sessions
 
     st = StyleTransfer(device="cpu", threads=threads, log=lambda m: None)
     rng = np.random.default_rng(0)
@@ -46,7 +46,7 @@ def worker(name: str, size: int, threads: int) -> None:
     problem = st.prepare(img, img[::-1].copy(), size=size)
     feed = {"image": problem.initial("noise")[None].astype(np.float32), **problem.evaluator.fixed}
     entries = VARIANTS[name]
-    so = runtime._session_options("cpu", threads, False)
+    so = sessions._session_options("cpu", threads, False)
     if entries.get("level") == "extended":
         so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
     for k, v in entries.items():

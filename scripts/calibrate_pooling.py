@@ -1,11 +1,11 @@
-"""Measure average pooling's per-channel magnitude factors (nst_onnx/calibrate.py).
+"""Measure average pooling's per-channel magnitude factors (nst_onnx/graphs/calibrate.py).
 
 Calibrates on three pictures, then reports how well the factors carry over to two pictures
 it did not see (the bundled examples), per pool: the median over channels of
 |log(factor measured on the held-out picture / shipped factor)|.
 
     python scripts/calibrate_pooling.py                  # report only
-    python scripts/calibrate_pooling.py --write          # update nst_onnx/avg_pool_scales.json
+    python scripts/calibrate_pooling.py --write          # update nst_onnx/graphs/avg_pool_scales.json
 """
 
 from __future__ import annotations
@@ -25,8 +25,38 @@ CALIBRATE = ["shipwreck.jpg", "the_scream.jpg", "woman-with-hat-matisse.jpg"]
 HELD_OUT = [ROOT / "examples" / "tubingen.jpg", ROOT / "examples" / "starry_night.jpg"]
 
 
+def avg_pool_scales(weights, images: list[np.ndarray]) -> dict[str, np.ndarray]:
+    """{'pool1': (64,) float32, …}: per-channel factors making each average pool's mean
+    squared output over ``images`` ((1, 3, H, W) float32 each) equal the max pool's. Channels that never fire
+    on these images get their pool's median factor."""
+    from nst_onnx.config import LossSpec
+    from nst_onnx.graphs.calibrate import pooled_channel_sums, pre_pool_layers
+    from nst_onnx.graphs.networks import build_features_graph
+    from nst_onnx.run.sessions import make_session
+
+    def pooled_mean(pooling: str, layer: str, scales: dict) -> np.ndarray:
+        model = build_features_graph(weights, LossSpec((layer,), (layer,), pooling), scales)
+        session = make_session(model.SerializeToString())
+        sums, count = 0.0, 0
+        for image in images:
+            s, n = pooled_channel_sums(session.run([f"features_{layer}"], {"image": image})[0],
+                                       pooling)
+            sums, count = sums + s, count + n
+        return sums / count
+
+    scales: dict[str, np.ndarray] = {}
+    for b, layer in enumerate(pre_pool_layers(), start=1):
+        want = pooled_mean("max", layer, {})
+        got = pooled_mean("avg", layer, scales)
+        live = got > 1e-6 * got.max()
+        factor = np.sqrt(want / np.where(live, got, 1.0))
+        factor[~live] = np.median(factor[live])
+        scales[f"pool{b}"] = factor.astype(np.float32)
+    return scales
+
+
 def main() -> None:
-    from nst_onnx.graphs.calibrate import SCALES_FILE, avg_pool_scales
+    from nst_onnx.graphs.calibrate import SCALES_FILE
     from nst_onnx.graphs.weights import load_weights
     from nst_onnx.io.images import fit_longest_side, load_image, to_nchw
 

@@ -126,7 +126,8 @@ def main() -> None:
     from nst_onnx.graphs.weights import load_weights
     from nst_onnx.run import resources
     from nst_onnx.run.binding import Evaluator
-    from nst_onnx.run.runtime import cuda_problem, installed_runtimes
+    from nst_onnx.run.cuda import installed_runtimes
+    from nst_onnx.run.devices import cuda_problem
 
     gpu = "cpu" if args.smoke else "cuda"
     small, sizes, iterations, repeats = (48, (64, 96), 5, 2) if args.smoke else \

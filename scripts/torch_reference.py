@@ -9,8 +9,8 @@ import torch
 import torch.nn.functional as F
 
 from nst_onnx.config import LossSpec
-from nst_onnx.graphs.vgg19 import MEAN_BGR, convs_up_to
 from nst_onnx.graphs.weights import Weights
+from nst_onnx.vgg19 import MEAN_BGR, convs_up_to
 
 
 class TorchLoss:

@@ -8,7 +8,7 @@ from onnx import helper
 
 from nst_onnx.graphs.builder import GraphBuilder
 from nst_onnx.graphs.interface import Interface, Tensor
-from nst_onnx.run.runtime import make_session
+from nst_onnx.run.sessions import make_session
 
 _DTYPES = {np.dtype(np.float32): "float32", np.dtype(np.int64): "int64",
            np.dtype(np.bool_): "bool"}

@@ -67,7 +67,7 @@ def test_grid_manifest_sheet_and_idempotent_rerun(models_dir, inputs, tmp_path):
     r = nst(models_dir, "batch", str(c), "--styles", str(s), "-o", str(out), *ARGS)
     assert r.exit_code == 0 and time.perf_counter() - t < 5, r.output
     assert [x["status"] for x in manifest(out)[4:]] == ["skipped"] * 4
-    r = nst(models_dir, "batch", str(c), "--styles", str(s), "-o", str(out), *ARGS, "--force",
+    r = nst(models_dir, "batch", str(c), "--styles", str(s), "-o", str(out), *ARGS, "--redo",
             "--workers", "1")
     assert [x["status"] for x in manifest(out)[8:]] == ["done"] * 4
     # the manifest gone, the PNG metadata still says what made each output
@@ -207,12 +207,12 @@ def test_one_worker_when_auto_finds_a_gpu(monkeypatch):
     CUDA the batch runs one worker, as with --device cuda; on the CPU one per two cores."""
     from nst_onnx.batch import default_workers
     from nst_onnx.config import EngineOptions, RunOptions
-    from nst_onnx.run import runtime
+    from nst_onnx.run import devices, sessions
 
-    monkeypatch.setattr(runtime, "physical_cores", lambda: 8)
-    monkeypatch.setattr(runtime, "cuda_problem", lambda debug=False: None)
+    monkeypatch.setattr(sessions, "physical_cores", lambda: 8)
+    monkeypatch.setattr(devices, "cuda_problem", lambda debug=False: None)
     assert default_workers(EngineOptions(device="auto"), RunOptions(size=64), 8) == 1
-    monkeypatch.setattr(runtime, "cuda_problem", lambda debug=False: "no GPU")
+    monkeypatch.setattr(devices, "cuda_problem", lambda debug=False: "no GPU")
     assert default_workers(EngineOptions(device="auto"), RunOptions(size=64), 8) == 4
 
 

@@ -259,7 +259,7 @@ def test_bench_profile_is_refused_on_cuda():
     'kernels' for a 14.6 ms evaluation): refused in one line instead of a wrong split."""
     from types import SimpleNamespace
 
-    from nst_onnx.api import bench
+    from nst_onnx.diagnostics import bench
     from nst_onnx.errors import BadInput
 
     with pytest.raises(BadInput, match="Nsight"):

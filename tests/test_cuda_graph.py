@@ -68,9 +68,9 @@ def test_loss_graph_uses_only_ops_with_cuda_kernels(spec):
     assert not off_the_gpu(model)
 
 
-@pytest.mark.parametrize("step", STEP_GRAPHS, ids=lambda s: s[0]().file)
-def test_step_graphs_use_only_ops_with_cuda_kernels(step):
-    assert not off_the_gpu(step[1]())
+@pytest.mark.parametrize("name", STEP_GRAPHS)
+def test_step_graphs_use_only_ops_with_cuda_kernels(name):
+    assert not off_the_gpu(STEP_GRAPHS[name][1]())
 
 
 def test_the_check_catches_shape_arithmetic():

@@ -14,7 +14,7 @@ import pytest
 from typer.testing import CliRunner
 
 from nst_onnx.cli import app
-from nst_onnx.run import runtime
+from nst_onnx.run import cuda, sessions
 
 pytestmark = pytest.mark.skipif("CUDAExecutionProvider" in ort.get_available_providers(),
                                 reason="this machine has onnxruntime-gpu")
@@ -63,30 +63,30 @@ PRELOAD_LOG = "\n".join([
 
 
 def test_diagnosis_names_missing_libraries(monkeypatch):
-    monkeypatch.setattr(runtime, "runtime_clash", lambda: None)
-    monkeypatch.setattr(runtime, "nvidia_driver_version", lambda: (580, 65))
-    line = runtime.diagnose_cuda(PRELOAD_LOG)
+    monkeypatch.setattr(cuda, "runtime_clash", lambda: None)
+    monkeypatch.setattr(cuda, "nvidia_driver_version", lambda: (580, 65))
+    line = cuda.diagnose_cuda(PRELOAD_LOG)
     assert "libcublasLt.so.13, libcurand.so.10" in line and "NST_ONNX_RUNTIME=cuda" in line
     assert "\n" not in line
 
 
 def test_diagnosis_no_driver_and_old_driver(monkeypatch):
-    monkeypatch.setattr(runtime, "runtime_clash", lambda: None)
-    monkeypatch.setattr(runtime, "nvidia_driver_version", lambda: None)
-    monkeypatch.setattr(runtime, "_libcuda_loads", lambda: False)
-    assert "no NVIDIA GPU driver" in runtime.diagnose_cuda(PRELOAD_LOG)
-    monkeypatch.setattr(runtime, "nvidia_driver_version", lambda: (535, 104))
-    monkeypatch.setattr(runtime, "_driver_needed", lambda: (13, 580))
-    line = runtime.diagnose_cuda("")
+    monkeypatch.setattr(cuda, "runtime_clash", lambda: None)
+    monkeypatch.setattr(cuda, "nvidia_driver_version", lambda: None)
+    monkeypatch.setattr(cuda, "_libcuda_loads", lambda: False)
+    assert "no NVIDIA GPU driver" in cuda.diagnose_cuda(PRELOAD_LOG)
+    monkeypatch.setattr(cuda, "nvidia_driver_version", lambda: (535, 104))
+    monkeypatch.setattr(cuda, "_driver_needed", lambda: (13, 580))
+    line = cuda.diagnose_cuda("")
     assert "driver 535.104 is older than CUDA 13 needs (≥ 580)" in line and "cuda12" in line
 
 
 def test_two_runtime_builds_are_a_clash_with_a_fix(monkeypatch):
-    monkeypatch.setattr(runtime, "installed_runtimes", lambda: ["onnxruntime", "onnxruntime-gpu"])
-    line = runtime.runtime_clash()
+    monkeypatch.setattr(cuda, "installed_runtimes", lambda: ["onnxruntime", "onnxruntime-gpu"])
+    line = cuda.runtime_clash()
     assert "overwrite each other" in line
     assert "pip uninstall -y onnxruntime onnxruntime-gpu" in line and "[cuda,cudnn]" in line
-    assert runtime.diagnose_cuda(PRELOAD_LOG) == line
+    assert cuda.diagnose_cuda(PRELOAD_LOG) == line
 
 
 def test_info_reports_runtimes_and_cuda(models_dir):
@@ -97,10 +97,10 @@ def test_info_reports_runtimes_and_cuda(models_dir):
 
 
 def test_cuda_sessions_are_exact_float32_and_lean():
-    opts = runtime.cuda_provider_options(tf32=False, gpu_mem_limit_mb=1024)
+    opts = sessions.cuda_provider_options(tf32=False, gpu_mem_limit_mb=1024)
     assert opts["use_tf32"] == "0" and opts["arena_extend_strategy"] == "kSameAsRequested"
     assert opts["cudnn_conv_algo_search"] == "EXHAUSTIVE" and opts["gpu_mem_limit"] == str(2 ** 30)
-    so = runtime._session_options("cuda", threads=8, debug=False)
+    so = sessions._session_options("cuda", threads=8, debug=False)
     assert so.intra_op_num_threads == 1
     assert so.get_session_config_entry("session.intra_op.allow_spinning") == "0"
 
@@ -108,17 +108,17 @@ def test_cuda_sessions_are_exact_float32_and_lean():
 def test_shared_cuda_arena_falls_back_to_own_arenas(monkeypatch):
     """Where onnxruntime cannot make the shared device arena (here: the CPU build), or it is
     turned off, sessions keep their own: no error, no shared-arena config entry."""
-    monkeypatch.setattr(runtime, "_CUDA_ARENA", None)
-    assert runtime._register_cuda_arena(runtime.cuda_provider_options()) is False
-    assert runtime._CUDA_ARENA == {}
-    monkeypatch.setattr(runtime, "_CUDA_ARENA", {"gpu_mem_limit": None})
+    monkeypatch.setattr(sessions, "_CUDA_ARENA", None)
+    assert sessions._register_cuda_arena(sessions.cuda_provider_options()) is False
+    assert sessions._CUDA_ARENA == {}
+    monkeypatch.setattr(sessions, "_CUDA_ARENA", {"gpu_mem_limit": None})
     monkeypatch.setenv("NST_ONNX_CUDA_SHARED_ARENA", "0")
-    assert runtime._register_cuda_arena(runtime.cuda_provider_options()) is False
+    assert sessions._register_cuda_arena(sessions.cuda_provider_options()) is False
     monkeypatch.delenv("NST_ONNX_CUDA_SHARED_ARENA")
     # a session asking another memory limit than the arena was made with keeps its own
-    monkeypatch.setattr(runtime, "_CUDA_ARENA", runtime.cuda_provider_options())
-    assert runtime._register_cuda_arena(runtime.cuda_provider_options()) is True
-    assert runtime._register_cuda_arena(runtime.cuda_provider_options(
+    monkeypatch.setattr(sessions, "_CUDA_ARENA", sessions.cuda_provider_options())
+    assert sessions._register_cuda_arena(sessions.cuda_provider_options()) is True
+    assert sessions._register_cuda_arena(sessions.cuda_provider_options(
         gpu_mem_limit_mb=512)) is False
 
 
@@ -142,12 +142,12 @@ def test_cuda_out_of_memory_becomes_one_line_and_other_errors_pass():
     err = RuntimeError("Non-zero status code returned while running Relu node. Name:'relu1_2' "
                        "... Available memory of 11535104 is smaller than requested bytes of "
                        "50331648")
-    with pytest.raises(runtime.DeviceOutOfMemory, match=r"^the GPU ran out .*requested bytes"):
-        with runtime.out_of_memory_as("cuda", "the GPU ran out of memory ({e})"):
+    with pytest.raises(cuda.DeviceOutOfMemory, match=r"^the GPU ran out .*requested bytes"):
+        with cuda.out_of_memory_as("cuda", "the GPU ran out of memory ({e})"):
             raise err
     with pytest.raises(RuntimeError):  # on the CPU, or another error: unchanged
-        with runtime.out_of_memory_as("cpu", "the GPU ran out of memory"):
+        with cuda.out_of_memory_as("cpu", "the GPU ran out of memory"):
             raise err
     with pytest.raises(ValueError):
-        with runtime.out_of_memory_as("cuda", "the GPU ran out of memory"):
+        with cuda.out_of_memory_as("cuda", "the GPU ran out of memory"):
             raise ValueError("shape mismatch")

@@ -12,10 +12,10 @@ import reference as ref
 from nst_onnx.config import LossSpec
 from nst_onnx.graphs.interface import inv_sizes, loss_io
 from nst_onnx.graphs.networks import build_features_graph, build_loss_graph
-from nst_onnx.graphs.vgg19 import CONVS
 from nst_onnx.graphs.weights import LayerWeights, Weights
 from nst_onnx.run.binding import Evaluator
-from nst_onnx.run.runtime import make_session
+from nst_onnx.run.sessions import make_session
+from nst_onnx.vgg19 import CONVS
 
 
 def random_weights(seed: int, upto: str = "conv2_2") -> Weights:

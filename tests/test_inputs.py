@@ -147,7 +147,7 @@ def test_kill_9_during_save_keeps_the_previous_file(tmp_path):
 
 def test_non_finite_loss_stops_and_keeps_best():
     from nst_onnx.run.binding import Terms
-    from nst_onnx.run.optimize import lbfgs
+    from nst_onnx.run.scipy_lbfgs import lbfgs
 
     calls = []
 
@@ -159,7 +159,7 @@ def test_non_finite_loss_stops_and_keeps_best():
         return Terms(loss, (2 * (x - 100.0)).astype(np.float32)[None], {})
 
     x0 = np.zeros((3, 4, 5))
-    res = lbfgs(evaluate, x0, iterations=50)
+    res = lbfgs(evaluate, x0, iterations=50, history=10)
     assert "not finite" in res.stop_reason
     assert np.isfinite(res.loss) and res.loss < np.sum((x0 - 100.0) ** 2)
     assert np.all((res.x >= 0) & (res.x <= 255))

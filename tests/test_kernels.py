@@ -14,7 +14,14 @@ import pytest
 from kernels import expect, run_kernel
 
 from nst_onnx.graphs import ops
-from nst_onnx.graphs.losses import ContentLoss, GuidedStyleLoss, StyleLoss, TotalVariation
+from nst_onnx.graphs.losses import (
+    ContentLoss,
+    GuidedStyleLoss,
+    LayerApply,
+    Scale,
+    StyleLoss,
+    TotalVariation,
+)
 
 RNG = np.random.default_rng(7)
 
@@ -202,3 +209,37 @@ def test_total_variation_and_grad():
         return 0.5 * (np.sum(np.diff(z, axis=2) ** 2) + np.sum(np.diff(z, axis=3) ** 2))
     assert value == pytest.approx(ref(x.astype(np.float64)), rel=1e-5)
     np.testing.assert_allclose(grad, 3.0 * numeric_grad(ref, x, eps=1e-3), rtol=1e-4, atol=1e-3)
+
+
+def test_layer_apply_routes_the_loss_to_its_layer():
+    """LayerApply alone: the loss of the named activation, its gradient returned under that
+    name (and only that one), the backward's scale passed through."""
+    f, p = f32(1, 2, 3, 4), f32(1, 2, 3, 4)
+    inv_n = np.array(1 / f.size, np.float32)
+
+    def build(g, fi, _, pi, ni, si):
+        value, grads = LayerApply(ContentLoss(pi, ni), "relu4_2")(g, {"relu4_2": fi, "x": _})
+        assert [layer for layer, _ in grads] == ["relu4_2"]
+        return value, grads[0][1](si)
+    value, grad = run_kernel(build, {"f": f, "other": f32(1, 2, 3, 4), "p": p, "inv_n": inv_n,
+                                     "s": np.array(2.0, np.float32)}, 2)
+    assert value == pytest.approx(np.mean((f.astype(np.float64) - p) ** 2), rel=1e-5)
+    np.testing.assert_allclose(grad, 2.0 * 2 * (f - p) / f.size, rtol=1e-5, atol=1e-7)
+
+
+def test_scale_weights_the_loss_and_every_gradient():
+    """Scale alone: w·loss, and w·(the backward's scale)·∂loss/∂f — with no scale from the
+    backward (None), w itself."""
+    f, p = f32(1, 2, 3, 4), f32(1, 2, 3, 4)
+    inv_n = np.array(1 / f.size, np.float32)
+    for outer in (None, 3.0):
+        def build(g, fi, pi, ni, wi, *si):
+            value, grads = Scale(LayerApply(ContentLoss(pi, ni), "a"), wi)(g, {"a": fi})
+            return value, grads[0][1](si[0] if si else None)
+        feeds = {"f": f, "p": p, "inv_n": inv_n, "w": np.array(0.5, np.float32)}
+        if outer is not None:
+            feeds["s"] = np.array(outer, np.float32)
+        value, grad = run_kernel(build, feeds, 2)
+        assert value == pytest.approx(0.5 * np.mean((f.astype(np.float64) - p) ** 2), rel=1e-5)
+        np.testing.assert_allclose(grad, 0.5 * (outer or 1.0) * 2 * (f - p) / f.size,
+                                   rtol=1e-5, atol=1e-7)

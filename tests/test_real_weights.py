@@ -8,7 +8,7 @@ import reference as ref
 from conftest import ROOT
 
 from nst_onnx.config import LossSpec
-from nst_onnx.run.runtime import make_session
+from nst_onnx.run.sessions import make_session
 
 
 def _dense(weights):

@@ -19,16 +19,16 @@ from nst_onnx.graphs.interface import Interface, Tensor
 from nst_onnx.graphs.steps import STEP_GRAPHS
 from nst_onnx.run.binding import DeviceGraph, Traffic, to_device
 from nst_onnx.run.device_optim import Loop, _History, adam_onnx, lbfgs_onnx
-from nst_onnx.run.runtime import make_session
+from nst_onnx.run.sessions import make_session
 
 SHAPE = (1, 3, 4, 5)
 N = int(np.prod(SHAPE))
 
 
 def steps(traffic: Traffic) -> dict[str, DeviceGraph]:
-    return {io().file.removesuffix(".onnx"):
-            DeviceGraph(make_session(build().SerializeToString(), threads=1), io(), "cpu", traffic)
-            for io, build in STEP_GRAPHS}
+    return {name: DeviceGraph(make_session(build().SerializeToString(), threads=1), io(), "cpu",
+                              traffic)
+            for name, (io, build) in STEP_GRAPHS.items()}
 
 
 def ov(a):
@@ -57,15 +57,14 @@ def test_direction_is_the_two_loop_recursion():
     x = rng.uniform(50, 200, N)  # interior: every variable is free
     g = rng.standard_normal(N)
     s_list, y_list = [], []
-    s_hist = y_hist = to_device(np.zeros((0, N)), "cpu")
+    s_hist = y_hist = to_device(np.zeros((5, N)), "cpu")  # all rows from the start, unfilled 0
     hist = _History(5)
     x_prev, g_prev = x.copy(), g.copy()
     for _ in range(7):  # more pairs than the memory: the oldest are dropped
         s = rng.standard_normal(N)
         x_new, g_new = x_prev + s, g_prev + hess @ s
         up = st["lbfgs_update"](x=ov(x_prev), x_t=ov(x_new), g=ov(g_prev), g_t=ov(g_new),
-                                S=s_hist, Y=y_hist,
-                                keep_from=np.array([1 if len(hist) == 5 else 0]))
+                                S=s_hist, Y=y_hist)
         assert float(up["sy"]) == pytest.approx(s @ (hess @ s), rel=1e-4)
         s_row = up["S_new"].numpy()[-1].astype(np.float64)  # float32 x_new − x_prev
         np.testing.assert_allclose(s_row, s, atol=1e-4)

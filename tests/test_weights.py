@@ -104,7 +104,7 @@ def test_keras_h5_weights_export_the_same_network(tmp_path, real_weights):
     h5py = pytest.importorskip("h5py")
     from nst_onnx.config import LossSpec
     from nst_onnx.graphs.export import export_model, read_manifest
-    from nst_onnx.graphs.vgg19 import CONVS
+    from nst_onnx.vgg19 import CONVS
 
     path = tmp_path / "vgg19_weights_tf_dim_ordering_tf_kernels_notop.h5"
     with h5py.File(path, "w") as f:

@@ -11,7 +11,7 @@ everything after it. The graph applies them as one ``Mul`` per pool (its gradien
 ``Mul``).
 
 The factors ship with the package (``avg_pool_scales.json``), measured by
-``scripts/calibrate_pooling.py`` on three public-domain pictures; the tests check them on two
+``scripts/calibrate_pooling.py`` (which runs the sessions; this module builds nothing and runs nothing) on three public-domain pictures; the tests check them on two
 others (``examples/``). A 1/f-noise image was tried as a file-free calibration and is 30% off
 at pool4 — deep features need real pictures.
 """
@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .vgg19 import BLOCKS
+from ..vgg19 import BLOCKS
 
 SCALES_FILE = Path(__file__).with_name("avg_pool_scales.json")
 
@@ -40,35 +40,6 @@ def pooled_channel_sums(a: np.ndarray, kind: str) -> tuple[np.ndarray, int]:
     v = a[0, :, : h // 2 * 2, : w // 2 * 2].astype(np.float64).reshape(c, h // 2, 2, w // 2, 2)
     p = v.max(axis=(2, 4)) if kind == "max" else v.mean(axis=(2, 4))
     return np.square(p).sum(axis=(1, 2)), p[0].size
-
-
-def avg_pool_scales(weights, images: list[np.ndarray]) -> dict[str, np.ndarray]:
-    """{'pool1': (64,) float32, …}: per-channel factors making each average pool's mean
-    squared output over ``images`` ((1, 3, H, W) float32 each) equal the max pool's. Channels that never fire
-    on these images get their pool's median factor."""
-    from ..config import LossSpec
-    from ..run.runtime import make_session
-    from .networks import build_features_graph
-
-    def pooled_mean(pooling: str, layer: str, scales: dict) -> np.ndarray:
-        model = build_features_graph(weights, LossSpec((layer,), (layer,), pooling), scales)
-        session = make_session(model.SerializeToString())
-        sums, count = 0.0, 0
-        for image in images:
-            s, n = pooled_channel_sums(session.run([f"features_{layer}"], {"image": image})[0],
-                                       pooling)
-            sums, count = sums + s, count + n
-        return sums / count
-
-    scales: dict[str, np.ndarray] = {}
-    for b, layer in enumerate(pre_pool_layers(), start=1):
-        want = pooled_mean("max", layer, {})
-        got = pooled_mean("avg", layer, scales)
-        live = got > 1e-6 * got.max()
-        factor = np.sqrt(want / np.where(live, got, 1.0))
-        factor[~live] = np.median(factor[live])
-        scales[f"pool{b}"] = factor.astype(np.float32)
-    return scales
 
 
 def load_scales(path: Path = SCALES_FILE) -> tuple[dict[str, np.ndarray], dict]:

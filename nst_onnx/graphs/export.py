@@ -23,19 +23,19 @@ import numpy as np
 import onnx
 import onnxruntime
 
-from .. import __version__
+from .._version import __version__
 from ..config import LossSpec
 from ..errors import ModelError
 from ..io.atomic import write_bytes
+from ..vgg19 import MEAN_BGR
 from .builder import OPSET
 from .calibrate import load_scales
 from .interface import features_io, loss_io
 from .networks import build_features_graph, build_loss_graph
 from .steps import STEP_GRAPHS
-from .vgg19 import MEAN_BGR
 from .weights import Weights, default_cache_dir, load_weights, weights_identity
 
-FORMAT = 3  # bump when graphs change incompatibly; older model directories are re-exported
+FORMAT = 4  # bump when graphs change incompatibly; older model directories are re-exported
 MODEL_GRAPHS = ((features_io, build_features_graph), (loss_io, build_loss_graph))
 CHECKOUT = Path(__file__).resolve().parents[2]
 
@@ -93,7 +93,7 @@ def export_model(spec: LossSpec, models_dir: Path | None = None, weights: Weight
     files, io = {}, {}
     graphs = [(declare(spec), lambda b=build: b(weights, spec, pool_scales))
               for declare, build in MODEL_GRAPHS]
-    graphs += [(declare(), build) for declare, build in STEP_GRAPHS]
+    graphs += [(declare(), build) for declare, build in STEP_GRAPHS.values()]
     for iface, build in graphs:
         data = build().SerializeToString()
         write_bytes(out / iface.file, data)
@@ -136,7 +136,7 @@ def _current_manifest(out: Path, spec: LossSpec) -> dict | None:
     ok = (m.get("format") == FORMAT and m.get("key") == spec.key
           and (spec.pooling != "avg" or m.get("avg_pool_rescale") is not None)
           and all((out / declare(spec).file).exists() for declare, _ in MODEL_GRAPHS)
-          and all((out / declare().file).exists() for declare, _ in STEP_GRAPHS))
+          and all((out / declare().file).exists() for declare, _ in STEP_GRAPHS.values()))
     return m if ok else None
 
 
@@ -150,7 +150,7 @@ def read_manifest(model_dir: Path, verify: bool = True) -> dict:
             from None
     if m.get("format") != FORMAT:
         raise ModelError(f"model in {model_dir} has format {m.get('format')}, this nst-onnx "
-                         f"reads {FORMAT}; {fix} --force")
+                         f"reads {FORMAT}; {fix} --rebuild")
     if verify:
         for name, info in m["files"].items():
             try:
@@ -159,5 +159,5 @@ def read_manifest(model_dir: Path, verify: bool = True) -> dict:
                 raise ModelError(f"model file {model_dir / name} is missing; {fix}") from None
             if digest != info["sha256"]:
                 raise ModelError(f"model file {model_dir / name} does not match its manifest "
-                                 f"(corrupt or modified); {fix} --force")
+                                 f"(corrupt or modified); {fix} --rebuild")
     return m

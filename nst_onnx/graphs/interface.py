@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import numpy as np
 from onnx import helper
 
-from .vgg19 import channels, downsampling
+from ..vgg19 import channels, downsampling
 
 DTYPES = {"float32": 1, "int64": 7, "bool": 9}  # onnx TensorProto codes
 TERM_GROUPS = ("content", "style", "tv")

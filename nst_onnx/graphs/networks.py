@@ -18,11 +18,11 @@ import onnx
 from onnx import TensorProto
 
 from ..config import LossSpec
+from ..vgg19 import Conv, channels, convs_up_to, downsampling, pool_before
 from . import ops
 from .builder import GraphBuilder
 from .interface import features_io, loss_io, sized_layers, term_name
 from .losses import ContentLoss, GradFn, GuidedStyleLoss, LayerApply, Scale, StyleLoss, TotalVariation
-from .vgg19 import Conv, channels, convs_up_to, downsampling, pool_before
 from .weights import LayerWeights, Weights
 
 PoolScales = Mapping[str, np.ndarray]  # 'pool1' … 'pool4' → per-channel factor

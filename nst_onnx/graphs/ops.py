@@ -10,8 +10,8 @@ from __future__ import annotations
 import numpy as np
 from onnx import helper
 
+from ..vgg19 import MEAN_BGR
 from .builder import FLOAT, GraphBuilder
-from .vgg19 import MEAN_BGR
 
 POOL = dict(kernel_shape=[2, 2], strides=[2, 2])
 

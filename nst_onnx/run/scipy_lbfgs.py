@@ -1,72 +1,19 @@
-"""The host optimiser: scipy's L-BFGS-B (``--optimizer lbfgs``) within [0, 255], and what every
-optimiser shares (``Progress``, ``OptimizeResult``). The device optimisers (``lbfgs-onnx``,
-``adam``) are in :mod:`.device_optim`.
-
-Every optimiser keeps the best iterate seen and returns it, whatever ends the run: the
-iteration budget, convergence, a failed line search (restarts from the best point a few
-times first), a non-finite loss, the GPU's memory, or an interrupt (Ctrl-C / SIGTERM).
-"""
+"""The host optimiser: scipy's L-BFGS-B (``--optimizer lbfgs``) within [0, 255], the
+reference the device optimisers (:mod:`.device_optim`) are measured against. What every
+optimiser shares is in :mod:`.progress`."""
 
 from __future__ import annotations
 
-import functools
 import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 
 import numpy as np
 
 from ..config import HIGH, LOW
-from ..errors import Finished, Interrupted, NstError
-from ..graphs.interface import group_terms
+from ..errors import Interrupted
 from .binding import Terms
-
-MAX_RESTARTS = 3
-
-
-@dataclass
-class Progress:
-    """What a callback sees after each iteration. ``x`` is fetched on first access: a device
-    optimiser's image stays on the device unless a callback asks for it."""
-
-    iteration: int
-    iterations: int
-    evaluations: int
-    loss: float
-    terms: dict[str, float]
-    seconds: float
-    fetch: Callable[[], np.ndarray] = field(repr=False)
-    state: Callable[[], dict[str, np.ndarray]] = field(default=lambda: {}, repr=False)
-    """The optimiser's state beyond x, to resume it (fetched only when called)."""
-
-    @functools.cached_property
-    def x(self) -> np.ndarray:
-        """The current image, float64 (3, H, W); do not modify."""
-        return self.fetch()
-
-    @property
-    def groups(self) -> dict[str, float]:
-        """The terms summed per group: {'content': …, 'style': …, 'tv': …}."""
-        return group_terms(self.terms)
-
-
-@dataclass
-class OptimizeResult:
-    x: np.ndarray
-    loss: float
-    terms: dict[str, float]
-    initial_loss: float
-    initial_terms: dict[str, float]
-    iterations: int
-    evaluations: int
-    stop_reason: str
-    seconds: float
-    restarts: int = 0
-    eval_seconds: float = 0.0  # inside the loss-and-gradient evaluations
-    host_bytes: int = 0  # crossed between host arrays and the sessions (set by the caller)
-    interrupted: Interrupted | None = field(default=None, repr=False)
-    error: NstError | None = field(default=None, repr=False)  # stopped the run (e.g. GPU memory)
+from .progress import LINE_SEARCH_FAILED, MAX_RESTARTS, Callback, Ending, OptimizeResult, Progress
 
 
 class _Tracker:
@@ -97,7 +44,7 @@ class _Tracker:
 
 
 def lbfgs(evaluate: Callable[[np.ndarray], Terms], x0: np.ndarray, iterations: int,
-          history: int = 10, callback: Callable[[Progress], None] | None = None) -> OptimizeResult:
+          history: int, callback: Callback | None = None) -> OptimizeResult:
     """L-BFGS-B on the flattened image in float64, bounds [0, 255].
 
     ``evaluate`` takes a (3, H, W) float64 image. The loss is scaled internally so f starts
@@ -111,7 +58,6 @@ def lbfgs(evaluate: Callable[[np.ndarray], Terms], x0: np.ndarray, iterations: i
     start = time.perf_counter()
     done = 0
     restarts = 0
-    reason = "iteration budget reached"
     try:
         first = track(x0.ravel().astype(np.float64))
     except Interrupted as e:
@@ -132,39 +78,30 @@ def lbfgs(evaluate: Callable[[np.ndarray], Terms], x0: np.ndarray, iterations: i
             callback(Progress(done, iterations, track.evaluations, last.loss, last.terms,
                               time.perf_counter() - start, lambda: xk.reshape(shape)))
 
-    interrupted, error = None, None
+    end = Ending()
     x = x0.ravel().astype(np.float64)
     while done < iterations:
-        try:
-            res = minimize(fun, x, jac=True, method="L-BFGS-B", bounds=Bounds(LOW, HIGH), callback=cb,
-                           options={"maxiter": iterations - done, "maxcor": history,
-                                    "ftol": 0.0, "gtol": 0.0,
-                                    "maxfun": max(2 * (iterations - done), 20),
-                                    "maxls": 40})
-        except Interrupted as e:
-            interrupted, reason = e, "interrupted"
-            break
-        except Finished as e:
-            reason = str(e)
-            break
-        except (FloatingPointError, NstError) as e:
-            reason = f"stopped: {e}; kept the best image"
-            error = e if isinstance(e, NstError) else None
+        with end:
+            res = minimize(fun, x, jac=True, method="L-BFGS-B", bounds=Bounds(LOW, HIGH),
+                           callback=cb, options={"maxiter": iterations - done, "maxcor": history,
+                                                 "ftol": 0.0, "gtol": 0.0,
+                                                 "maxfun": max(2 * (iterations - done), 20),
+                                                 "maxls": 40})
+        if end.stopped:
             break
         msg = res.message if isinstance(res.message, str) else res.message.decode()
         if done >= iterations or res.nit >= iterations:
-            reason = "iteration budget reached"
             break
         if "ABNORMAL" in msg.upper() and restarts < MAX_RESTARTS:
             restarts += 1  # line search failed: restart with a fresh history from the best point
             x = track.best_x.copy()
             continue
-        reason = _explain(msg)
+        end.reason = _explain(msg)
         break
     return OptimizeResult(_shaped(track, x0), track.best_loss, track.best_terms,
-                          first.loss, first.terms, done, track.evaluations, reason,
+                          first.loss, first.terms, done, track.evaluations, end.reason,
                           time.perf_counter() - start, restarts, track.seconds,
-                          interrupted=interrupted, error=error)
+                          interrupted=end.interrupted, error=end.error)
 
 
 def _shaped(track: _Tracker, x0: np.ndarray) -> np.ndarray:
@@ -175,7 +112,7 @@ def _shaped(track: _Tracker, x0: np.ndarray) -> np.ndarray:
 def _explain(msg: str) -> str:
     m = msg.upper()
     if "ABNORMAL" in m:
-        return "line search failed repeatedly (no further progress possible); kept the best image"
+        return LINE_SEARCH_FAILED
     if "REL_REDUCTION_OF_F" in m or "PROJG" in m:
         return "converged"
     if "MAXFUN" in m or "TOTAL NO. OF F" in m:

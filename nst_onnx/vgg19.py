@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..errors import BadInput
+from .errors import BadInput
 
 BLOCKS: tuple[int, ...] = (2, 2, 4, 4, 4)  # convolutions per block
 CHANNELS: tuple[int, ...] = (64, 128, 256, 512, 512)
