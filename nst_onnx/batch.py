@@ -432,7 +432,6 @@ def batch(contents: list | None = None, styles: list | None = None, outdir: str 
     ``{"event": "job", "record"}``. ``redo``: run jobs already done too (``run.force`` is
     the memory estimate's override, as everywhere). Returns every job's manifest record."""
     from .graphs.export import read_manifest as read_model_manifest
-    from .job import Inputs, fingerprint_images
     from .run.engine import model_for
 
     start = time.perf_counter()
@@ -449,32 +448,15 @@ def batch(contents: list | None = None, styles: list | None = None, outdir: str 
     model_dir = model_for(engine, spec, log)
     model = read_model_manifest(model_dir)
     model_sha = model["files"]["loss.onnx"]["sha256"]
-    previous = read_manifest(outdir)
     emit = progress or (lambda e: None)
     emit({"event": "start", "total": len(jobs)})
     records: dict[int, dict] = {}
-    pending: list[tuple[Job, str]] = []
-    for job in jobs:
-        base = _base_record(job, model, model_sha)
-        try:
-            inputs = Inputs.load(job.content, job.styles, job.masks, job.run.init,
-                                 job.run.max_image_pixels, lambda m: None)
-            fp = fingerprint_images(inputs.images, job.run, job.weights, spec, model_sha)
-        except NstError as e:
-            rec = base | {"status": "failed", "reason": str(e)}
-            records[job.index] = rec
-            append_record(outdir, rec)
-            emit({"event": "job", "record": rec})
-            continue
-        if not redo and _already_done(job, fp, previous):
-            rec = base | {"status": "skipped", "fingerprint": fp,
-                          "reason": "already done with the same settings, inputs and model",
-                          "output_sha256": sha256_file(job.output)}
-            records[job.index] = rec
-            append_record(outdir, rec)
-            emit({"event": "job", "record": rec})
-        else:
-            pending.append((job, fp))
+
+    def record(rec: dict) -> None:
+        records[rec["job"]] = rec
+        append_record(outdir, rec)
+        emit({"event": "job", "record": rec})
+    pending = _to_run(jobs, read_manifest(outdir), spec, model, model_sha, redo, record)
     interrupted = None
     if pending:
         payload_base = {"engine": dataclasses.asdict(engine), "spec": dataclasses.asdict(spec)}
@@ -486,16 +468,38 @@ def batch(contents: list | None = None, styles: list | None = None, outdir: str 
             else:
                 runner = _run_here(pending, payload_base, str(model_dir.parent), emit)
             for job, fp, outcome in runner:
-                rec = _finish(job, fp, outcome, _base_record(job, model, model_sha))
-                records[job.index] = rec
-                append_record(outdir, rec)
-                emit({"event": "job", "record": rec})
+                record(_finish(job, fp, outcome, _base_record(job, model, model_sha)))
         except (Interrupted, KeyboardInterrupt) as e:
             interrupted = e if isinstance(e, Interrupted) else Interrupted(130)
     ordered = [records[j.index] for j in jobs if j.index in records]
     sheet = _sheet(jobs, records, outdir)
     return BatchResult(ordered, outdir, time.perf_counter() - start, skipped_inputs, sheet,
                        interrupted)
+
+
+def _to_run(jobs: list[Job], previous: dict, spec: LossSpec, model: dict, model_sha: str,
+            redo: bool, record: Callable[[dict], None]) -> list[tuple[Job, str]]:
+    """The jobs to run, each with its fingerprint; those already done (unless ``redo``) and
+    those whose inputs cannot be read are recorded as skipped or failed instead."""
+    from .job import Inputs, fingerprint_images
+
+    pending = []
+    for job in jobs:
+        base = _base_record(job, model, model_sha)
+        try:
+            inputs = Inputs.load(job.content, job.styles, job.masks, job.run.init,
+                                 job.run.max_image_pixels, lambda m: None)
+            fp = fingerprint_images(inputs.images, job.run, job.weights, spec, model_sha)
+        except NstError as e:
+            record(base | {"status": "failed", "reason": str(e)})
+            continue
+        if not redo and _already_done(job, fp, previous):
+            record(base | {"status": "skipped", "fingerprint": fp,
+                           "reason": "already done with the same settings, inputs and model",
+                           "output_sha256": sha256_file(job.output)})
+        else:
+            pending.append((job, fp))
+    return pending
 
 
 def default_workers(engine: EngineOptions, run: RunOptions, jobs: int) -> int:

@@ -110,3 +110,27 @@ def test_kill_9_then_resume_finishes_the_run(models_dir, images, tmp_path):
     s = json.loads(r.stdout)
     assert s["iterations"] == 400 and s["resumed"]["iterations_before"] >= before
     assert out.exists() and not ckpt.exists()
+
+
+def test_a_checkpoint_in_the_on_disk_layout_of_format_1_resumes(st, images, tmp_path):
+    """The file layout checkpoints have had since format 1 (written here with numpy alone,
+    not Checkpoint.save; S and Y holding only the filled rows, as before the fixed-row
+    history): a run resumed from it ends as the unbroken run does."""
+    ckpt = tmp_path / "c.npz"
+    args = dict(size=40, iterations=10, optimizer="lbfgs-onnx")
+    whole = st.transfer(images["tubingen"], images["starry_night"], **args)
+    st.transfer(images["tubingen"], images["starry_night"], checkpoint=ckpt,
+                checkpoint_every=1e-9, callback=_stop_at(6), **args)
+    with np.load(ckpt, allow_pickle=False) as z:
+        meta = json.loads(str(z["meta"]))
+        arrays = {k: z[k] for k in z.files}
+    assert set(meta) == {"format", "fingerprint", "scale", "iteration", "done", "optimizer"}
+    assert meta["format"] == 1 and meta["iteration"] == 6
+    k = len(arrays["state_hist_sy"])
+    arrays["state_S"], arrays["state_Y"] = arrays["state_S"][-k:], arrays["state_Y"][-k:]
+    ckpt.unlink()
+    np.savez(ckpt, **arrays)
+    resumed = st.transfer(images["tubingen"], images["starry_night"], checkpoint=ckpt,
+                          resume="require", **args)
+    assert resumed.summary()["resumed"]["iterations_before"] == 6
+    assert resumed.optimize.loss == pytest.approx(whole.optimize.loss, rel=1e-3)

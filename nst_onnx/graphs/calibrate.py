@@ -11,9 +11,10 @@ everything after it. The graph applies them as one ``Mul`` per pool (its gradien
 ``Mul``).
 
 The factors ship with the package (``avg_pool_scales.json``), measured by
-``scripts/calibrate_pooling.py`` (which runs the sessions; this module builds nothing and runs nothing) on three public-domain pictures; the tests check them on two
-others (``examples/``). A 1/f-noise image was tried as a file-free calibration and is 30% off
-at pool4 — deep features need real pictures.
+``scripts/calibrate_pooling.py`` (which runs the sessions: this module builds and runs
+nothing) on three public-domain pictures; the tests check them on two others
+(``examples/``). A 1/f-noise image was tried as a file-free calibration and is far off at
+pool4 (docs/design.md) — deep features need real pictures.
 """
 
 from __future__ import annotations
