@@ -32,6 +32,7 @@ from .config import (
     LossSpec,
     LossWeights,
     RunOptions,
+    parse_cell,
     settings_dict,
     split_settings,
 )
@@ -143,26 +144,6 @@ def _disambiguate(jobs: list[Job]) -> None:
         job.output = out
 
 
-def _coerce(value, kind) -> object:
-    """A jobs-file cell → the type of the setting it overrides: numbers (int where the
-    setting starts with int), comma-separated lists of them, booleans, or the text."""
-    if not isinstance(value, str):
-        return value
-    kind = str(kind)
-    if not value.strip():
-        return None
-    if kind.startswith("bool"):
-        return value.strip().lower() in ("1", "true", "yes", "on")
-    number = int if kind.startswith("int") else float
-    if kind.startswith("Sequence") or ("Sequence" in kind and "," in value):
-        return [number(v) for v in value.split(",")]
-    return number(value) if kind.startswith(("int", "float")) else value
-
-
-SETTING_TYPES = {f.name: f.type for f in dataclasses.fields(RunOptions)} | \
-    {f.name: f.type for f in dataclasses.fields(LossWeights)}
-
-
 def read_jobs_file(path: Path) -> list[dict]:
     """CSV (a header row; columns content, style or styles, optionally output, masks and any
     setting) or JSON lines (the same keys). Paths are relative to the file's folder."""
@@ -227,10 +208,9 @@ def plan(contents: list, styles: list, outdir: Path, template: str, run: RunOpti
                 output = row.pop("output", None)
                 overrides = {}
                 for key, value in row.items():
-                    if key not in SETTING_TYPES:
-                        raise BadInput(f"unknown setting {key!r}")
-                    if value is not None and value != "":
-                        overrides[key] = _coerce(value, SETTING_TYPES[key])
+                    value = parse_cell(key, value)
+                    if value is not None:
+                        overrides[key] = value
                 job_run, job_weights = split_settings(run, weights, **overrides)
                 job_run.validate()
                 job_weights.validate(len(job_styles), 1 << 30)

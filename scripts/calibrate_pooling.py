@@ -15,12 +15,13 @@ import json
 import sys
 from pathlib import Path
 
+import _bench  # paths, images folder, BLAS threads
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-SHARED = ROOT.parent / "shared" / "images"
+SHARED = _bench.images_dir()  # $NST_ONNX_IMAGES, else examples/
 CALIBRATE = ["shipwreck.jpg", "the_scream.jpg", "woman-with-hat-matisse.jpg"]
 HELD_OUT = [ROOT / "examples" / "tubingen.jpg", ROOT / "examples" / "starry_night.jpg"]
 

@@ -1,6 +1,6 @@
 """Quality and wall time against a plain PyTorch implementation of the same loss.
 
-nst-onnx (scipy L-BFGS-B, history 10, bounds [0, 255]) against torch.optim.LBFGS
+nst-onnx (--optimizer, by default scipy's L-BFGS-B with history 10, bounds [0, 255]) against torch.optim.LBFGS
 (history 100, no line search — as jcjohnson/neural-style), same weights, same targets, same
 initial image, same iteration budget. Prints both final losses (on the same objective) and
 wall times, and writes content | nst-onnx | torch side by side.
@@ -38,6 +38,8 @@ def main() -> None:
     ap.add_argument("--iterations", type=int, default=300)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--history", type=int, default=10)
+    ap.add_argument("--optimizer", default="lbfgs", help="ours: lbfgs (scipy L-BFGS-B, the "
+                    "figures in docs/benchmarks.md), lbfgs-onnx or adam")
     ap.add_argument("-o", "--output", default="compare_torch.png")
     args = ap.parse_args()
 
@@ -57,7 +59,8 @@ def main() -> None:
     problem = st.prepare(args.content, args.style, size=args.size, size_consistent=False)
 
     t0 = time.perf_counter()
-    ours = st.run(problem, iterations=args.iterations, history=args.history)
+    ours = st.run(problem, iterations=args.iterations, history=args.history,
+                  optimizer=args.optimizer)
     t_ours = time.perf_counter() - t0
 
     # torch: the very same targets (copied from our problem) and initial image
@@ -74,7 +77,8 @@ def main() -> None:
         "size": list(problem.shape[:2]), "iterations": args.iterations,
         "nst_onnx": {"final_loss": ours_loss, "seconds": t_ours,
                      "iterations": ours.optimize.iterations,
-                     "evaluations": ours.optimize.evaluations, "history": args.history},
+                     "evaluations": ours.optimize.evaluations, "history": args.history,
+                     "optimizer": args.optimizer},
         "torch_lbfgs": {"final_loss": torch_loss, "final_loss_clipped_to_0_255": torch_loss_clipped,
                         "seconds": t_torch, "iterations": iters_torch, "evaluations": evals,
                         "history": 100},

@@ -171,7 +171,7 @@ def main() -> None:
         out = {"size": list(cpu.shape[:2])}
         for tf32 in (False, True):
             st = engine(gpu, tf32)
-            manifest, session = st._loss_session(False)
+            manifest, session = st.engine.loss_session(False)
             ev = Evaluator(session, loss_io(st.spec), cpu.evaluator.fixed, st.device)
             t = ev(x[None])
             d = -t.grad[0].astype(np.float64)
@@ -382,6 +382,7 @@ def memory_child(models: str, hw: str, optimizer: str, history: str,
 
     from nst_onnx import StyleTransfer
     from nst_onnx.config import RunOptions
+    from nst_onnx.run import resources
 
     before = used_mb()
     st = StyleTransfer(device="cpu" if smoke else "cuda", models_dir=Path(models),
@@ -392,7 +393,8 @@ def memory_child(models: str, hw: str, optimizer: str, history: str,
     h, w = problem.shape[:2]
     run = dataclasses.replace(RunOptions(), optimizer=optimizer, iterations=12,
                               history=int(history))
-    info = st.check_memory(problem, max(h, w), run)  # what a run of the CLI checks
+    info = resources.check_memory(st.device, st.spec, problem.shape[:2], problem.style_pixels,
+                                  problem.regions, max(h, w), run, st.log)  # as the CLI does
     t = time.perf_counter()
     if optimizer == "lbfgs":
         problem.evaluate(problem.initial())

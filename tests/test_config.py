@@ -74,3 +74,30 @@ def test_keyword_settings_find_their_dataclass():
         split_settings(sizes=64)
     engine, spec = split_engine(device="cpu", pooling="avg")
     assert engine.device == "cpu" and spec.pooling == "avg"
+
+
+def test_jobs_file_cells_parse_as_their_options_do():
+    from nst_onnx.config import parse_cell
+
+    assert parse_cell("size", "256") == 256 and parse_cell("iterations", "120,35") == [120, 35]
+    assert parse_cell("iterations", "300") == 300 and parse_cell("style_weight", "5") == 5.0
+    assert parse_cell("size_consistent", "no") is False and parse_cell("seed", " ") is None
+    assert parse_cell("max_image_pixels", "0") is None  # 0: no limit, as on the command line
+    with pytest.raises(BadInput, match="unknown setting 'sizes'"):
+        parse_cell("sizes", "3")
+    with pytest.raises(BadInput, match="size: expected a number"):
+        parse_cell("size", "big")
+
+
+@pytest.mark.parametrize("command", ["stylize", "batch", "bench", "export", "info"])
+def test_every_declared_option_is_on_its_commands(command):
+    """One field + its Option is all a new option takes: the command line follows."""
+    import typer
+
+    from nst_onnx.cli import app
+    from nst_onnx.config import options_of
+
+    cmd = typer.main.get_command(app).commands[command]
+    flags = {o for p in cmd.params for o in p.opts + p.secondary_opts}
+    for _, option in options_of(command):
+        assert set(option.flag.split("/")) <= flags, option.flag
