@@ -264,3 +264,29 @@ def test_bench_profile_is_refused_on_cuda():
 
     with pytest.raises(BadInput, match="Nsight"):
         bench(SimpleNamespace(device="cuda"), [32], 2, profile=True)
+
+
+def test_what_was_silently_ignored_is_one_line_exit_2(models_dir, images, tmp_path):
+    """An --init image over --max-image-pixels, the old `nst export --force`, and batch's
+    memory override (now --force, as everywhere) reaching the memory check."""
+    big = tmp_path / "init.png"
+    Image.new("RGB", (400, 300)).save(big)
+    r = nst(models_dir, "stylize", str(images["tubingen"]), str(images["starry_night"]), "-o",
+            str(tmp_path / "o.png"), "--size", "48", "--iterations", "1", "--init", str(big),
+            "--max-image-pixels", "100000")
+    assert r.exit_code == 2 and "init image" in r.output and "Traceback" not in r.output
+    r = nst(models_dir, "export", "--force")
+    assert r.exit_code == 2 and "--rebuild" in r.output
+    assert len(r.output.strip().splitlines()) == 1
+
+
+def test_batch_force_overrides_the_memory_estimate(models_dir, images, tmp_path, monkeypatch):
+    import nst_onnx.run.resources as res
+
+    monkeypatch.setattr(res, "available_mb", lambda: 420.0)
+    args = ["batch", str(images["tubingen"]), "--styles", str(images["starry_night"]), "-o",
+            str(tmp_path / "b"), "--size", "128", "--iterations", "1", "--workers", "1",
+            "--quiet"]
+    assert nst(models_dir, *args).exit_code == 2  # refused: the job failed alone
+    r = nst(models_dir, *args, "--force")
+    assert r.exit_code == 0, r.output

@@ -1,0 +1,51 @@
+"""Coarse-to-fine plans and runs, and the stop rule that ends a run once it is finished."""
+
+from __future__ import annotations
+
+import pytest
+
+from nst_onnx import BadInput
+from nst_onnx.api import plan_scales
+
+
+def test_plan_scales():
+    assert plan_scales(512, None) == ([512], [500])
+    assert plan_scales(1024, None) == ([512, 1024], [120, 35])
+    assert plan_scales(2048, None) == ([512, 1024, 2048], [120, 35, 35])
+    assert plan_scales(1024, None, 500) == ([512, 1024], [500, 100])
+    assert plan_scales(512, 3, 400) == ([128, 256, 512], [400, 179, 80])
+    assert plan_scales(512, 2, 30) == ([256, 512], [30, 30])
+    assert plan_scales(600, [150, 300, 600], [300, 100, 30]) == ([150, 300, 600], [300, 100, 30])
+    with pytest.raises(BadInput, match="one per scale"):
+        plan_scales(512, 3, [100, 50])
+    with pytest.raises(BadInput, match="increasing"):
+        plan_scales(512, [512, 256], 10)
+
+
+def test_coarse_to_fine_starts_each_scale_from_the_last(st, images):
+    r = st.transfer(images["tubingen"], images["starry_night"], size=96, iterations=[10, 4],
+                    scales=[48, 96])
+    assert max(r.image.size) == 96
+    assert [s["size"] for s in r.scales] == [48, 96]
+    assert r.summary()["iterations"] == 14
+    fresh = st.prepare(images["tubingen"], images["starry_night"], size=96)
+    from_content = fresh.evaluate(fresh.initial("content")).loss
+    # the fine scale began from the upscaled coarse result, well below the content's loss
+    assert r.scales[1]["initial_loss"] < 0.8 * from_content
+
+
+def test_stop_rule_ends_a_default_run_and_iterations_mean_exactly(st, images):
+    """Without --iterations a run ends once its loss fell by less than τ over the last
+    STOP_WINDOW iterations; with --iterations N it makes exactly N, unless a tolerance is asked for."""
+    from nst_onnx.config import STOP_WINDOW
+
+    args = (images["tubingen"], images["starry_night"])
+    r = st.transfer(*args, size=32, stop_tolerance=0.05)  # a loose τ: ends early
+    s = r.summary()
+    assert STOP_WINDOW < s["iterations"] < 500 and s["stop_reason"].startswith("finished")
+    r = st.transfer(*args, size=32, iterations=30)
+    assert r.summary()["iterations"] == 30
+    assert r.summary()["stop_reason"] == "iteration budget reached"
+    r = st.transfer(*args, size=32, iterations=400, stop_tolerance=0.05)
+    assert r.summary()["iterations"] < 400
+
