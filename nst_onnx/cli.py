@@ -11,7 +11,7 @@ import os
 
 # Before numpy loads OpenBLAS: scipy's L-BFGS-B does only vector work per iteration, where
 # BLAS threads gain nothing and their spin-waiting takes the cores onnxruntime needs
-# (measured: whole runs 17% faster at 256 px on 2 cores). A user's own setting wins.
+# (docs/design.md). A user's own setting wins.
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
 import inspect  # noqa: E402

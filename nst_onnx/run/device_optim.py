@@ -14,9 +14,9 @@ instead, which keeps the inverse Hessian positive definite, so ``d`` is always a
 direction on the free variables. The curvature test is still used the other way round, to
 grow a step that was too short (×4, as MINPACK's line search in scipy's L-BFGS-B does):
 from the content image the first unit-length step and the first pairs badly underestimate
-the scale, and without this the run crawled for 20 iterations (measured at 512×384:
-125.3e6 → 124.9e6 where L-BFGS-B reached 5.1e6). A line search that fails restarts from the best point
-with an empty history (as the scipy driver does), three times at most.
+the scale, and without this the first iterations crawl (docs/design.md has the
+measurement). A line search that fails restarts from the best point with an empty history
+(as the scipy driver does), three times at most.
 
 ``adam_onnx``: Adam in pixel units with the same projection, one step graph per iteration.
 """

@@ -66,8 +66,8 @@ def _session_options(device: str, threads: int | None, debug: bool,
     # error itself still raises
     so.log_severity_level = 1 if debug else 4
     so.inter_op_num_threads = 1
-    # Measured at 512² on 2 cores (docs/design.md): node-index order frees each activation
-    # right after its last forward use; the memory-pattern planner over-reserves (+700 MB).
+    # node-index order frees each activation right after its last forward use; the
+    # memory-pattern planner over-reserves (docs/design.md has the measurement)
     so.execution_order = ort.ExecutionOrder.PRIORITY_BASED
     so.enable_mem_pattern = False
     if device == "cuda":  # the GPU computes; one quiet host thread feeds it
@@ -89,7 +89,7 @@ def make_session(model: str | Path | bytes, device: str = "cpu", threads: int | 
     """A session on ``device`` ('cpu' or 'cuda'); raises :class:`DeviceError` when CUDA was
     asked for and the session did not get it. ``spinning=False`` for the optimiser's short
     step graphs: their idle threads would otherwise spin on the cores the loss graph needs
-    (measured: evaluations 38% slower at 256² on 2 cores). ``shared_arena=False``: a CUDA
+    and slow its evaluations (docs/design.md). ``shared_arena=False``: a CUDA
     session with its own device arena (the probe, which must not touch the shared one)."""
     quiet_logs(debug)
     log: list[str] = []
