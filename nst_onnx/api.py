@@ -105,7 +105,7 @@ class StyleTransfer:
                  callback: Callable[[Progress], None] | None = None,
                  before_run: Callable[[Problem, list[int], list[int]], None] | None = None,
                  checkpoint: str | os.PathLike | None = None, resume: str = "never",
-                 **overrides) -> Result:
+                 keep_checkpoint: bool = False, **overrides) -> Result:
         """The whole job: coarse-to-fine over the sizes of :func:`plan_scales`, each scale
         started from the previous result upscaled (Lanczos), targets recomputed per scale;
         the memory estimate is checked before the first.
@@ -118,7 +118,9 @@ class StyleTransfer:
 
         ``checkpoint``: a file (:func:`~nst_onnx.io.checkpoint.checkpoint_path` of the
         output) that keeps where the run stands, written every ``run.checkpoint_every``
-        seconds of work and when interrupted, removed when the run succeeds. ``resume``:
+        seconds of work and when interrupted, removed when the run succeeds — or, with
+        ``keep_checkpoint``, left for the caller to remove once its output is written, so a
+        crash while saving still leaves the run resumable. ``resume``:
         ``never`` (start afresh), ``auto`` (continue from a checkpoint made by these very
         settings, inputs and model; any other is ignored with a notice) or ``require`` (as
         auto, but a missing, unreadable or mismatched checkpoint is an error).
@@ -126,7 +128,7 @@ class StyleTransfer:
         run, weights = split_settings(run, weights, **overrides)
         return transfer(self.engine, content, styles, run, weights, masks=masks,
                         callback=callback, before_run=before_run, checkpoint=checkpoint,
-                        resume=resume)
+                        resume=resume, keep_checkpoint=keep_checkpoint)
 
     def stylize(self, content, styles, run: RunOptions | None = None,
                 weights: LossWeights | None = None, *, masks=None,

@@ -38,6 +38,7 @@ from .config import (
 )
 from .errors import BadInput, Interrupted, NstError
 from .io.atomic import sha256_file, write_bytes
+from .io.checkpoint import checkpoint_path
 from .io.images import FORMATS, EncodedImage, encode_image
 
 MANIFEST = "manifest.jsonl"
@@ -336,7 +337,7 @@ def execute(payload: dict) -> dict:
                            "iterations": p.iterations, "loss": p.loss})
     result = st.transfer(payload["content"], payload["styles"], run, weights,
                          masks=payload["masks"], callback=progress, checkpoint=ckpt,
-                         resume="auto")
+                         resume="auto", keep_checkpoint=True)
     if result.optimize.interrupted is not None:
         raise result.optimize.interrupted
     if result.optimize.error is not None:
@@ -543,6 +544,7 @@ def _finish(job: Job, fp: str, outcome, base: dict) -> dict:
     if isinstance(outcome, BaseException):
         return base | {"status": "failed", "fingerprint": fp, "reason": _one_line(outcome)}
     write_bytes(job.output, outcome["data"])
+    checkpoint_path(job.output).unlink(missing_ok=True)  # only now: the output is in place
     s = outcome["summary"]
     return base | {"status": "done", "fingerprint": fp, "output_sha256":
                    hashlib.sha256(outcome["data"]).hexdigest(),

@@ -211,14 +211,17 @@ def stylize(
         def callback(p):
             progress(p)
             if save_every and p.iteration % save_every == 0 and p.iteration < p.iterations:
-                save_image(to_pil(p.x[None]),
-                           output.with_name(f"{output.stem}.iter{p.iteration}{output.suffix}"))
+                step = output.with_name(f"{output.stem}.iter{p.iteration}{output.suffix}")
+                try:
+                    save_image(to_pil(p.x[None]), step)
+                except OSError as e:  # a full disk must not end the run
+                    log(f"warning: could not write {step} ({e.strerror or e}); the run goes on")
 
+        ckpt = checkpoint_path(output) if run.checkpoint_every or resume else None
         with _signals_stop_the_run() as signals:
             result = st.transfer(content, styles, run, loss_weights, masks=mask_paths,
-                                 callback=callback, before_run=before_run,
-                                 checkpoint=checkpoint_path(output) if run.checkpoint_every or resume
-                                 else None, resume="require" if resume else "never")
+                                 callback=callback, before_run=before_run, checkpoint=ckpt,
+                                 resume="require" if resume else "never", keep_checkpoint=True)
             signals.ignore()
             progress.close()
             w, h = result.image.size
@@ -228,6 +231,9 @@ def stylize(
                        "width": w, "height": h, **result.summary()}
             save_image(result.image, output, {"nst-onnx": json.dumps(
                 {"version": __version__, **summary}, default=str)})
+            finished = result.optimize.interrupted is None and result.optimize.error is None
+            if ckpt is not None and finished:  # only now: the output is safely in place
+                ckpt.unlink(missing_ok=True)
         if as_json:
             typer.echo(json.dumps(summary, default=float))
         elif not quiet:
@@ -377,13 +383,15 @@ class _signals_stop_the_run:
 
 def _check_paths(content: Path, styles: list[Path], output: Path, init: str,
                  no_clobber: bool) -> None:
-    """Refuse before any long work: missing inputs, output = input, unwritable output."""
-    for p in [content, *styles] + ([Path(init)] if init not in ("content", "noise", "style")
-                                   else []):
+    """Refuse before any long work: missing inputs, output = an input (the init image
+    included), unwritable output."""
+    inputs = [content, *styles] + ([Path(init)] if init not in ("content", "noise", "style")
+                                   else [])
+    for p in inputs:
         if not p.is_file():
             raise BadInput(f"input not found: {p}")
     out = output.resolve()
-    if any(out == p.resolve() for p in [content, *styles]):
+    if any(out == p.resolve() for p in inputs):
         raise BadInput(f"output {output} is one of the inputs: choose another path")
     parent = out.parent
     if not parent.is_dir():

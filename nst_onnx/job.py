@@ -268,11 +268,16 @@ class _Scales:
         self.memory: dict = {}
 
     def save(self) -> None:
-        """Keep where the run stands (unless that scale was finished)."""
+        """Keep where the run stands (unless that scale was finished). A checkpoint that
+        cannot be written (a full disk) is a warning: the run, and its best image, go on."""
         p, index, iteration, done = self.latest
         if self.checkpoint is not None and iteration < self.its[index]:
-            Checkpoint(self.fp, index, iteration, done, self.run.optimizer, p.x,
-                       p.state()).save(Path(self.checkpoint))
+            try:
+                Checkpoint(self.fp, index, iteration, done, self.run.optimizer, p.x,
+                           p.state()).save(Path(self.checkpoint))
+            except OSError as e:
+                self.engine.log(f"warning: could not write the checkpoint {self.checkpoint} "
+                                f"({e.strerror or e}); the run goes on")
 
     def _hook(self, problem: Problem, index: int, first: int, offset: int) -> Callback:
         """Progress at this scale → where the job stands, its checkpoint timer, and the
@@ -317,7 +322,7 @@ class _Scales:
                 problem.regions, self.sizes[-1], self.run, self.engine.log)
         return problem
 
-    def all(self, before_run) -> Result:
+    def all(self, before_run, keep_checkpoint: bool = False) -> Result:
         result, done, start = None, 0, self.inputs.init
         first_scale = self.ckpt.scale if self.ckpt is not None else 0
         done = sum(self.its[:first_scale])
@@ -338,16 +343,19 @@ class _Scales:
                 if self.latest is not None:  # resume where it stopped
                     self.save()
                 return result
-        if self.checkpoint is not None:
+        if self.checkpoint is not None and not keep_checkpoint:
             Path(self.checkpoint).unlink(missing_ok=True)
         return result
 
 
 def transfer(engine: Engine, content, styles, run: RunOptions, weights: LossWeights, *,
              masks=None, callback: Callback | None = None, before_run=None,
-             checkpoint: str | os.PathLike | None = None, resume: str = "never") -> Result:
+             checkpoint: str | os.PathLike | None = None, resume: str = "never",
+             keep_checkpoint: bool = False) -> Result:
     """The whole job over the scales of :func:`plan_scales` (see
-    :meth:`nst_onnx.api.StyleTransfer.transfer`)."""
+    :meth:`nst_onnx.api.StyleTransfer.transfer`); ``keep_checkpoint``: leave it for the
+    caller to remove once the output is safely written (a crash while saving then leaves
+    something to resume)."""
     run.validate()
     if resume not in RESUME_MODES:
         raise ValueError(f"resume={resume!r}: never, auto or require")
@@ -358,7 +366,7 @@ def transfer(engine: Engine, content, styles, run: RunOptions, weights: LossWeig
                             engine.manifest["files"]["loss.onnx"]["sha256"])
     ckpt = find_checkpoint(checkpoint, fp, resume, its, engine.log)
     job = _Scales(engine, inputs, run, weights, fp, checkpoint, ckpt, callback)
-    result = job.all(before_run)
+    result = job.all(before_run, keep_checkpoint)
     result.settings.update(settings_dict(run, weights, engine.spec), size=sizes[-1],
                            scales=sizes, iterations=its)
     result.scales, result.memory, result.fingerprint = job.per_scale, job.memory, fp

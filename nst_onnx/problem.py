@@ -9,6 +9,7 @@ the loss graph's fixed inputs.
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -98,12 +99,26 @@ def fit_content(img: Image.Image, side: int, min_side: int) -> Image.Image:
     out = fit_longest_side(img, side)
     if min(out.size) >= min_side:
         return out
-    need = max(side, min_side)
-    while min(fit_longest_side(img, need).size) < min_side:
-        need += 1
+    need = _smallest_side(img.size, max(side, min_side), min_side)
     raise BadInput(f"--size {side} is too small for this {img.size[0]}×{img.size[1]} content "
                    f"image ({out.size[0]}×{out.size[1]}): the chosen layers need ≥ {min_side} px "
                    f"on each side; use --size {need} or more")
+
+
+def _smallest_side(size: tuple[int, int], start: int, min_side: int) -> int:
+    """The smallest longest side ≥ ``start`` at which the short side (rounded as
+    :func:`fit_longest_side` rounds it) reaches ``min_side``: in closed form, then checked
+    a step either way (a 1×5000 picture would otherwise take thousands of resizes)."""
+    long, short = max(size), min(size)
+
+    def short_at(s: int) -> int:
+        return max(1, round(short * (s / long)))
+    need = max(start, math.ceil((min_side - 0.5) * long / short))
+    while short_at(need) < min_side:
+        need += 1
+    while need - 1 >= start and short_at(need - 1) >= min_side:
+        need -= 1
+    return need
 
 
 def prepare(engine: Engine, content, styles, size: int, masks=None,

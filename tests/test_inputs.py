@@ -163,3 +163,33 @@ def test_non_finite_loss_stops_and_keeps_best():
     assert "not finite" in res.stop_reason
     assert np.isfinite(res.loss) and res.loss < np.sum((x0 - 100.0) ** 2)
     assert np.all((res.x >= 0) & (res.x <= 255))
+
+
+def test_the_smallest_working_size_is_found_in_closed_form():
+    """A 1×5000 picture used to step one pixel (and one resize) at a time."""
+    from nst_onnx.io.images import fit_longest_side
+    from nst_onnx.problem import _smallest_side
+
+    for size, start, m in [((640, 480), 32, 32), ((300, 17), 40, 16), ((999, 1000), 16, 32),
+                           ((50, 3), 16, 16)]:
+        img = Image.new("RGB", size)
+        need = start
+        while min(fit_longest_side(img, need).size) < m:
+            need += 1
+        assert _smallest_side(size, start, m) == need
+    assert _smallest_side((1, 5000), 64, 32) == 157_500  # 31.5 px short side rounds to 32
+
+
+def test_init_image_as_output_is_refused(models_dir, tmp_path):
+    from typer.testing import CliRunner
+
+    from nst_onnx.cli import app
+
+    a, b = tmp_path / "a.png", tmp_path / "b.png"
+    for p in (a, b):
+        Image.new("RGB", (64, 48)).save(p)
+    init = tmp_path / "init.png"
+    Image.new("RGB", (64, 48)).save(init)
+    r = CliRunner().invoke(app, ["stylize", str(a), str(b), "--init", str(init), "-o", str(init),
+                                 "--models", str(models_dir)])
+    assert r.exit_code == 2 and "is one of the inputs" in r.output

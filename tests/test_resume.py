@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -134,3 +135,45 @@ def test_a_checkpoint_in_the_on_disk_layout_of_format_1_resumes(st, images, tmp_
                           resume="require", **args)
     assert resumed.summary()["resumed"]["iterations_before"] == 6
     assert resumed.optimize.loss == pytest.approx(whole.optimize.loss, rel=1e-3)
+
+
+def test_the_checkpoint_outlives_a_failed_final_save(models_dir, images, tmp_path, monkeypatch):
+    """A full disk (or a kill) while the output is written must leave the run resumable:
+    the checkpoint goes only once the output is in place."""
+    import nst_onnx.io.images as image_io
+
+    out = tmp_path / "o.png"
+    real = image_io.save_image
+
+    def full_disk(img, path, metadata=None):
+        if Path(path) == out:
+            raise OSError(28, "No space left on device")
+        return real(img, path, metadata)
+    monkeypatch.setattr(image_io, "save_image", full_disk)
+    args = ["stylize", str(images["tubingen"]), str(images["starry_night"]), "-o", str(out),
+            "--size", "40", "--iterations", "8", "--checkpoint-every", "1e-9",
+            "--models", str(models_dir)]
+    r = CliRunner().invoke(app, args)
+    assert r.exit_code == 1 and "No space left" in r.output and not out.exists()
+    assert checkpoint_path(out).exists()
+    monkeypatch.setattr(image_io, "save_image", real)
+    r = CliRunner().invoke(app, [*args, "--resume"])
+    assert r.exit_code == 0, r.output
+    assert out.exists() and not checkpoint_path(out).exists()
+
+
+def test_a_checkpoint_that_cannot_be_written_is_a_warning(st, images, tmp_path, monkeypatch):
+    from nst_onnx.io import checkpoint
+
+    def full_disk(self, path):
+        raise OSError(28, "No space left on device")
+    monkeypatch.setattr(checkpoint.Checkpoint, "save", full_disk)
+    notes = []
+    st.log, log = notes.append, st.log
+    try:
+        r = st.transfer(images["tubingen"], images["starry_night"], size=40, iterations=4,
+                        checkpoint=tmp_path / "c.npz", checkpoint_every=1e-9)
+    finally:
+        st.log = log
+    assert r.optimize.iterations == 4 and r.optimize.error is None
+    assert any("could not write the checkpoint" in n for n in notes)
