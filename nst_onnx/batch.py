@@ -150,7 +150,11 @@ def read_jobs_file(path: Path) -> list[dict]:
     setting) or JSON lines (the same keys). Paths are relative to the file's folder."""
     if not path.is_file():
         raise BadInput(f"jobs file not found: {path}")
-    text = path.read_text()
+    try:  # utf-8-sig: Excel's "CSV UTF-8" starts with a byte-order mark
+        text = path.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError as e:
+        raise BadInput(f"jobs file {path} is not UTF-8 text (byte {e.start}): save it as "
+                       "UTF-8") from None
     rows: list[dict] = []
     if path.suffix.lower() in (".jsonl", ".json", ".ndjson"):
         for n, line in enumerate(text.splitlines(), start=1):

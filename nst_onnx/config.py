@@ -93,6 +93,10 @@ def numbers(text: str | None, flag: str, kind=float) -> list | None:
 
 def counts(text, flag: str):
     """'120,35' → [120, 35]; '500' → 500 (one number for every scale)."""
+    if isinstance(text, bool) or (isinstance(text, float) and not text.is_integer()):
+        raise BadInput(f"{flag}: expected a whole number, got {text!r}")
+    if isinstance(text, float):
+        return int(text)
     if isinstance(text, int):
         return text
     values = numbers(text, flag, int)
@@ -307,6 +311,10 @@ class RunOptions:
         if self.optimizer not in OPTIMIZERS:
             raise BadInput(f"unknown optimizer {self.optimizer!r}: use "
                            + ", ".join(OPTIMIZERS))
+        if self.seed < 0:
+            raise BadInput("--seed must be ≥ 0")
+        if self.max_image_pixels is not None and self.max_image_pixels < 1:
+            raise BadInput("--max-image-pixels must be ≥ 1 (0: no limit)")
         if not 1 <= self.history <= MAX_HISTORY:
             raise BadInput(f"--history must be between 1 and {MAX_HISTORY}")
         if not (self.lr > 0 and math.isfinite(self.lr)):
@@ -406,6 +414,12 @@ def parse_cell(name: str, text) -> object:
         raise BadInput(f"unknown setting {name!r}")
     f = JOB_SETTINGS[name]
     kind = f.metadata["option"].cli
+    if kind in (int, float) and isinstance(text, (bool, float)) and \
+            (isinstance(text, bool) or (kind is int and not text.is_integer())):
+        raise BadInput(f"{name}: expected {'a whole number' if kind is int else 'a number'}, "
+                       f"got {text!r}")  # JSON true or 64.7 would pass silently
+    if kind is int and isinstance(text, float):
+        text = int(text)
     if isinstance(text, str):
         if not text.strip():
             return None

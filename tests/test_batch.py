@@ -224,3 +224,25 @@ def test_ray_tasks_ask_for_a_gpu_when_auto_finds_one_in_the_cluster():
     assert _ray_gpus("auto", {"CPU": 16.0}) == 0
     assert _ray_gpus("cuda", {"CPU": 16.0}) == 1
     assert _ray_gpus("cpu", {"CPU": 16.0, "GPU": 2.0}) == 0
+
+
+def test_jobs_file_with_a_byte_order_mark_or_not_utf8(tmp_path):
+    from nst_onnx.batch import read_jobs_file
+    from nst_onnx.errors import BadInput
+
+    f = tmp_path / "jobs.csv"
+    f.write_bytes("\ufeffcontent,style\na.jpg,b.jpg\n".encode())  # Excel's "CSV UTF-8"
+    assert read_jobs_file(f)[0]["content"] == "a.jpg"
+    f.write_bytes(b"content,style\n\xe9t\xe9.jpg,b.jpg\n")
+    with pytest.raises(BadInput, match="not UTF-8"):
+        read_jobs_file(f)
+
+
+def test_threads_beyond_the_cpus_are_capped(models_dir):
+    import os
+
+    from nst_onnx import StyleTransfer
+
+    notes = []
+    st = StyleTransfer(device="cpu", threads=10_000, models_dir=models_dir, log=notes.append)
+    assert st.threads == (os.cpu_count() or 1) and any("--threads 10000" in n for n in notes)

@@ -101,3 +101,17 @@ def test_every_declared_option_is_on_its_commands(command):
     flags = {o for p in cmd.params for o in p.opts + p.secondary_opts}
     for _, option in options_of(command):
         assert set(option.flag.split("/")) <= flags, option.flag
+
+
+def test_values_that_used_to_pass_silently_are_refused():
+    from nst_onnx.config import parse_cell
+
+    for bad, message in [(dict(seed=-1), "--seed must be ≥ 0"),
+                         (dict(max_image_pixels=-5), "--max-image-pixels must be ≥ 1")]:
+        with pytest.raises(BadInput, match=message):
+            RunOptions(**bad).validate()
+    with pytest.raises(BadInput, match="size: expected a whole number, got 64.7"):
+        parse_cell("size", 64.7)  # a JSON jobs file's number
+    with pytest.raises(BadInput, match="--iterations: expected a whole number, got True"):
+        parse_cell("iterations", True)
+    assert parse_cell("size", 64.0) == 64 and parse_cell("style_weight", 2) == 2

@@ -9,6 +9,7 @@ and scales it serves.
 from __future__ import annotations
 
 import dataclasses
+import os
 from collections.abc import Callable
 from pathlib import Path
 
@@ -46,6 +47,10 @@ class Engine:
         if notice:
             log(f"note: {notice}")
         self.threads = options.threads or physical_cores()
+        cpus = os.cpu_count() or 1
+        if self.threads > cpus:  # thousands of threads only thrash (and ignore SIGTERM)
+            log(f"note: --threads {self.threads} is more than the {cpus} CPUs here: using {cpus}")
+            self.threads = cpus
         self._models: dict[LossSpec, tuple[Path, dict]] = {}
         self._loss_sessions: dict[LossSpec, object] = {}
         self._features_session = None
