@@ -60,10 +60,6 @@ def _with_options(name: str):
     return wrap
 
 
-def engine_debug(shared: dict) -> bool:
-    return bool(shared.get("debug"))
-
-
 def _err(msg: str) -> None:
     typer.echo(f"nst: error: {msg}", err=True)
 
@@ -92,7 +88,7 @@ def export(rebuild: Annotated[bool, typer.Option("--rebuild", help="Rebuild even
                 size = sum(f["bytes"] for f in m["files"].values()) / 1e6
                 typer.echo(f"{m['dir']}: {', '.join(m['files'])} ({size:.1f} MB), weights "
                            f"{m['weights']['kind']}")
-    _guard(go, engine_debug(shared))
+    _guard(go, shared["debug"])
 
 
 @app.command()
@@ -121,7 +117,7 @@ def info(as_json: JsonOpt = False, **shared):
             typer.echo(f"{'model':22s}{m['dir']}: {line}")
         if not data["models"]:
             typer.echo(f"{'model':22s}none exported yet: run `nst export`")
-    _guard(go, engine_debug(shared))
+    _guard(go, shared["debug"])
 
 
 @app.command()
@@ -158,7 +154,7 @@ def bench(sizes: Annotated[list[int] | None, typer.Option("--size", help="Square
                     typer.echo(f"        {op:24s}{ms:8.1f} ms")
         if out["peak_rss_mb"]:
             typer.echo(f"peak RSS {out['peak_rss_mb']:.0f} MB")
-    _guard(go, engine_debug(shared))
+    _guard(go, shared["debug"])
 
 
 @app.command()
@@ -245,7 +241,7 @@ def stylize(
             raise result.optimize.error
         if result.optimize.interrupted is not None:
             raise typer.Exit(result.optimize.interrupted.exit_code)
-    _guard(go, engine_debug(shared))
+    _guard(go, shared["debug"])
 
 
 @app.command()
@@ -303,7 +299,7 @@ def batch(
             raise typer.Exit(result.interrupted.exit_code)
         if not result.ok:
             raise typer.Exit(2)
-    _guard(go, engine_debug(shared))
+    _guard(go, shared["debug"])
 
 
 

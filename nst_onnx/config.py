@@ -91,14 +91,17 @@ def numbers(text: str | None, flag: str, kind=float) -> list | None:
     return values
 
 
+def whole(value, flag: str) -> int:
+    """A JSON number that must be whole: 64.0 → 64; 64.7 or true would pass silently."""
+    if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
+        raise BadInput(f"{flag}: expected a whole number, got {value!r}")
+    return int(value)
+
+
 def counts(text, flag: str):
     """'120,35' → [120, 35]; '500' → 500 (one number for every scale)."""
-    if isinstance(text, bool) or (isinstance(text, float) and not text.is_integer()):
-        raise BadInput(f"{flag}: expected a whole number, got {text!r}")
-    if isinstance(text, float):
-        return int(text)
-    if isinstance(text, int):
-        return text
+    if isinstance(text, (bool, int, float)):
+        return whole(text, flag)
     values = numbers(text, flag, int)
     return values[0] if values is not None and len(values) == 1 else values
 
@@ -414,12 +417,10 @@ def parse_cell(name: str, text) -> object:
         raise BadInput(f"unknown setting {name!r}")
     f = JOB_SETTINGS[name]
     kind = f.metadata["option"].cli
-    if kind in (int, float) and isinstance(text, (bool, float)) and \
-            (isinstance(text, bool) or (kind is int and not text.is_integer())):
-        raise BadInput(f"{name}: expected {'a whole number' if kind is int else 'a number'}, "
-                       f"got {text!r}")  # JSON true or 64.7 would pass silently
-    if kind is int and isinstance(text, float):
-        text = int(text)
+    if kind is int and isinstance(text, (bool, float)):
+        text = whole(text, name)
+    elif kind is float and isinstance(text, bool):
+        raise BadInput(f"{name}: expected a number, got {text!r}")
     if isinstance(text, str):
         if not text.strip():
             return None

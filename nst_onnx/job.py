@@ -233,8 +233,6 @@ def find_checkpoint(checkpoint, fp: str, resume: str, its: list[int],
     """The checkpoint to resume from: None with ``never``; with ``auto`` one made by this very
     job or None (any other is ignored with a notice); ``require`` as auto, but a missing,
     unreadable or mismatched checkpoint is an error."""
-    if resume not in RESUME_MODES:
-        raise ValueError(f"resume={resume!r}: never, auto or require")
     if checkpoint is None or resume == "never":
         return None
     path = Path(checkpoint)
@@ -258,9 +256,10 @@ class _Scales:
     each scale did."""
 
     def __init__(self, engine: Engine, inputs: Inputs, run: RunOptions, weights: LossWeights,
-                 fp: str, checkpoint, ckpt: Checkpoint | None, callback: Callback | None):
+                 plan: tuple[list[int], list[int]], fp: str, checkpoint,
+                 ckpt: Checkpoint | None, callback: Callback | None):
         self.engine, self.inputs, self.run, self.weights = engine, inputs, run, weights
-        self.sizes, self.its = plan_scales(run.output_size, run.scales, run.iterations)
+        self.sizes, self.its = plan
         self.fp, self.checkpoint, self.ckpt, self.callback = fp, checkpoint, ckpt, callback
         self.timer = CheckpointTimer(run.checkpoint_every)
         self.latest: tuple | None = None  # (progress, scale, iteration there, done overall)
@@ -323,7 +322,7 @@ class _Scales:
         return problem
 
     def all(self, before_run, keep_checkpoint: bool = False) -> Result:
-        result, done, start = None, 0, self.inputs.init
+        result, start = None, self.inputs.init
         first_scale = self.ckpt.scale if self.ckpt is not None else 0
         done = sum(self.its[:first_scale])
         for index in range(first_scale, len(self.sizes)):
@@ -365,7 +364,7 @@ def transfer(engine: Engine, content, styles, run: RunOptions, weights: LossWeig
     fp = fingerprint_images(inputs.images, run, weights, engine.spec,
                             engine.manifest["files"]["loss.onnx"]["sha256"])
     ckpt = find_checkpoint(checkpoint, fp, resume, its, engine.log)
-    job = _Scales(engine, inputs, run, weights, fp, checkpoint, ckpt, callback)
+    job = _Scales(engine, inputs, run, weights, (sizes, its), fp, checkpoint, ckpt, callback)
     result = job.all(before_run, keep_checkpoint)
     result.settings.update(settings_dict(run, weights, engine.spec), size=sizes[-1],
                            scales=sizes, iterations=its)

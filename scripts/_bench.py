@@ -1,6 +1,6 @@
 """What the benchmark scripts share: the repository's paths, the images folder, BLAS set-up,
-the CPU's name, a median timer, and running ``nst … --json`` in a child process with its
-peak resident memory.
+the CPU's name, and running ``nst … --json`` in a child process with its own peak resident
+memory.
 
 Import it first (``import _bench``: scripts/ is on sys.path when a script runs): it sets
 OpenBLAS to one thread, as the ``nst`` command does, before numpy loads.
@@ -14,11 +14,9 @@ os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")  # as nst_onnx.cli does, befo
 
 import json  # noqa: E402
 import platform  # noqa: E402
-import statistics  # noqa: E402
 import subprocess  # noqa: E402
 import sys  # noqa: E402
 import time  # noqa: E402
-from collections.abc import Callable  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -36,12 +34,6 @@ def images_dir(given: str | None = None) -> Path:
     return d
 
 
-def image(name: str, folder: Path) -> Path:
-    """``name`` in ``folder``, else the bundled example of that name."""
-    p = folder / name
-    return p if p.exists() else EXAMPLES / name
-
-
 def cpu_model() -> str:
     """The CPU's model name (every CPU figure names it), or the best guess there is."""
     try:
@@ -51,18 +43,6 @@ def cpu_model() -> str:
     except OSError:
         pass
     return platform.processor() or platform.machine()
-
-
-def median_seconds(fn: Callable[[], object], repeats: int = 5, warmup: int = 1) -> float:
-    """Median wall time of ``fn()`` over ``repeats`` calls after ``warmup`` untimed ones."""
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    return statistics.median(times)
 
 
 def run_nst(args: list[str], env: dict | None = None) -> tuple[dict, float, float]:

@@ -15,8 +15,7 @@ from pathlib import Path
 
 import _bench  # paths, images folder, BLAS threads
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+ROOT = _bench.ROOT
 sys.path.insert(0, str(ROOT / "scripts"))
 SHARED = _bench.images_dir()  # $NST_ONNX_IMAGES, else examples/
 

@@ -11,11 +11,10 @@ from __future__ import annotations
 
 import argparse
 import json
-from pathlib import Path
 
 import _bench  # paths, images folder, BLAS threads
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = _bench.ROOT
 SHARED = _bench.images_dir()  # $NST_ONNX_IMAGES, else examples/
 
 

@@ -13,33 +13,24 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import subprocess
-import sys
 import tempfile
 from pathlib import Path
 
+import _bench  # paths, BLAS threads, nst --json with the child's peak RSS
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+ROOT = _bench.ROOT
 
 
 def peak(size: int, optimizer: str, history: int, iterations: int, threads: int,
          tmp: str) -> tuple[float, float]:
     """(megapixels, peak RSS MB) of one run in a fresh process."""
-    cmd = [sys.executable, "-m", "nst_onnx.cli", "stylize",
-           str(ROOT / "examples/tubingen.jpg"), str(ROOT / "examples/starry_night.jpg"),
-           "-o", str(Path(tmp) / f"m{size}.png"), "--size", str(size), "--scales", "1",
-           "--iterations", str(iterations), "--optimizer", optimizer, "--history", str(history),
-           "--json", "--threads", str(threads), "--force"]
-    p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
-    stdout = p.stdout.read()
-    _, status, usage = os.wait4(p.pid, 0)
-    if status != 0:
-        raise SystemExit(f"run at {size} failed: {stdout}")
-    s = json.loads(stdout.strip().splitlines()[-1])
-    return s["memory"]["megapixels"], usage.ru_maxrss / 1024
+    summary, _, peak_mb = _bench.run_nst([
+        "stylize", str(ROOT / "examples/tubingen.jpg"), str(ROOT / "examples/starry_night.jpg"),
+        "-o", str(Path(tmp) / f"m{size}.png"), "--size", str(size), "--scales", "1",
+        "--iterations", str(iterations), "--optimizer", optimizer, "--history", str(history),
+        "--threads", str(threads), "--force"])
+    return summary["memory"]["megapixels"], peak_mb
 
 
 def main() -> None:

@@ -20,13 +20,11 @@ os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")  # as the `nst` command does
 
 import argparse  # noqa: E402
 import json  # noqa: E402
-import sys  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 from PIL import Image  # noqa: E402
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+ROOT = _bench.ROOT
 SHARED = _bench.images_dir()  # $NST_ONNX_IMAGES, else examples/
 
 

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import _bench  # paths, images folder, BLAS threads
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = _bench.ROOT
 SHARED = _bench.images_dir()  # $NST_ONNX_IMAGES, else examples/
 
 

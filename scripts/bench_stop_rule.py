@@ -35,8 +35,7 @@ from pathlib import Path  # noqa: E402
 
 import numpy as np  # noqa: E402
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+ROOT = _bench.ROOT
 sys.path.insert(0, str(ROOT / "scripts"))
 SHARED = _bench.images_dir()  # $NST_ONNX_IMAGES, else examples/
 PAIRS = [("tubingen.jpg", "starry_night.jpg"), ("tubingen.jpg", "shipwreck.jpg"),

@@ -12,14 +12,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 
 import _bench  # paths, images folder, BLAS threads
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+ROOT = _bench.ROOT
 
 SHARED = _bench.images_dir()  # $NST_ONNX_IMAGES, else examples/
 CALIBRATE = ["shipwreck.jpg", "the_scream.jpg", "woman-with-hat-matisse.jpg"]

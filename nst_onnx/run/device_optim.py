@@ -169,7 +169,7 @@ class _Pairs:
 
     def __init__(self, loop: Loop, m: int, state: dict[str, np.ndarray] | None = None):
         self.loop, self.m = loop, m
-        n = int(np.prod(loop.shape))
+        self.n = n = int(np.prod(loop.shape))
         self.hist = _History(m)
         if state and "S" in state and 0 < len(state["hist_sy"]) <= m:
             k = len(state["hist_sy"])
@@ -186,9 +186,8 @@ class _Pairs:
 
     def reset(self) -> None:
         """An empty history (a fresh start: steepest descent next)."""
-        n = int(np.prod(self.loop.shape))
-        self.S = to_device(np.zeros((self.m, n), np.float32), self.loop.device)
-        self.Y = to_device(np.zeros((self.m, n), np.float32), self.loop.device)
+        self.S = to_device(np.zeros((self.m, self.n), np.float32), self.loop.device)
+        self.Y = to_device(np.zeros((self.m, self.n), np.float32), self.loop.device)
         self.hist = _History(self.m)
 
     def update(self, x, x_t, g, g_t) -> None:
