@@ -19,7 +19,6 @@ RGB_TO_YIQ = np.array([[0.299, 0.587, 0.114],
                        [0.596, -0.274, -0.322],
                        [0.211, -0.523, 0.312]])
 YIQ_TO_RGB = np.linalg.inv(RGB_TO_YIQ)
-MODES = ("none", "luminance", "histogram", "histogram-sym", "post")
 
 
 def _stats(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
