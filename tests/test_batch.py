@@ -218,7 +218,7 @@ def test_one_worker_when_auto_finds_a_gpu(monkeypatch):
 
 def test_ray_tasks_ask_for_a_gpu_when_auto_finds_one_in_the_cluster():
     """With `auto`, tasks on a GPU node would otherwise all pick the device unscheduled."""
-    from nst_onnx.batch import _ray_gpus
+    from nst_onnx.batch.workers import ray_gpus as _ray_gpus
 
     assert _ray_gpus("auto", {"CPU": 16.0, "GPU": 2.0}) == 1
     assert _ray_gpus("auto", {"CPU": 16.0}) == 0

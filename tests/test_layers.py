@@ -79,9 +79,10 @@ def test_the_check_resolves_relative_imports_and_those_inside_functions():
 
 
 def test_no_function_in_the_job_runner_is_over_60_lines():
-    """job.py, run/ and batch.py stay in small functions (their complexity is held at 12 by
+    """job.py, run/ and batch/ stay in small functions (their complexity is held at 12 by
     ruff's C901 in .ci/run)."""
-    files = [PACKAGE / "job.py", PACKAGE / "batch.py", *sorted((PACKAGE / "run").glob("*.py"))]
+    files = [PACKAGE / "job.py", *sorted((PACKAGE / "batch").glob("*.py")),
+             *sorted((PACKAGE / "run").glob("*.py"))]
     long = [f"{p.relative_to(PACKAGE)}:{n.lineno} {n.name} ({n.end_lineno - n.lineno + 1})"
             for p in files for n in ast.walk(ast.parse(p.read_text()))
             if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef))

@@ -8,9 +8,12 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
+import stat
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+
+from ..errors import BadInput
 
 
 @contextlib.contextmanager
@@ -20,7 +23,7 @@ def atomic_path(target: str | os.PathLike, suffix: str = "") -> Iterator[Path]:
     ``suffix`` keeps the extension visible to writers that choose a format from it.
     """
     target = Path(target)
-    fd, tmp = tempfile.mkstemp(
+    fd, tmp = tempfile.mkstemp(  # the name's shape: temp_name
         prefix=f".{target.name}.", suffix=(suffix or target.suffix) + ".tmp", dir=target.parent
     )
     os.close(fd)
@@ -67,3 +70,24 @@ def sha256_file(path: str | os.PathLike) -> str:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             h.update(chunk)
     return h.hexdigest()
+
+
+def temp_name(name: str) -> str:
+    """The longest temporary name :func:`atomic_path` makes for ``name`` (mkstemp's random
+    part is 8 characters): what must fit the file system's name limit."""
+    return f".{name}.{'x' * 8}{Path(name).suffix if name else ''}.tmp"
+
+
+def regular_file(path: str | os.PathLike, what: str) -> Path:
+    """``path`` if it is a regular file (after symlinks); a FIFO would hang a read, a device
+    read forever, a folder fail obscurely: each is refused in one line."""
+    path = Path(path)
+    try:
+        mode = path.stat().st_mode
+    except OSError as e:
+        raise BadInput(f"{what} {path}: {e.strerror or e}") from None
+    if not stat.S_ISREG(mode):
+        kind = "a folder" if stat.S_ISDIR(mode) else "a FIFO" if stat.S_ISFIFO(mode) else \
+            "a device" if stat.S_ISCHR(mode) or stat.S_ISBLK(mode) else "not a regular file"
+        raise BadInput(f"{what} {path} is {kind}: give a regular file")
+    return path

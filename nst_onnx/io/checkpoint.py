@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import BadInput
-from .atomic import write_bytes
+from .atomic import temp_name, write_bytes
 
 FORMAT = 1
 
@@ -29,7 +29,18 @@ class CheckpointError(BadInput):
 
 def checkpoint_path(output: str | Path) -> Path:
     output = Path(output)
-    return output.with_name(f".{output.name}.ckpt.npz")
+    return output.with_name(checkpoint_name(output.name))
+
+
+def checkpoint_name(name: str) -> str:
+    return f".{name}.ckpt.npz"
+
+
+def longest_derived_name(name: str) -> int:
+    """Bytes in the longest file name a run derives from the output name ``name`` (the
+    checkpoint's temporary file): names are checked against the file system's limit with it
+    before the run, not after."""
+    return max(len(n.encode()) for n in (name, temp_name(name), temp_name(checkpoint_name(name))))
 
 
 @dataclass
