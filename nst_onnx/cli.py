@@ -225,8 +225,11 @@ def stylize(
                        "styles": [str(s) for s in styles],
                        **({"masks": [str(m) for m in mask_paths]} if mask_paths else {}),
                        "width": w, "height": h, **result.summary()}
-            save_image(result.image, output, {"nst-onnx": json.dumps(
-                {"version": __version__, **summary}, default=str)})
+            try:
+                save_image(result.image, output, {"nst-onnx": json.dumps(
+                    {"version": __version__, **summary}, default=str)})
+            except OSError as e:
+                raise _unsaved(output, result.image, ckpt, e) from None
             finished = result.optimize.interrupted is None and result.optimize.error is None
             if ckpt is not None and finished:  # only now: the output is safely in place
                 ckpt.unlink(missing_ok=True)
@@ -406,6 +409,26 @@ def _check_paths(content: Path, styles: list[Path], output: Path, init: str,
     except OSError as e:
         raise BadInput(f"cannot write into {parent} ({e.strerror}): choose another output path") \
             from None
+
+
+def _unsaved(output: Path, image, ckpt: Path | None, e: OSError) -> NstError:
+    """The one line for a final save that failed (a full disk): what it needs and where the
+    finished run is kept — its checkpoint, from which ``--resume`` only writes the output."""
+    w, h = image.size
+    why = f"could not write {output} ({e.strerror or e}; up to {w * h * 3 / 1e6:.1f} MB needed)"
+    if ckpt is not None and ckpt.exists():
+        return NstError(f"{why}: the finished run is kept in {ckpt}; free some space and run "
+                        "the same command with --resume to write it")
+    import tempfile
+
+    from .io.images import save_image
+
+    spare = Path(tempfile.gettempdir()) / f"nst-onnx-{os.getpid()}-{output.name}"
+    try:  # no checkpoint (--checkpoint-every 0): the temporary folder may be another disk
+        save_image(image, spare)
+    except OSError:
+        return NstError(f"{why}: nothing was kept (no checkpoint; {spare.parent} is full too)")
+    return NstError(f"{why}: the image was written to {spare} instead")
 
 
 class _Progress:

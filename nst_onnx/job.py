@@ -31,13 +31,20 @@ from .config import (
     settings_dict,
 )
 from .errors import BadInput, Interrupted
-from .io.checkpoint import Checkpoint, CheckpointError, load_checkpoint
+from .io.checkpoint import Checkpoint, CheckpointError, load_checkpoint, size_bound
 from .io.images import load_image, to_pil
 from .problem import Problem, fit_content, listed, prepare
 from .run import resources
 from .run.device_optim import adam_onnx, lbfgs_onnx
 from .run.engine import Engine
-from .run.progress import Callback, CheckpointTimer, OptimizeResult, StopRule, chain
+from .run.progress import (
+    BUDGET_REACHED,
+    Callback,
+    CheckpointTimer,
+    OptimizeResult,
+    StopRule,
+    chain,
+)
 from .run.scipy_lbfgs import lbfgs
 
 RESUME_MODES = ("never", "auto", "require")
@@ -188,14 +195,26 @@ def optimize(engine: Engine, problem: Problem, run: RunOptions,
         res = lbfgs_onnx(loop, x0, iterations, run.history, hooks, state) \
             if run.optimizer == "lbfgs-onnx" else \
             adam_onnx(loop, x0, iterations, run.lr, hooks, state)
-    settings = settings_dict(dataclasses.replace(run, size=side, iterations=iterations),
-                             problem.weights, engine.spec)
+    return _result(engine, problem, dataclasses.replace(run, size=side, iterations=iterations),
+                   res)
+
+
+def _result(engine: Engine, problem: Problem, run: RunOptions, res: OptimizeResult) -> Result:
+    settings = settings_dict(run, problem.weights, engine.spec)
     return Result(to_pil(problem.finish(res.x)[None]), res, settings,
                   model={"model": problem.manifest["key"],
                          "model_sha256": problem.manifest["files"]["loss.onnx"]["sha256"]},
                   engine={"device": engine.device, "providers": engine.providers,
                           "threads": engine.threads_used,
                           "tf32": engine.options.tf32 if engine.device == "cuda" else None})
+
+
+def _ended(engine: Engine, problem: Problem, run: RunOptions, ckpt: Checkpoint) -> Result:
+    """The result a checkpoint of an ended run holds (its loss evaluated once): what a run
+    killed while its output was saved resumes to."""
+    t = problem.evaluate(ckpt.x)
+    res = OptimizeResult(ckpt.x, t.loss, t.terms, t.loss, t.terms, 0, 1, ckpt.stop_reason, 0.0)
+    return _result(engine, problem, run, res)
 
 
 # --------------------------------------------------------------------------- over scales
@@ -228,19 +247,24 @@ class Inputs:
         return [self.content, *self.styles, *(self.masks or []), *init]
 
 
-def find_checkpoint(checkpoint, fp: str, resume: str, its: list[int],
-                    log: Callable[[str], None]) -> Checkpoint | None:
+def find_checkpoint(checkpoint, fp: str, resume: str, plan: tuple[list[int], list[int]],
+                    history: int, log: Callable[[str], None]) -> Checkpoint | None:
     """The checkpoint to resume from: None with ``never``; with ``auto`` one made by this very
     job or None (any other is ignored with a notice); ``require`` as auto, but a missing,
-    unreadable or mismatched checkpoint is an error."""
+    unreadable, mismatched or damaged checkpoint is an error. One whose run had ended (its
+    output not yet written) fits only at the last scale, within the iterations asked for."""
     if checkpoint is None or resume == "never":
         return None
     path = Path(checkpoint)
+    sizes, its = plan
     try:
         if not path.exists():
             raise CheckpointError(f"no checkpoint at {path}: nothing to resume")
-        ckpt = load_checkpoint(path, fp)
-        if not (ckpt.scale < len(its) and 0 <= ckpt.iteration < its[ckpt.scale]):
+        ckpt = load_checkpoint(path, fp, size_bound(sizes[-1], history))
+        last = len(its) - 1
+        fits = ckpt.iteration <= its[ckpt.scale] if ckpt.stop_reason and ckpt.scale == last \
+            else ckpt.scale < len(its) and ckpt.iteration < its[ckpt.scale]
+        if not fits:
             raise CheckpointError(f"checkpoint {path} does not fit this run's plan")
         return ckpt
     except CheckpointError as e:
@@ -266,14 +290,16 @@ class _Scales:
         self.per_scale: list[dict] = []
         self.memory: dict = {}
 
-    def save(self) -> None:
-        """Keep where the run stands (unless that scale was finished). A checkpoint that
-        cannot be written (a full disk) is a warning: the run, and its best image, go on."""
+    def save(self, ended: str = "", result: np.ndarray | None = None) -> None:
+        """Keep where the run stands (unless that scale was finished), or, ``ended`` (the
+        stop reason), the ``result`` image itself. A checkpoint that cannot be written (a full disk)
+        is a warning: the run, and its best image, go on."""
         p, index, iteration, done = self.latest
-        if self.checkpoint is not None and iteration < self.its[index]:
+        if self.checkpoint is not None and (ended or iteration < self.its[index]):
+            x, state = (result, {}) if ended else (p.x, p.state())
             try:
-                Checkpoint(self.fp, index, iteration, done, self.run.optimizer, p.x,
-                           p.state()).save(Path(self.checkpoint))
+                Checkpoint(self.fp, index, iteration, done, self.run.optimizer, x, state,
+                           ended).save(Path(self.checkpoint))
             except OSError as e:
                 self.engine.log(f"warning: could not write the checkpoint {self.checkpoint} "
                                 f"({e.strerror or e}); the run goes on")
@@ -304,8 +330,13 @@ class _Scales:
                                   iterations=self.its[index] - first,
                                   init=self.ckpt.x if here else start,
                                   stop_tolerance=self.run.stop_rule())
-        result = optimize(self.engine, problem, run,
-                          self._hook(problem, index, first, done + first), state)
+        reason = self.ckpt.stop_reason if here else ""
+        if reason and (first == self.its[index] or reason != BUDGET_REACHED):
+            result = _ended(self.engine, problem, dataclasses.replace(run, iterations=first),
+                            self.ckpt)  # only its output was left to write
+        else:
+            result = optimize(self.engine, problem, run,
+                              self._hook(problem, index, first, done + first), state)
         self.per_scale.append({"size": self.sizes[index], "shape": list(problem.shape[:2]),
                                **scale_summary(result.optimize),
                                **({"resumed_at": first} if here else {})})
@@ -344,6 +375,9 @@ class _Scales:
                 return result
         if self.checkpoint is not None and not keep_checkpoint:
             Path(self.checkpoint).unlink(missing_ok=True)
+        elif self.checkpoint is not None and self.latest is not None:
+            # the output is the caller's to write
+            self.save(result.optimize.stop_reason, result.optimize.x)
         return result
 
 
@@ -363,7 +397,7 @@ def transfer(engine: Engine, content, styles, run: RunOptions, weights: LossWeig
     fit_content(inputs.content, sizes[0], engine.spec.min_side)
     fp = fingerprint_images(inputs.images, run, weights, engine.spec,
                             engine.manifest["files"]["loss.onnx"]["sha256"])
-    ckpt = find_checkpoint(checkpoint, fp, resume, its, engine.log)
+    ckpt = find_checkpoint(checkpoint, fp, resume, (sizes, its), run.history, engine.log)
     job = _Scales(engine, inputs, run, weights, (sizes, its), fp, checkpoint, ckpt, callback)
     result = job.all(before_run, keep_checkpoint)
     result.settings.update(settings_dict(run, weights, engine.spec), size=sizes[-1],

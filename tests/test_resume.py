@@ -154,12 +154,99 @@ def test_the_checkpoint_outlives_a_failed_final_save(models_dir, images, tmp_pat
             "--size", "40", "--iterations", "8", "--checkpoint-every", "1e-9",
             "--models", str(models_dir)]
     r = CliRunner().invoke(app, args)
-    assert r.exit_code == 1 and "No space left" in r.output and not out.exists()
-    assert checkpoint_path(out).exists()
+    assert r.exit_code == 1 and not out.exists()
+    assert "No space left" in r.output and str(checkpoint_path(out)) in r.output, r.output
+    with np.load(checkpoint_path(out)) as z:  # the ended run itself, not an earlier moment
+        meta = json.loads(str(z["meta"]))
+    assert meta["iteration"] == 8 and meta["stop_reason"]
     monkeypatch.setattr(image_io, "save_image", real)
-    r = CliRunner().invoke(app, [*args, "--resume"])
+    r = CliRunner().invoke(app, [*args, "--resume", "--json"])
     assert r.exit_code == 0, r.output
+    s = json.loads(r.output.strip().splitlines()[-1])
+    assert s["iterations"] == 8 and s["scales"][0]["iterations"] == 0  # only the save was left
     assert out.exists() and not checkpoint_path(out).exists()
+
+
+def test_without_a_checkpoint_a_failed_final_save_writes_to_the_temporary_folder(
+        models_dir, images, tmp_path, monkeypatch):
+    import nst_onnx.io.images as image_io
+
+    out, spare = tmp_path / "o.png", tmp_path / "spare"
+    spare.mkdir()
+    monkeypatch.setenv("TMPDIR", str(spare))
+    monkeypatch.setattr("tempfile.tempdir", None)
+    real = image_io.save_image
+
+    def full_disk(img, path, metadata=None):
+        if Path(path) == out:
+            raise OSError(28, "No space left on device")
+        return real(img, path, metadata)
+    monkeypatch.setattr(image_io, "save_image", full_disk)
+    r = CliRunner().invoke(app, ["stylize", str(images["tubingen"]), str(images["starry_night"]),
+                                 "-o", str(out), "--size", "32", "--iterations", "2",
+                                 "--checkpoint-every", "0", "--models", str(models_dir)])
+    kept = list(spare.glob("nst-onnx-*o.png"))
+    assert r.exit_code == 1 and len(kept) == 1 and str(kept[0]) in r.output, r.output
+
+
+@pytest.mark.parametrize("damage, why", [
+    (dict(meta={"scale": -1}), "whole numbers"),
+    (dict(meta={"iteration": 5.5}), "whole numbers"),
+    (dict(meta={"iteration": 99, "done": 3}), "more iterations"),
+    (dict(meta={"optimizer": "sgd"}), "unknown optimiser"),
+    (dict(x=np.full((3, 4, 4), 1e30, np.float32)), "pixels outside"),
+    (dict(x=np.zeros((4, 4), np.float32)), "no image"),
+    (dict(state_S=np.full((2, 7), np.nan, np.float32)), "not finite"),
+    (dict(state_S=np.zeros((2, 7), np.float32)), "L-BFGS history"),
+])
+def test_a_checkpoint_with_the_right_fingerprint_but_damaged_contents_is_refused(
+        st, images, tmp_path, damage, why):
+    """The fingerprint is public (PNG metadata, batch manifests): it proves nothing about
+    the rest of the file, which is checked before anything is used."""
+    ckpt = tmp_path / "c.npz"
+    args = dict(size=40, iterations=6, optimizer="lbfgs-onnx")
+    st.transfer(images["tubingen"], images["starry_night"], checkpoint=ckpt,
+                checkpoint_every=1e-9, callback=_stop_at(3), **args)
+    with np.load(ckpt, allow_pickle=False) as z:
+        arrays = {k: z[k] for k in z.files}
+    meta = json.loads(str(arrays["meta"])) | damage.pop("meta", {})
+    arrays |= damage | {"meta": np.array(json.dumps(meta))}
+    ckpt.unlink()
+    np.savez(ckpt, **arrays)
+    with pytest.raises(CheckpointError, match=why):
+        st.transfer(images["tubingen"], images["starry_night"], checkpoint=ckpt,
+                    resume="require", **args)
+
+
+def test_a_checkpoint_larger_than_its_run_is_refused_before_it_is_inflated(st, images, tmp_path):
+    """A few MB of zeros that would inflate to far more than a 40 px run ever writes."""
+    import zipfile
+
+    ckpt = tmp_path / "c.npz"
+    args = dict(size=40, iterations=6)
+    st.transfer(images["tubingen"], images["starry_night"], checkpoint=ckpt,
+                checkpoint_every=1e-9, callback=_stop_at(3), **args)
+    header = np.lib.format.header_data_from_array_1_0(np.zeros(1, np.float32))
+    header["shape"] = (200_000_000,)
+    with zipfile.ZipFile(ckpt, "a", zipfile.ZIP_DEFLATED) as z, z.open("state_extra.npy", "w",
+                                                                      force_zip64=True) as f:
+        np.lib.format.write_array_header_1_0(f, header)
+        for _ in range(200):
+            f.write(bytes(4_000_000))
+    assert ckpt.stat().st_size < 10_000_000
+    with pytest.raises(CheckpointError, match="more than a run of this size writes"):
+        st.transfer(images["tubingen"], images["starry_night"], checkpoint=ckpt,
+                    resume="require", **args)
+
+
+def test_a_fifo_as_checkpoint_is_refused_in_one_line(st, images, tmp_path):
+    import os
+
+    ckpt = tmp_path / "c.npz"
+    os.mkfifo(ckpt)
+    with pytest.raises(CheckpointError, match="FIFO"):
+        st.transfer(images["tubingen"], images["starry_night"], size=40, iterations=2,
+                    checkpoint=ckpt, resume="require")
 
 
 def test_a_checkpoint_that_cannot_be_written_is_a_warning(st, images, tmp_path, monkeypatch):
