@@ -386,15 +386,25 @@ def _check_paths(content: Path, styles: list[Path], output: Path, init: str,
     included), unwritable output."""
     inputs = [content, *styles] + ([Path(init)] if init not in ("content", "noise", "style")
                                    else [])
+    from .io.atomic import name_max, regular_file
+    from .io.checkpoint import longest_derived_name
+
     for p in inputs:
-        if not p.is_file():
+        if not p.exists():
             raise BadInput(f"input not found: {p}")
+        regular_file(p, "input")
     out = output.resolve()
     if any(out == p.resolve() for p in inputs):
         raise BadInput(f"output {output} is one of the inputs: choose another path")
     parent = out.parent
     if not parent.is_dir():
         raise BadInput(f"output directory {parent} does not exist: create it first")
+    limit = name_max(parent)
+    if longest_derived_name(out.name) > limit:
+        raise BadInput(f"output name {out.name[:40]}… is too long for this file system "
+                       f"({len(out.name.encode())} bytes; at most "
+                       f"{limit - longest_derived_name('')} here, leaving room for its "
+                       "temporary and checkpoint names)")
     if out.exists() and no_clobber:
         raise BadInput(f"output {output} exists and --no-clobber was given: choose another path")
     if out.is_dir():
@@ -495,6 +505,11 @@ def _guard(fn, debug: bool) -> None:
         if debug:
             raise
         _err("out of memory: try a smaller --size")
+        raise typer.Exit(1) from None
+    except OSError as e:  # the environment (a full disk, a permission): name the file
+        if debug:
+            raise
+        _err(f"{e.strerror or e}: {e.filename}" if e.filename else f"{e.strerror or e}")
         raise typer.Exit(1) from None
     except Exception as e:  # a bug or an environment failure: still one line unless --debug
         if debug:

@@ -33,7 +33,7 @@ from .config import (
 from .errors import BadInput, Interrupted
 from .io.checkpoint import Checkpoint, CheckpointError, load_checkpoint, size_bound
 from .io.images import load_image, to_pil
-from .problem import Problem, fit_content, listed, prepare
+from .problem import Problem, fit_content, listed, prepare, shapes
 from .run import resources
 from .run.device_optim import adam_onnx, lbfgs_onnx
 from .run.engine import Engine
@@ -343,14 +343,17 @@ class _Scales:
         return result
 
     def prepare(self, index: int) -> Problem:
-        i = self.inputs
-        problem = prepare(self.engine, i.content, i.styles, self.sizes[index], i.masks,
-                          self.weights, self.run.max_image_pixels)
+        """The problem at scale ``index``; first, the memory the whole run needs, estimated
+        from the decoded sizes before any image is resized or any feature computed."""
+        i, e = self.inputs, self.engine
         if not self.memory:
+            shape, style_pixels = shapes(i.content, i.styles, self.sizes[index],
+                                         self.weights.style_scale, e.spec.min_side)
             self.memory = resources.check_memory(
-                self.engine.device, self.engine.spec, problem.shape[:2], problem.style_pixels,
-                problem.regions, self.sizes[-1], self.run, self.engine.log)
-        return problem
+                e.device, e.spec, shape, style_pixels, len(i.masks or []), self.sizes[-1],
+                self.run, e.log, self.weights.style_scale)
+        return prepare(e, i.content, i.styles, self.sizes[index], i.masks, self.weights,
+                       self.run.max_image_pixels)
 
     def all(self, before_run, keep_checkpoint: bool = False) -> Result:
         result, start = None, self.inputs.init

@@ -19,7 +19,7 @@ from .config import LossWeights
 from .errors import BadInput
 from .graphs.interface import inv_sizes, loss_io
 from .io import color
-from .io.images import fit_longest_side, load_image, to_nchw, to_pil
+from .io.images import fit_longest_side, fitted_size, load_image, to_nchw, to_pil
 from .run.binding import Evaluator, Terms
 from .run.engine import Engine
 
@@ -121,6 +121,20 @@ def _smallest_side(size: tuple[int, int], start: int, min_side: int) -> int:
     return need
 
 
+def style_side(size: int, style_scale: float, min_side: int) -> int:
+    """The longest side style images are used at for a content of ``size`` px."""
+    return max(min_side, round(size * style_scale))
+
+
+def shapes(content: Image.Image, styles: list[Image.Image], size: int, style_scale: float,
+           min_side: int) -> tuple[tuple[int, int], int]:
+    """((H, W) of the content, pixels of the largest style) as :func:`prepare` will use them,
+    from the decoded sizes alone: the memory estimate comes before any resize or feature."""
+    w, h = fitted_size(content.size, size)
+    side = style_side(size, style_scale, min_side)
+    return (h, w), max(math.prod(fitted_size(s.size, side)) for s in styles)
+
+
 def prepare(engine: Engine, content, styles, size: int, masks=None,
             weights: LossWeights | None = None, max_image_pixels: int | None = None) -> Problem:
     """Load and resize the images, compute the targets once, and bind them (see
@@ -133,11 +147,11 @@ def prepare(engine: Engine, content, styles, size: int, masks=None,
     lw.validate(len(styles), len(spec.style_layers))
     content_img = fit_content(load_image(content, "content image", max_image_pixels, log),
                               size, spec.min_side)
-    style_side = max(spec.min_side, round(size * lw.style_scale))
+    side = style_side(size, lw.style_scale, spec.min_side)
     style_arrays = []
     for i, s in enumerate(styles):
         img = fit_longest_side(load_image(s, f"style image {i + 1}", max_image_pixels, log),
-                               style_side)
+                               side)
         if min(img.size) < spec.min_side:
             raise BadInput(f"style image {i + 1} is too narrow at this size "
                            f"({img.size[0]}×{img.size[1]}); raise --size or --style-scale")

@@ -39,7 +39,7 @@ from ..io.atomic import sha256_file, write_bytes
 from ..io.checkpoint import checkpoint_path
 from ..io.images import EncodedImage
 from .manifest import MANIFEST, already_done, append_record, read_manifest
-from .plan import SHEET, Job, expand, plan, read_jobs_file
+from .plan import SHEET, Job, check_template, expand, plan, read_jobs_file
 from .workers import default_workers, one_line, ray_client, run_here, run_pool, run_ray
 
 __all__ = ["MANIFEST", "SHEET", "BatchResult", "Job", "batch", "default_workers", "expand",
@@ -99,6 +99,7 @@ def batch(contents: list | None = None, styles: list | None = None, outdir: str 
     engine.validate()
     spec = spec or LossSpec()
     outdir = Path(outdir)
+    check_template(template)  # before -o is made
     _check_outdir(outdir)
     ray_mod = ray_client(ray) if ray else None  # a missing or unreachable Ray fails before any work
     jobs, skipped_inputs = plan(contents or [], styles or [], outdir, template, run, weights,

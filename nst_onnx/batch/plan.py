@@ -24,7 +24,7 @@ from pathlib import Path
 
 from ..config import INITS, LossWeights, RunOptions, parse_cell, split_settings
 from ..errors import BadInput
-from ..io.atomic import regular_file
+from ..io.atomic import name_max, regular_file
 from ..io.checkpoint import longest_derived_name
 from ..io.images import FORMATS
 from .manifest import MANIFEST, read_manifest
@@ -121,10 +121,7 @@ class Outputs:
         self.outdir = outdir
         self.real = outdir.resolve()
         self.reserved = {self.real / MANIFEST, self.real / SHEET}
-        try:
-            self.name_max = os.pathconf(self.real, "PC_NAME_MAX")
-        except (OSError, ValueError, AttributeError):
-            self.name_max = 255
+        self.name_max = name_max(self.real)
 
     def place(self, name: str, where: str) -> Path:
         """``name`` inside -o as ``outdir/…``, normalised; BadInput if it leads out."""

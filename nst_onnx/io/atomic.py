@@ -91,3 +91,11 @@ def regular_file(path: str | os.PathLike, what: str) -> Path:
             "a device" if stat.S_ISCHR(mode) or stat.S_ISBLK(mode) else "not a regular file"
         raise BadInput(f"{what} {path} is {kind}: give a regular file")
     return path
+
+
+def name_max(folder: str | os.PathLike) -> int:
+    """The longest file name (bytes) the file system holding ``folder`` takes."""
+    try:
+        return os.pathconf(folder, "PC_NAME_MAX")
+    except (OSError, ValueError, AttributeError):
+        return 255

@@ -13,7 +13,7 @@ from PIL import Image, ImageCms, ImageOps, PngImagePlugin, UnidentifiedImageErro
 
 from ..config import MAX_PIXELS
 from ..errors import BadInput
-from .atomic import write_bytes
+from .atomic import regular_file, write_bytes
 
 FORMATS = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".webp": "WEBP",
            ".tif": "TIFF", ".tiff": "TIFF", ".bmp": "BMP"}
@@ -63,9 +63,9 @@ class EncodedImage:
 
 
 def _open(path: Path, what: str, max_pixels: int | None) -> Image.Image:
-    if not path.is_file():
+    if not path.exists():
         raise BadInput(f"{what} not found: {path}")
-    return _decode(path, path, what, max_pixels)
+    return _decode(regular_file(path, what), path, what, max_pixels)
 
 
 def _decode(src, path, what: str, max_pixels: int | None) -> Image.Image:
@@ -102,7 +102,10 @@ class _no_pillow_limit:
 
 
 def _to_srgb(img: Image.Image, what: str, warn: Callable[[str], None]) -> Image.Image:
-    img = ImageOps.exif_transpose(img)
+    try:
+        img = ImageOps.exif_transpose(img)
+    except Exception as e:  # a malformed EXIF block Pillow itself decoded past: so do we
+        warn(f"{what}: ignoring its malformed EXIF data ({str(e)[:80] or e.__class__.__name__})")
     icc = img.info.get("icc_profile")
     if img.mode in WIDE_16BIT:
         arr = np.asarray(img, dtype=np.float64)
@@ -125,10 +128,15 @@ def _to_srgb(img: Image.Image, what: str, warn: Callable[[str], None]) -> Image.
 
 def fit_longest_side(img: Image.Image, size: int) -> Image.Image:
     """Resize (Lanczos) so the longest side is ``size``; the aspect ratio is kept."""
-    w, h = img.size
-    scale = size / max(w, h)
-    new = (max(1, round(w * scale)), max(1, round(h * scale)))
+    new = fitted_size(img.size, size)
     return img if new == img.size else img.resize(new, Image.LANCZOS)
+
+
+def fitted_size(wh: tuple[int, int], size: int) -> tuple[int, int]:
+    """(w, h) of a ``wh`` picture resized to longest side ``size``: known before resizing."""
+    w, h = wh
+    scale = size / max(w, h)
+    return max(1, round(w * scale)), max(1, round(h * scale))
 
 
 def to_nchw(img: Image.Image) -> np.ndarray:

@@ -153,10 +153,12 @@ def gpu_memory_mb() -> tuple[float, float] | None:
 
 
 def check_memory(device: str, spec, shape: tuple[int, int], style_pixels: int, regions: int,
-                 final_size: int, run: RunOptions, log) -> dict:
+                 final_size: int, run: RunOptions, log, style_scale: float = 1.0) -> dict:
     """Estimate a run's peak memory at its final size — host memory on the CPU, device
-    memory on a GPU — from its first scale's ``shape`` (H, W), and refuse (BadInput) when it
-    will not fit, unless ``run.force``. Returns what was estimated."""
+    memory on a GPU — from its first scale's ``shape`` (H, W) and its largest style's pixels
+    there, and refuse (BadInput) when it will not fit, unless ``run.force``; where the style
+    images are the larger, the advice is a smaller ``--style-scale``. Returns what was
+    estimated."""
     h, w = shape
     grow = (final_size / max(h, w)) ** 2
     aspect = min(h, w) / max(h, w)
@@ -186,6 +188,9 @@ def check_memory(device: str, spec, shape: tuple[int, int], style_pixels: int, r
         side = largest(HEADROOM * avail)
         advice = (f"use --size {side} or less" if side >= 16 else
                   f"too little for any size: free some {what}")
+        if style_pixels > h * w and device != "cuda":  # the style images are the larger
+            fits = side * side * aspect / (style_pixels * grow)
+            advice = f"use --style-scale {style_scale * fits ** 0.5:.2g} or less"
         msg = (f"this run needs about {est / 1024:.1f} GB of {what} and {avail / 1024:.1f} "
                f"GB is free: {advice}, or pass --force")
         if not run.force:
