@@ -29,6 +29,7 @@ _ENGINES: dict = {}  # per worker process: the StyleTransfer of each (engine, sp
 _MODEL_DIRS: dict[str, Path] = {}  # per process: models that travelled (Ray), by hash
 _PROGRESS = None  # a worker process's queue to the driver
 _BUSY = threading.Event()  # a worker is inside a job (a signal then stops the job)
+_STOPPING = threading.Event()  # a pool worker was told to stop: it takes no further job
 STOP_GRACE = 8.0  # seconds workers get to checkpoint after the driver is stopped
 WORKER_DIED = "its worker process died (killed by the system, perhaps for lack of memory)"
 
@@ -75,11 +76,15 @@ def _travelled_model(models: dict) -> Path:
 def execute(payload: dict) -> dict:
     """Run one job (in whichever process it lands): the output as encoded bytes and the
     summary. Inputs are paths, or :class:`EncodedImage` bytes that travelled (Ray)."""
+    if _STOPPING.is_set():  # the pool had queued this job before the stop
+        os._exit(0)
     _BUSY.set()
     try:
         return _execute(payload)
     finally:
         _BUSY.clear()
+        if _STOPPING.is_set():  # its checkpoint is written; the driver wants no result
+            os._exit(0)
 
 
 def _execute(payload: dict) -> dict:
@@ -123,7 +128,8 @@ def _init_worker(queue) -> None:
 
 def _stop_worker(signum, frame) -> None:
     """SIGTERM: a job in progress stops and checkpoints (its Interrupted goes back to the
-    driver); an idle worker just leaves."""
+    driver) and the worker leaves after it; an idle worker just leaves."""
+    _STOPPING.set()
     if _BUSY.is_set():
         raise Interrupted(143)
     os._exit(0)
