@@ -81,7 +81,7 @@ def drill_kill9(work: Path, kills: int, seed: int) -> tuple[bool, str]:
     failures, resumed, restarted = [], 0, 0
     for k in range(kills):
         out = work / f"k{k}.png"
-        moment = rng.uniform(0.9 * wall, wall) if k % 4 == 3 else rng.uniform(0.3, wall)
+        moment = rng.uniform(0.85 * wall, 0.99 * wall) if k % 4 == 3 else rng.uniform(0.3, wall)
         proc = subprocess.Popen(stylize(out, *args))
         time.sleep(moment)
         proc.kill()
@@ -282,7 +282,7 @@ def _fill(folder: Path) -> Path:
 
 def _disk_full(work: Path, mnt: Path) -> tuple[bool, str]:
     out = mnt / "o.png"
-    args = ["--size", "128", "--iterations", "300", "--optimizer", "lbfgs",
+    args = ["--size", "128", "--iterations", "150", "--optimizer", "lbfgs",
             "--checkpoint-every", "0.2"]
     proc = subprocess.Popen(stylize(out, *args), stderr=subprocess.PIPE, text=True)
     if not wait_for(lambda: ckpt_of(out).exists(), 120):
@@ -296,7 +296,7 @@ def _disk_full(work: Path, mnt: Path) -> tuple[bool, str]:
     filler.unlink()
     again = run(stylize(out, *args, "--resume", "--json"))
     second = again.returncode == 0 and whole_image(out) and \
-        last_json(again)["iterations"] == 300
+        last_json(again)["iterations"] == 150
     # no checkpoint at all: the image goes to the temporary folder, which is not full
     out2, spare = mnt / "p.png", work / "spare"
     spare.mkdir()

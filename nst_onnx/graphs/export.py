@@ -83,11 +83,11 @@ def _export(spec: LossSpec, out: Path, weights: Weights | None, weights_path, ca
         if wanted == current.get("weights", {}).get("identity"):
             return out
         log(f"{out} was built from other weights; exporting again from {weights_path}")
+    out.mkdir(parents=True, exist_ok=True)  # first: an unwritable folder is the only line
     if weights is None:
         weights = load_weights(weights_path, cache_dir, log)
     if not current:
         log(f"Exporting the VGG19 loss graphs (once) to {out}")
-    out.mkdir(parents=True, exist_ok=True)
     manifest_path = out / "manifest.json"
     if manifest_path.exists():
         manifest_path.unlink()  # the directory is incomplete until the new manifest lands
