@@ -87,7 +87,7 @@ def test_resume_without_a_checkpoint_is_one_line_exit_2(models_dir, images, tmp_
 def test_kill_9_then_resume_finishes_the_run(models_dir, images, tmp_path):
     out = tmp_path / "k.png"
     cmd = [sys.executable, "-m", "nst_onnx.cli", "stylize", str(images["tubingen"]),
-           str(images["starry_night"]), "-o", str(out), "--size", "48", "--iterations", "400",
+           str(images["starry_night"]), "-o", str(out), "--size", "48", "--iterations", "150",
            "--checkpoint-every", "0.2", "--models", str(models_dir), "--threads", "1",
            "--quiet"]
     proc = subprocess.Popen(cmd)
@@ -104,12 +104,12 @@ def test_kill_9_then_resume_finishes_the_run(models_dir, images, tmp_path):
         proc.kill()
     assert not out.exists() and ckpt.exists()
     before = int(json.loads(str(np.load(ckpt)["meta"]))["done"])
-    assert 0 < before < 400
+    assert 0 < before < 150
     r = subprocess.run([*cmd[:-1], "--json", "--resume"], capture_output=True, text=True,
                        timeout=300)
     assert r.returncode == 0, r.stderr
     s = json.loads(r.stdout)
-    assert s["iterations"] == 400 and s["resumed"]["iterations_before"] >= before
+    assert s["iterations"] == 150 and s["resumed"]["iterations_before"] >= before
     assert out.exists() and not ckpt.exists()
 
 
@@ -227,13 +227,13 @@ def test_a_checkpoint_larger_than_its_run_is_refused_before_it_is_inflated(st, i
     st.transfer(images["tubingen"], images["starry_night"], checkpoint=ckpt,
                 checkpoint_every=1e-9, callback=_stop_at(3), **args)
     header = np.lib.format.header_data_from_array_1_0(np.zeros(1, np.float32))
-    header["shape"] = (200_000_000,)
+    header["shape"] = (50_000_000,)
     with zipfile.ZipFile(ckpt, "a", zipfile.ZIP_DEFLATED) as z, z.open("state_extra.npy", "w",
                                                                       force_zip64=True) as f:
         np.lib.format.write_array_header_1_0(f, header)
-        for _ in range(200):
+        for _ in range(50):
             f.write(bytes(4_000_000))
-    assert ckpt.stat().st_size < 10_000_000
+    assert ckpt.stat().st_size < 1_000_000
     with pytest.raises(CheckpointError, match="more than a run of this size writes"):
         st.transfer(images["tubingen"], images["starry_night"], checkpoint=ckpt,
                     resume="require", **args)
