@@ -137,12 +137,11 @@ def test_a_checkpoint_in_the_on_disk_layout_of_format_1_resumes(st, images, tmp_
     assert resumed.optimize.loss == pytest.approx(whole.optimize.loss, rel=1e-3)
 
 
-def test_the_checkpoint_outlives_a_failed_final_save(models_dir, images, tmp_path, monkeypatch):
-    """A full disk (or a kill) while the output is written must leave the run resumable:
-    the checkpoint goes only once the output is in place."""
+def _full_disk_at(out: Path, monkeypatch):
+    """Saving ``out`` fails as on a full disk (every other save works); returns the real
+    save_image, to put back."""
     import nst_onnx.io.images as image_io
 
-    out = tmp_path / "o.png"
     real = image_io.save_image
 
     def full_disk(img, path, metadata=None):
@@ -150,6 +149,16 @@ def test_the_checkpoint_outlives_a_failed_final_save(models_dir, images, tmp_pat
             raise OSError(28, "No space left on device")
         return real(img, path, metadata)
     monkeypatch.setattr(image_io, "save_image", full_disk)
+    return real
+
+
+def test_the_checkpoint_outlives_a_failed_final_save(models_dir, images, tmp_path, monkeypatch):
+    """A full disk (or a kill) while the output is written must leave the run resumable:
+    the checkpoint goes only once the output is in place."""
+    import nst_onnx.io.images as image_io
+
+    out = tmp_path / "o.png"
+    real = _full_disk_at(out, monkeypatch)
     args = ["stylize", str(images["tubingen"]), str(images["starry_night"]), "-o", str(out),
             "--size", "40", "--iterations", "8", "--checkpoint-every", "1e-9",
             "--models", str(models_dir)]
@@ -169,19 +178,11 @@ def test_the_checkpoint_outlives_a_failed_final_save(models_dir, images, tmp_pat
 
 def test_without_a_checkpoint_a_failed_final_save_writes_to_the_temporary_folder(
         models_dir, images, tmp_path, monkeypatch):
-    import nst_onnx.io.images as image_io
-
     out, spare = tmp_path / "o.png", tmp_path / "spare"
     spare.mkdir()
     monkeypatch.setenv("TMPDIR", str(spare))
     monkeypatch.setattr("tempfile.tempdir", None)
-    real = image_io.save_image
-
-    def full_disk(img, path, metadata=None):
-        if Path(path) == out:
-            raise OSError(28, "No space left on device")
-        return real(img, path, metadata)
-    monkeypatch.setattr(image_io, "save_image", full_disk)
+    _full_disk_at(out, monkeypatch)
     r = CliRunner().invoke(app, ["stylize", str(images["tubingen"]), str(images["starry_night"]),
                                  "-o", str(out), "--size", "32", "--iterations", "2",
                                  "--checkpoint-every", "0", "--models", str(models_dir)])
