@@ -77,16 +77,21 @@ class StyleTransfer:
 
     def prepare(self, content, styles, size: int = DEFAULT_SIZE, *, masks=None,
                 weights: LossWeights | None = None,
-                max_image_pixels: int | None = MAX_PIXELS, **weight_overrides) -> Problem:
+                max_image_pixels: int | None = MAX_PIXELS, tile_size: int | None = None,
+                **weight_overrides) -> Problem:
         """Load and resize the images, compute the targets once, and bind them.
 
         ``weights`` / ``weight_overrides``: :class:`~nst_onnx.config.LossWeights` (or its
         fields). ``max_image_pixels``: refuse image files whose header claims more (None:
         no limit). ``masks``: one greyscale image per style, drawn over the content (white:
         this style, black: not it; grey blends): spatial control by guided Gram matrices.
+        ``tile_size``: evaluate the objective, and the targets, in tiles that each own that
+        many px a side (a multiple of 16; the halo comes on top): the same loss and
+        gradient, up to float32 summation order, in the memory of one window.
         """
         lw = dataclasses.replace(weights or LossWeights(), **weight_overrides)
-        return prepare(self.engine, content, styles, size, masks, lw, max_image_pixels)
+        return prepare(self.engine, content, styles, size, masks, lw, max_image_pixels,
+                       tile_size)
 
     def run(self, problem: Problem, run: RunOptions | None = None,
             callback: Callable[[Progress], None] | None = None,

@@ -22,6 +22,7 @@ from .io import color
 from .io.images import fit_longest_side, fitted_size, load_image, to_nchw, to_pil
 from .run.binding import Evaluator, Terms
 from .run.engine import Engine
+from .run.tiled import GRID, TiledEvaluator, tiled_features
 
 
 @dataclass
@@ -31,7 +32,7 @@ class Problem:
     shape: tuple[int, int, int]  # (H, W, 3)
     content: np.ndarray  # float32 (1, 3, H, W), the resized content
     styles: list[np.ndarray]  # float32 (1, 3, h, w) each, as used for the targets
-    evaluator: Evaluator
+    evaluator: Evaluator | TiledEvaluator
     weights: LossWeights
     manifest: dict  # of the model whose loss graph this problem runs
     content_rgb: np.ndarray | None = None  # the content in colour, when ``content`` is not
@@ -135,12 +136,24 @@ def shapes(content: Image.Image, styles: list[Image.Image], size: int, style_sca
     return (h, w), max(math.prod(fitted_size(s.size, side)) for s in styles)
 
 
+def check_tile_size(tile: int | None) -> None:
+    if tile is not None and (tile <= 0 or tile % GRID):
+        near = max(GRID, round(tile / GRID) * GRID)
+        raise BadInput(f"tile size {tile}: the region each tile owns is a positive multiple "
+                       f"of {GRID} px; use {near}")
+
+
 def prepare(engine: Engine, content, styles, size: int, masks=None,
-            weights: LossWeights | None = None, max_image_pixels: int | None = None) -> Problem:
+            weights: LossWeights | None = None, max_image_pixels: int | None = None,
+            tile_size: int | None = None) -> Problem:
     """Load and resize the images, compute the targets once, and bind them (see
-    :meth:`nst_onnx.api.StyleTransfer.prepare`)."""
+    :meth:`nst_onnx.api.StyleTransfer.prepare`). ``tile_size``: evaluate the objective
+    (and the targets) in tiles owning that many px a side (:mod:`nst_onnx.run.tiled`)."""
     lw = weights or LossWeights()
     spec, log = engine.spec, engine.log
+    check_tile_size(tile_size)
+    if tile_size is not None and masks is not None:
+        raise BadInput("tiled evaluation does not take masks yet: leave out the tile size")
     styles = listed(styles)
     if not styles:
         raise BadInput("give at least one style image")
@@ -160,11 +173,19 @@ def prepare(engine: Engine, content, styles, size: int, masks=None,
                                                         to_nchw(content_img), style_arrays)
     guides = None if masks is None else _guides(masks, len(styles), content_img.size, lw,
                                                 max_image_pixels, log)
+    h, w = x_content.shape[2:]
+    if tile_size is not None:
+        windows, window_loss = engine.window_sessions()
+        content_feats, *style_feats = [tiled_features(windows, spec, x, tile_size)
+                                       for x in (x_content, *style_arrays)]
+        fixed = _fixed_inputs(spec, lw, content_feats, style_feats, None, (h, w))
+        evaluator = TiledEvaluator(windows, window_loss, spec, fixed, (h, w), tile_size)
+        return Problem((h, w, 3), x_content, style_arrays, evaluator, lw,
+                       engine.model(spec)[1], content_rgb)
     content_feats, *style_feats = engine.features([x_content, *style_arrays])
     spec = dataclasses.replace(spec, guided=guides is not None)
-    fixed = _fixed_inputs(spec, lw, content_feats, style_feats, guides, x_content.shape[2:])
+    fixed = _fixed_inputs(spec, lw, content_feats, style_feats, guides, (h, w))
     manifest, session = engine.loss_session(spec.guided)
-    h, w = x_content.shape[2:]
     return Problem((h, w, 3), x_content, style_arrays,
                    Evaluator(session, loss_io(spec), fixed, engine.device), lw, manifest,
                    content_rgb)

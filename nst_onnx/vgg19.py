@@ -99,3 +99,16 @@ def convs_up_to(layers: list[str]) -> list[Conv]:
 def min_size(layers: list[str]) -> int:
     """Smallest image side for which every chosen layer has at least one pixel."""
     return 2 ** max(downsampling(n) for n in layers)
+
+
+def halo(layers: list[str], grid: int = 16) -> int:
+    """Pixels each side of a tile's core whose features of ``layers`` at the core are exact
+    with: (receptive field − stride)/2 of the deepest layer (3×3 convolutions and 2×2 pools,
+    the usual recurrence: relu5_1 156 px, stride 16 → 70), rounded up to the pooling grid."""
+    rf, jump = 1, 1
+    for conv in convs_up_to(layers):
+        if pool_before(conv):
+            rf, jump = rf + jump, jump * 2
+        rf += 2 * jump
+    need = (rf - jump) // 2
+    return -(-need // grid) * grid

@@ -12,7 +12,12 @@ import pytest
 from test_gradients import random_weights
 
 from nst_onnx.config import LossSpec
-from nst_onnx.graphs.networks import build_features_graph, build_loss_graph
+from nst_onnx.graphs.networks import (
+    build_features_graph,
+    build_loss_graph,
+    build_window_features_graph,
+    build_window_loss_graph,
+)
 from nst_onnx.graphs.steps import STEP_GRAPHS
 
 F, I64, I32, B, U8 = "float", "int64", "int32", "bool", "uint8"
@@ -72,6 +77,15 @@ def test_loss_graph_uses_only_ops_with_cuda_kernels(spec):
 def test_features_graph_uses_only_ops_with_cuda_kernels(spec):
     model = build_features_graph(random_weights(0, upto="conv5_1"), spec,
                                  {"pool1": [1.0] * 64} if spec.pooling == "avg" else None)
+    assert not off_the_gpu(model)
+
+
+@pytest.mark.parametrize("build", [build_window_features_graph, build_window_loss_graph],
+                         ids=lambda b: b.__name__)
+@pytest.mark.parametrize("spec", [LossSpec(), LossSpec(pooling="avg")], ids=lambda s: s.key)
+def test_window_graphs_use_only_ops_with_cuda_kernels(spec, build):
+    model = build(random_weights(0, upto="conv5_1"), spec,
+                  {"pool1": [1.0] * 64} if spec.pooling == "avg" else None)
     assert not off_the_gpu(model)
 
 

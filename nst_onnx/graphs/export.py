@@ -30,13 +30,26 @@ from ..io.atomic import regular_file, sha256_file, write_bytes
 from ..vgg19 import MEAN_BGR
 from .builder import OPSET
 from .calibrate import load_scales
-from .interface import features_io, loss_io
-from .networks import build_features_graph, build_loss_graph
+from .interface import features_io, loss_io, window_features_io, window_loss_io
+from .networks import (
+    build_features_graph,
+    build_loss_graph,
+    build_window_features_graph,
+    build_window_loss_graph,
+)
 from .steps import STEP_GRAPHS
 from .weights import Weights, default_cache_dir, load_weights, weights_identity
 
 FORMAT = 4  # bump when graphs change incompatibly; older model directories are re-exported
 MODEL_GRAPHS = ((features_io, build_features_graph), (loss_io, build_loss_graph))
+# tiled evaluation (nst_onnx.run.tiled), exported with the unguided model
+WINDOW_GRAPHS = ((window_features_io, build_window_features_graph),
+                 (window_loss_io, build_window_loss_graph))
+
+
+def model_graphs(spec: LossSpec) -> tuple:
+    """(declare, build) of every graph a model of ``spec`` holds."""
+    return MODEL_GRAPHS + (() if spec.guided else WINDOW_GRAPHS)
 CHECKOUT = Path(__file__).resolve().parents[2]
 
 
@@ -101,7 +114,7 @@ def _export(spec: LossSpec, out: Path, weights: Weights | None, weights_path, ca
                    "measured_on": about}
     files, io = {}, {}
     graphs = [(declare(spec), lambda b=build: b(weights, spec, pool_scales))
-              for declare, build in MODEL_GRAPHS]
+              for declare, build in model_graphs(spec)]
     graphs += [(declare(), build) for declare, build in STEP_GRAPHS.values()]
     for iface, build in graphs:
         data = build().SerializeToString()
@@ -144,7 +157,7 @@ def _current_manifest(out: Path, spec: LossSpec) -> dict | None:
         return None
     ok = (m.get("format") == FORMAT and m.get("key") == spec.key
           and (spec.pooling != "avg" or m.get("avg_pool_rescale") is not None)
-          and all((out / declare(spec).file).exists() for declare, _ in MODEL_GRAPHS)
+          and all((out / declare(spec).file).exists() for declare, _ in model_graphs(spec))
           and all((out / declare().file).exists() for declare, _ in STEP_GRAPHS.values()))
     return m if ok else None
 

@@ -145,3 +145,66 @@ def loss_io(spec) -> Interface:
                 for n in spec.style_layers]
     outputs.append(Tensor(term_name("tv"), (), "wtv·½·Σ(Δx)²", "term", group="tv"))
     return Interface("nst_loss_and_grad", "loss.onnx", tuple(inputs), tuple(outputs))
+
+
+# --------------------------------------------------------------------------- tiled evaluation
+
+
+def owned_levels(spec, loss: bool) -> tuple[int, ...]:
+    """The pooling levels (0: the image) whose owned-position masks a window graph takes:
+    the style layers' (statistics), and also the content layers' and the image's (loss)."""
+    layers = spec.style_layers + (spec.content_layers if loss else ())
+    return tuple(sorted({downsampling(n) for n in layers} | ({0} if loss else set())))
+
+
+def _owned(spec, loss: bool) -> list[Tensor]:
+    out = []
+    for d in owned_levels(spec, loss):
+        what = "the image" if d == 0 else f"features pooled {d}×"
+        out += [Tensor(f"owned_rows_{d}", (1, 1, f"h{d}", 1),
+                       f"1 on the rows of {what} this window's core owns, else 0", "size"),
+                Tensor(f"owned_cols_{d}", (1, 1, 1, f"w{d}"),
+                       f"1 on the columns of {what} this window's core owns, else 0", "size")]
+    return out
+
+
+def window_features_io(spec) -> Interface:
+    """One window of a tiled image: its content features (the host keeps the owned ones)
+    and each style layer's Gram sum over the owned positions (summed over the windows and
+    divided by the image's N: the image's Gram)."""
+    outputs = [Tensor(f"features_{n}", _features_shape(n), f"{n} activations of the window",
+                      "feature") for n in spec.content_layers]
+    outputs += [Tensor(f"gram_sum_{n}", (channels(n), channels(n)),
+                       f"Σ f·fᵀ over the owned positions of {n}", "feature")
+                for n in spec.style_layers]
+    return Interface("nst_window_features", "window_features.onnx",
+                     (_image("one window of the image: RGB, float32, 0..255, NCHW"),
+                      *_owned(spec, loss=False)), tuple(outputs))
+
+
+def window_loss_io(spec) -> Interface:
+    """One window's share of the loss and the gradient of the whole image's objective: the
+    content and TV terms over its owned positions, the style gradient from the whole
+    image's ``G − A``; the host adds the style values and sums the windows' gradients."""
+    inputs = [_image("one window of the image: RGB, float32, 0..255, NCHW")]
+    inputs += [Tensor(f"target_{n}", _features_shape(n),
+                      f"the content target features_{n} over this window", "target")
+               for n in spec.content_layers]
+    inputs += [Tensor(f"gram_diff_{n}", (channels(n), channels(n)),
+                      f"G − A of {n}: the whole image's Gram minus the style target", "target")
+               for n in spec.style_layers]
+    inputs += [
+        Tensor("content_weights", (len(spec.content_layers),), "wc per content layer", "weight"),
+        Tensor("style_weights", (len(spec.style_layers),), "ws per style layer", "weight"),
+        Tensor("tv_weight", (), "wtv", "weight"),
+        Tensor("inv_sizes", (len(sized_layers(spec)),),
+               "1/(C·h·w) of " + ", ".join(sized_layers(spec)) + " at the whole image's size",
+               "size"),
+        *_owned(spec, loss=True),
+    ]
+    outputs = [Tensor("grad", (1, 3, "H", "W"), "this window's part of ∂loss/∂image "
+                      "(summed over the windows: the whole gradient)", "grad")]
+    outputs += [Tensor(term_name("content", n), (), "wc·Σ_owned (F−P)²/N", "term",
+                       group="content") for n in spec.content_layers]
+    outputs.append(Tensor(term_name("tv"), (), "wtv·½·Σ_owned (Δx)²", "term", group="tv"))
+    return Interface("nst_window_loss", "window_loss.onnx", tuple(inputs), tuple(outputs))

@@ -14,6 +14,11 @@ Definitions (N = C·h·w, F as C×(h·w)); the derivations are in docs/design.md
 * guided style (Gatys et al. 2017): per region ``F_r = F⊙T_r``,
   ``G_r = F_r F_rᵀ/(C·ΣT_r²)``, ``ws·mean_{r,i,j}((G_r−A_r)²)``;
 * total variation ``wtv·½·Σ(Δx)²`` → ``wtv·(Δ_before − Δ_after)``.
+
+Tiled evaluation (:mod:`nst_onnx.run.tiled`) evaluates the same sums window by window:
+``owned`` (a 0/1 mask, rows ⊙ columns) keeps the positions a window's core owns, so every
+position counts once over all windows, and the sizes stay the whole image's. The style term
+there takes the whole image's ``G − A`` (:class:`StyleGradient`): its value is the host's.
 """
 
 from __future__ import annotations
@@ -40,16 +45,28 @@ def gram(g: GraphBuilder, f: str, c: int, inv_n: str) -> tuple[str, str]:
     return g.op("Mul", g.op("Gemm", fm, fm, transB=1, hint="ffT"), inv_n, hint="gram"), fm
 
 
+def owned_mask(g: GraphBuilder, owned: tuple[str, str] | None) -> str | None:
+    """(rows (1, 1, h, 1), columns (1, 1, 1, w)) 0/1 inputs → their (1, 1, h, w) product."""
+    return None if owned is None else g.op("Mul", *owned, hint="owned")
+
+
 @dataclass(frozen=True)
 class ContentLoss:
-    """``mean((F − P)²)`` against the content target P."""
+    """``mean((F − P)²)`` against the content target P (over the ``owned`` positions of a
+    window, N the whole image's, when tiled)."""
 
     target: str
     inv_n: str  # 1/N, a scalar tensor
+    owned: tuple[str, str] | None = None
 
     def __call__(self, g: GraphBuilder, f: str) -> tuple[str, GradFn]:
         diff = g.op("Sub", f, self.target, hint="cdiff")
-        loss = g.op("ReduceMean", g.op("Mul", diff, diff), keepdims=0)
+        if self.owned is not None:
+            diff = g.op("Mul", diff, owned_mask(g, self.owned), hint="cdiff_owned")
+            loss = g.op("Mul", g.op("ReduceSum", g.op("Mul", diff, diff), keepdims=0),
+                        self.inv_n)
+        else:
+            loss = g.op("ReduceMean", g.op("Mul", diff, diff), keepdims=0)
 
         def grad(scale: str | None) -> str:
             coef = _times(g, g.op("Mul", self.inv_n, g.const(2.0)), scale)
@@ -76,6 +93,37 @@ class StyleLoss:
             scaled = g.op("Mul", diff, coef, hint="gdiff_scaled")  # on the C×C side
             return g.op("Reshape", g.op("MatMul", scaled, fm), g.op("Shape", f), hint="sgrad")
         return loss, grad
+
+
+@dataclass(frozen=True)
+class StyleGradient:
+    """The style term of one window of a tiled evaluation: the whole image's ``G − A``
+    (an input, from the statistics pass) against the window's owned features. Its gradient
+    is :class:`StyleLoss`'s with that G; its value (``mean((G − A)²)``, known from G alone)
+    is the host's, so the term's value here is 0."""
+
+    gram_diff: str
+    inv_n: str
+    channels: int
+    owned: tuple[str, str]
+
+    def __call__(self, g: GraphBuilder, f: str) -> tuple[str, GradFn]:
+        c = self.channels
+        fm = g.op("Reshape", g.op("Mul", f, owned_mask(g, self.owned)), g.ints(c, -1),
+                  hint="fmat_owned")
+
+        def grad(scale: str | None) -> str:
+            coef = _times(g, g.op("Mul", self.inv_n, g.const(4.0 / (c * c))), scale)
+            scaled = g.op("Mul", self.gram_diff, coef, hint="gdiff_scaled")
+            return g.op("Reshape", g.op("MatMul", scaled, fm), g.op("Shape", f), hint="sgrad")
+        return g.const(0.0), grad
+
+
+def owned_gram(g: GraphBuilder, f: str, c: int, owned: tuple[str, str]) -> str:
+    """``Σ_owned f fᵀ`` (not normalised) of a window: summed over the windows and divided by
+    the whole image's N, the image's Gram matrix."""
+    fm = g.op("Reshape", g.op("Mul", f, owned_mask(g, owned)), g.ints(c, -1), hint="fmat_owned")
+    return g.op("Gemm", fm, fm, transB=1, hint="ffT_owned")
 
 
 @dataclass(frozen=True)
@@ -113,7 +161,10 @@ class GuidedStyleLoss:
 
 @dataclass(frozen=True)
 class TotalVariation:
-    """``½·Σ(Δx)²`` over rows and columns of the image."""
+    """``½·Σ(Δx)²`` over rows and columns of the image (tiled: the differences from the
+    ``owned`` pixels to their next neighbours)."""
+
+    owned: tuple[str, str] | None = None
 
     def __call__(self, g: GraphBuilder, x: str) -> tuple[str, GradFn]:
         big = np.iinfo(np.int64).max
@@ -123,6 +174,13 @@ class TotalVariation:
             nxt = g.op("Slice", x, g.ints(1), g.ints(big), ax)
             prv = g.op("Slice", x, g.ints(0), g.ints(-1), ax)
             d = g.op("Sub", nxt, prv, hint=f"tv_d{axis}")
+            if self.owned is not None:  # the owned pixel, not its last neighbour, along axis
+                rows, cols = self.owned
+                if axis == 2:
+                    rows = g.op("Slice", rows, g.ints(0), g.ints(-1), ax)
+                else:
+                    cols = g.op("Slice", cols, g.ints(0), g.ints(-1), ax)
+                d = g.op("Mul", d, g.op("Mul", rows, cols), hint=f"tv_d{axis}_owned")
             parts.append(g.op("ReduceSum", g.op("Mul", d, d), keepdims=0))
             diffs.append((axis, d))
         loss = g.op("Mul", g.const(0.5), g.op("Add", *parts), hint="tv")

@@ -21,8 +21,25 @@ from ..config import LossSpec
 from ..vgg19 import Conv, channels, convs_up_to, downsampling, pool_before
 from . import ops
 from .builder import GraphBuilder
-from .interface import features_io, loss_io, sized_layers, term_name
-from .losses import ContentLoss, GradFn, GuidedStyleLoss, LayerApply, Scale, StyleLoss, TotalVariation
+from .interface import (
+    features_io,
+    loss_io,
+    sized_layers,
+    term_name,
+    window_features_io,
+    window_loss_io,
+)
+from .losses import (
+    ContentLoss,
+    GradFn,
+    GuidedStyleLoss,
+    LayerApply,
+    Scale,
+    StyleGradient,
+    StyleLoss,
+    TotalVariation,
+    owned_gram,
+)
 from .weights import LayerWeights, Weights
 
 PoolScales = Mapping[str, np.ndarray]  # 'pool1' … 'pool4' → per-channel factor
@@ -195,6 +212,60 @@ def build_loss_graph(weights: Weights, spec: LossSpec,
     g.op("Sum", *values, outputs=["loss"])
     g.op("Identity", _backward(g, tape, taps), outputs=["grad"])
     return g.finish(loss_io(spec))
+
+
+def _owned(layer: str) -> tuple[str, str]:
+    d = downsampling(layer) if layer != "image" else 0
+    return f"owned_rows_{d}", f"owned_cols_{d}"
+
+
+def window_terms(g: GraphBuilder, spec: LossSpec) -> list[tuple[str | None, object]]:
+    """The terms of :func:`loss_terms` for one window of a tiled evaluation: over its owned
+    positions, sizes and ``G − A`` the whole image's (style values are the host's: None)."""
+    inv_n = {n: g.scalar_at("inv_sizes", i) for i, n in enumerate(sized_layers(spec))}
+    terms: list[tuple[str | None, object]] = []
+    for i, n in enumerate(spec.content_layers):
+        terms.append((term_name("content", n), Scale(
+            LayerApply(ContentLoss(f"target_{n}", inv_n[n], _owned(n)), n),
+            g.scalar_at("content_weights", i))))
+    for i, n in enumerate(spec.style_layers):
+        terms.append((None, Scale(LayerApply(StyleGradient(f"gram_diff_{n}", inv_n[n],
+                                                           channels(n), _owned(n)), n),
+                                  g.scalar_at("style_weights", i))))
+    terms.append((term_name("tv"), Scale(LayerApply(TotalVariation(_owned("image")), "image"),
+                                         "tv_weight")))
+    return terms
+
+
+def build_window_features_graph(weights: Weights, spec: LossSpec,
+                                pool_scales: PoolScales | None = None) -> onnx.ModelProto:
+    """One window → its content features and its owned Gram sums (tiled targets and the
+    statistics pass of a tiled evaluation)."""
+    g = GraphBuilder()
+    acts, _ = _forward(g, weights, spec, need_backward=False, pool_scales=pool_scales)
+    for n in spec.content_layers:
+        g.op("Identity", acts[n], outputs=[f"features_{n}"])
+    for n in spec.style_layers:
+        g.op("Identity", owned_gram(g, acts[n], channels(n), _owned(n)),
+             outputs=[f"gram_sum_{n}"])
+    return g.finish(window_features_io(spec))
+
+
+def build_window_loss_graph(weights: Weights, spec: LossSpec,
+                            pool_scales: PoolScales | None = None) -> onnx.ModelProto:
+    """One window + the whole image's statistics → its owned terms and its part of the
+    gradient (the gradient pass of a tiled evaluation)."""
+    g = GraphBuilder()
+    acts, tape = _forward(g, weights, spec, need_backward=True, pool_scales=pool_scales)
+    taps: dict[str, list[GradFn]] = {}
+    for name, term in window_terms(g, spec):
+        value, grads = term(g, acts)
+        if name is not None:
+            g.op("Identity", value, outputs=[name])
+        for layer, build in grads:
+            taps.setdefault(layer, []).append(build)
+    g.op("Identity", _backward(g, tape, taps), outputs=["grad"])
+    return g.finish(window_loss_io(spec))
 
 
 def loss_flops(spec: LossSpec, h: int, w: int) -> float:

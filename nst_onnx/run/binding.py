@@ -55,6 +55,10 @@ class Evaluator:
         evaluator's on a GPU, each device loop's)."""
         return {k: to_device(v, self.device) for k, v in self.fixed.items()}
 
+    def device_graph(self, device: str, traffic: Traffic) -> DeviceGraph:
+        """This loss graph for a device loop, its fixed inputs bound."""
+        return DeviceGraph(self.session, self.io, device, traffic, self.bound)
+
     def __call__(self, image: np.ndarray) -> Terms:
         x = np.ascontiguousarray(image, dtype=np.float32)
         if self._graph is None:

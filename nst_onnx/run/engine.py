@@ -17,7 +17,7 @@ import numpy as np
 
 from ..config import EngineOptions, LossSpec
 from ..graphs.export import export_model, read_manifest
-from ..graphs.interface import features_io, loss_io
+from ..graphs.interface import features_io, loss_io, window_features_io, window_loss_io
 from ..graphs.steps import STEP_GRAPHS
 from .binding import DeviceGraph, Evaluator, Traffic
 from .cuda import out_of_memory_as
@@ -54,6 +54,7 @@ class Engine:
         self._models: dict[LossSpec, tuple[Path, dict]] = {}
         self._loss_sessions: dict[LossSpec, object] = {}
         self._features_session = None
+        self._window_sessions = None
         self._step_sessions: dict | None = None
         self.model_dir, self.manifest = self.model(spec)
         self.providers: list[str] = []  # what the loss session actually runs on
@@ -87,6 +88,14 @@ class Engine:
             self._loss_sessions[spec] = session
         return manifest, self._loss_sessions[spec]
 
+    def window_sessions(self) -> tuple[object, object]:
+        """(window-features, window-loss) sessions of this model (tiled evaluation), kept."""
+        if self._window_sessions is None:
+            model_dir, _ = self.model(self.spec)
+            self._window_sessions = tuple(self.session(model_dir / io(self.spec).file)
+                                          for io in (window_features_io, window_loss_io))
+        return self._window_sessions
+
     def features(self, images: list[np.ndarray]) -> list[dict[str, np.ndarray]]:
         """(1, 3, H, W) float32 images → [{'features_relu4_2': …, 'gram_relu1_1': …}, …].
 
@@ -118,6 +127,5 @@ class Engine:
         traffic = Traffic()
         steps = {name: DeviceGraph(session, io, self.device, traffic)
                  for name, (io, session) in self._step_sessions.items()}
-        loss = DeviceGraph(evaluator.session, evaluator.io, self.device, traffic,
-                           evaluator.bound)
+        loss = evaluator.device_graph(self.device, traffic)
         return Loop(loss, steps, self.device, traffic, (1, 3, *shape))

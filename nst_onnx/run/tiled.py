@@ -1,0 +1,226 @@
+"""Exact tiled evaluation: the whole image's loss and gradient, window by window.
+
+The image is cut into cores on the 16 px pooling grid (the last core of a row or column
+ends at the image's edge, so odd sizes pool as the whole image does); each window is its
+core plus a halo of the deepest layer's receptive radius (:func:`nst_onnx.vgg19.halo`),
+within the image. Every feature position belongs to the core holding its stride-aligned
+origin, so sums over positions — Gram matrices, the content and TV terms — are sums over
+the windows' owned positions, each computed exactly (its receptive field lies inside its
+window). Per evaluation:
+
+1. statistics: each window forward, its owned Gram sums added up → G of every style layer;
+2. gradient: each window forward and backward with the owned content and TV terms and the
+   style gradient from the whole image's ``G − A``; the windows' input gradients are
+   *added* (overlap-add) into the image's gradient.
+
+The result equals the untiled loss and gradient up to float32 summation order.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..graphs.interface import (
+    inv_sizes,
+    owned_levels,
+    term_name,
+    window_features_io,
+    window_loss_io,
+)
+from ..vgg19 import channels, downsampling, halo
+from .binding import Terms
+
+GRID = 16  # the four 2×2 pools: core edges on this grid keep every window's pooling aligned
+
+
+@dataclass(frozen=True)
+class Tile:
+    """A core (the rows and columns it owns) and its window, in image pixels, half-open."""
+
+    core: tuple[int, int, int, int]  # y0, y1, x0, x1
+    window: tuple[int, int, int, int]
+
+    def owned(self, levels: tuple[int, ...]) -> dict[str, np.ndarray]:
+        """The window graphs' ``owned_rows_d`` / ``owned_cols_d`` inputs: a feature row r of
+        the window at level d is owned when its origin (r·2^d from the window's start)
+        lies in the core."""
+        (cy0, cy1, cx0, cx1), (wy0, wy1, wx0, wx1) = self.core, self.window
+        out = {}
+        for d in levels:
+            for axis, (c0, c1, w0, w1) in (("rows", (cy0, cy1, wy0, wy1)),
+                                           ("cols", (cx0, cx1, wx0, wx1))):
+                origin = np.arange((w1 - w0) >> d) * (1 << d) + w0
+                mask = ((origin >= c0) & (origin < c1)).astype(np.float32)
+                out[f"owned_{axis}_{d}"] = mask.reshape((1, 1, -1, 1) if axis == "rows"
+                                                        else (1, 1, 1, -1))
+        return out
+
+
+def _cuts(n: int, core: int) -> list[tuple[int, int]]:
+    """[0, n) in pieces of ``core`` (a multiple of GRID); the last ends at n (a remainder
+    under a quarter core joins the piece before it, so no sliver window is evaluated)."""
+    edges = list(range(0, n, core)) + [n]
+    if len(edges) > 2 and n - edges[-2] < core // 4:
+        del edges[-2]
+    return list(zip(edges[:-1], edges[1:]))
+
+
+def plan_tiles(h: int, w: int, core: int, margin: int) -> list[Tile]:
+    """Cores of ``core`` px (a positive multiple of 16) and windows ``margin`` px around them
+    (a multiple of 16), clipped to the image."""
+    if core <= 0 or core % GRID or margin % GRID:
+        raise ValueError(f"core {core} and halo {margin} must be multiples of {GRID}")
+    return [Tile((y0, y1, x0, x1), (max(0, y0 - margin), min(h, y1 + margin),
+                                    max(0, x0 - margin), min(w, x1 + margin)))
+            for y0, y1 in _cuts(h, core) for x0, x1 in _cuts(w, core)]
+
+
+def tiles_for(spec, h: int, w: int, core: int) -> list[Tile]:
+    return plan_tiles(h, w, core, halo(list(spec.all_layers), GRID))
+
+
+def _window(x: np.ndarray, t: Tile) -> np.ndarray:
+    y0, y1, x0, x1 = t.window
+    return np.ascontiguousarray(x[:, :, y0:y1, x0:x1], dtype=np.float32)
+
+
+def _at_level(a: np.ndarray, t: Tile, d: int) -> np.ndarray:
+    """``a`` (1, C, H>>d, W>>d) over the window of ``t`` (its start is on the grid)."""
+    y0, y1, x0, x1 = t.window
+    return np.ascontiguousarray(a[:, :, y0 >> d:(y0 >> d) + ((y1 - y0) >> d),
+                                  x0 >> d:(x0 >> d) + ((x1 - x0) >> d)])
+
+
+def tiled_features(session, spec, image: np.ndarray, core: int) -> dict[str, np.ndarray]:
+    """The features graph's outputs (``features_n`` and ``gram_n``) for a whole image,
+    computed window by window with the window-features graph: a print-size content or
+    style image is never evaluated whole."""
+    _, _, h, w = image.shape
+    io = window_features_io(spec)
+    levels = owned_levels(spec, loss=False)
+    feats = {n: np.zeros((1, channels(n), h >> downsampling(n), w >> downsampling(n)),
+                         np.float32) for n in spec.content_layers}
+    grams = {n: np.zeros((channels(n),) * 2, np.float64) for n in spec.style_layers}
+    names = io.names("outputs")
+    for t in tiles_for(spec, h, w, core):
+        out = dict(zip(names, session.run(names, {"image": _window(image, t),
+                                                  **t.owned(levels)})))
+        for n in spec.style_layers:
+            grams[n] += out[f"gram_sum_{n}"]
+        for n in spec.content_layers:
+            _keep_owned(feats[n], out[f"features_{n}"], t, downsampling(n))
+    inv = _inv_n(spec, h, w)
+    return {**{f"features_{n}": f for n, f in feats.items()},
+            **{f"gram_{n}": (g * inv[n]).astype(np.float32) for n, g in grams.items()}}
+
+
+def _keep_owned(full: np.ndarray, window: np.ndarray, t: Tile, d: int) -> None:
+    """Copy the window's owned positions at level d into the whole image's array."""
+    (cy0, cy1, cx0, cx1), (wy0, _, wx0, _) = t.core, t.window
+    s = 1 << d
+
+    def span(c0, c1, w0, n):
+        first, last = -(-c0 // s), min(-(-c1 // s), n)
+        return first, last, first - (w0 >> d)
+    ry0, ry1, wr = span(cy0, cy1, wy0, full.shape[2])
+    rx0, rx1, wc = span(cx0, cx1, wx0, full.shape[3])
+    full[:, :, ry0:ry1, rx0:rx1] = window[:, :, wr:wr + ry1 - ry0, wc:wc + rx1 - rx0]
+
+
+def _inv_n(spec, h: int, w: int) -> dict[str, float]:
+    """1/(C·h_l·w_l) of every content and style layer at the whole image's size."""
+    return {n: 1.0 / (channels(n) * (h >> downsampling(n)) * (w >> downsampling(n)))
+            for n in dict.fromkeys(spec.content_layers + spec.style_layers)}
+
+
+class TiledEvaluator:
+    """The loss graph's objective at an image of ``shape`` (H, W), evaluated in windows of
+    ``core`` px cores: same targets and weights as :class:`~.binding.Evaluator`'s ``fixed``
+    (the style targets blended, unguided), same :class:`~.binding.Terms` out."""
+
+    def __init__(self, features_session, loss_session, spec, fixed: dict[str, np.ndarray],
+                 shape: tuple[int, int], core: int):
+        self.features_session, self.loss_session, self.spec = features_session, loss_session, spec
+        self.shape, self.core = shape, core
+        self.tiles = tiles_for(spec, *shape, core)
+        self.fixed = {k: np.asarray(v, np.float32) for k, v in fixed.items()}
+        self.inv = _inv_n(spec, *shape)
+        self.stats_io, self.loss_io = window_features_io(spec), window_loss_io(spec)
+        self.stat_names = [f"gram_sum_{n}" for n in spec.style_layers]
+        self.loss_names = self.loss_io.names("outputs")
+        self.term_names = self.loss_io.names("outputs", "term")
+        self.levels = owned_levels(spec, loss=False), owned_levels(spec, loss=True)
+        self.weights = {k: self.fixed[k] for k in ("content_weights", "style_weights",
+                                                   "tv_weight")}
+        self.weights["inv_sizes"] = inv_sizes(spec, *shape)
+        self.host_bytes = 0
+        self.evaluations = 0
+
+    def device_graph(self, device: str, traffic) -> TiledGraph:
+        return TiledGraph(self, device, traffic)
+
+    @property
+    def window_pixels(self) -> int:
+        """Σ window areas: what one pass evaluates (the image's pixels plus the halos)."""
+        return sum((t.window[1] - t.window[0]) * (t.window[3] - t.window[2])
+                   for t in self.tiles)
+
+    def grams(self, x: np.ndarray) -> dict[str, np.ndarray]:
+        """The statistics pass: every style layer's Gram of the whole image x (1, 3, H, W)."""
+        total = {n: np.zeros((channels(n),) * 2, np.float64) for n in self.spec.style_layers}
+        for t in self.tiles:
+            out = self.features_session.run(self.stat_names, {"image": _window(x, t),
+                                                              **t.owned(self.levels[0])})
+            for n, g in zip(self.spec.style_layers, out):
+                total[n] += g
+        return {n: g * self.inv[n] for n, g in total.items()}
+
+    def __call__(self, image: np.ndarray) -> Terms:
+        x = np.asarray(image, np.float32).reshape(1, 3, *self.shape)
+        spec, f = self.spec, self.fixed
+        grams = self.grams(x)
+        diffs = {n: grams[n] - f[f"target_gram_{n}"] for n in spec.style_layers}
+        terms = {term_name("style", n): float(f["style_weights"][i] * np.mean(diffs[n] ** 2))
+                 for i, n in enumerate(spec.style_layers)}
+        terms.update(dict.fromkeys(self.term_names, 0.0))
+        grad = np.zeros((1, 3, *self.shape), np.float32)
+        gram_diff = {f"gram_diff_{n}": d.astype(np.float32) for n, d in diffs.items()}
+        for t in self.tiles:
+            targets = {f"target_{n}": _at_level(f[f"target_{n}"], t, downsampling(n))
+                       for n in spec.content_layers}
+            out = dict(zip(self.loss_names, self.loss_session.run(self.loss_names, {
+                "image": _window(x, t), **targets, **gram_diff, **self.weights,
+                **t.owned(self.levels[1])})))
+            y0, y1, x0, x1 = t.window
+            grad[:, :, y0:y1, x0:x1] += out["grad"]
+            for k in self.term_names:
+                terms[k] += float(out[k])
+        self.evaluations += 1
+        self.host_bytes += x.nbytes + grad.nbytes
+        return Terms(sum(terms.values()), grad, terms)
+
+
+class TiledGraph:
+    """A :class:`TiledEvaluator` where a device loop expects its loss graph: the image comes
+    home for the windows and the gradient goes back (on the CPU both are cheap copies; on a
+    GPU the windows are not yet kept on the device)."""
+
+    def __init__(self, evaluator: TiledEvaluator, device: str, traffic):
+        from ..graphs.interface import loss_io
+
+        self.evaluator, self.device, self.traffic = evaluator, device, traffic
+        self.io = loss_io(evaluator.spec)  # the same loss and terms as the untiled graph
+        self.seconds = 0.0
+
+    def __call__(self, image) -> dict:
+        import time
+
+        from .binding import to_device, to_host
+
+        start = time.perf_counter()
+        t = self.evaluator(to_host(image, self.traffic))
+        self.traffic.bytes += t.grad.nbytes
+        self.seconds += time.perf_counter() - start
+        return {"loss": t.loss, **t.terms, "grad": to_device(t.grad, self.device)}

@@ -1,0 +1,149 @@
+"""Exact tiled evaluation (issue 19): window by window, the very objective of the whole image —
+its loss against a float64 evaluation of the untiled features, its gradient against the
+untiled graph's, its targets against the features graph's — at odd sizes, both poolings,
+two layer sets; the tiles partition every layer's positions."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+
+from nst_onnx.config import LossSpec
+from nst_onnx.graphs.calibrate import load_scales
+from nst_onnx.graphs.interface import inv_sizes, loss_io
+from nst_onnx.graphs.networks import (
+    build_features_graph,
+    build_loss_graph,
+    build_window_features_graph,
+    build_window_loss_graph,
+)
+from nst_onnx.run.binding import Evaluator
+from nst_onnx.run.tiled import TiledEvaluator, plan_tiles, tiled_features
+from nst_onnx.vgg19 import channels, downsampling, halo
+
+DEEP = LossSpec()  # relu4_2 / relu1_1 … relu5_1: halo 80
+SHALLOW = LossSpec(("relu2_2",), ("relu1_1", "relu2_1", "relu3_1"))  # halo 16
+
+
+def _session(model):
+    o = ort.SessionOptions()
+    o.intra_op_num_threads = 2
+    return ort.InferenceSession(model.SerializeToString(), o, providers=["CPUExecutionProvider"])
+
+
+def _setup(weights, spec, h, w, seed=0):
+    scales = load_scales()[0] if spec.pooling == "avg" else None
+    graphs = [_session(b(weights, spec, scales)) for b in (
+        build_features_graph, build_loss_graph, build_window_features_graph,
+        build_window_loss_graph)]
+    rng = np.random.default_rng(seed)
+    content = rng.uniform(0, 255, (1, 3, h, w)).astype(np.float32)
+    # a style with other statistics, so G − A is no float32 cancellation
+    style = (rng.uniform(0, 255, (1, 3, h - 7, w + 5)) ** 2 / 255
+             * np.array([1.0, 0.6, 0.3])[None, :, None, None]).astype(np.float32)
+    return graphs, content, style, rng
+
+
+def _features(session, x):
+    return dict(zip([o.name for o in session.get_outputs()], session.run(None, {"image": x})))
+
+
+def _fixed(spec, fc, fs, h, w):
+    fixed = {f"target_{n}": fc[f"features_{n}"] for n in spec.content_layers}
+    fixed |= {f"target_gram_{n}": fs[f"gram_{n}"] for n in spec.style_layers}
+    return fixed | {"content_weights": np.full(len(spec.content_layers), 5.0),
+                    "style_weights": np.array([100.0 / (i + 1) for i in
+                                               range(len(spec.style_layers))]),
+                    "tv_weight": np.array(1e-3), "inv_sizes": inv_sizes(spec, h, w)}
+
+
+def _float64_loss(spec, fixed, feats, x):
+    """The objective from the untiled features graph's outputs, summed in float64."""
+    total = 0.0
+    for i, n in enumerate(spec.content_layers):
+        d = feats[f"features_{n}"].astype(np.float64) - fixed[f"target_{n}"]
+        total += fixed["content_weights"][i] * np.mean(d ** 2)
+    for i, n in enumerate(spec.style_layers):
+        d = feats[f"gram_{n}"].astype(np.float64) - fixed[f"target_gram_{n}"]
+        total += fixed["style_weights"][i] * np.mean(d ** 2)
+    x64 = x.astype(np.float64)
+    return total + float(fixed["tv_weight"]) * 0.5 * (np.sum(np.diff(x64, axis=2) ** 2)
+                                                       + np.sum(np.diff(x64, axis=3) ** 2))
+
+
+@pytest.mark.parametrize("spec, shape, core", [
+    (DEEP, (251, 333), 96),
+    (LossSpec(pooling="avg"), (197, 150), 64),
+    (SHALLOW, (251, 333), 96),
+    (LossSpec(("relu2_2",), ("relu1_1", "relu2_1", "relu3_1"), "avg"), (250, 333), 128),
+], ids=["deep-max-96", "deep-avg-64", "shallow-max-96", "shallow-avg-128"])
+def test_tiled_equals_untiled(real_weights, spec, shape, core):
+    h, w = shape
+    (features, loss, windows, window_loss), content, style, rng = _setup(real_weights, spec, h, w)
+    fc, fs = _features(features, content), _features(features, style)
+    # targets, computed tiled, are the features graph's
+    tc, ts = tiled_features(windows, spec, content, core), tiled_features(windows, spec, style, core)
+    for k in fc:
+        assert np.abs(tc[k] - fc[k]).max() <= 1e-5 * np.abs(fc[k]).max(), k
+        assert np.abs(ts[k] - fs[k]).max() <= 1e-5 * np.abs(fs[k]).max(), k
+    fixed = _fixed(spec, fc, fs, h, w)
+    x = np.clip(content + rng.normal(0, 30, content.shape), 0, 255).astype(np.float32)
+    tiled = TiledEvaluator(windows, window_loss, spec, fixed, (h, w), core)
+    assert len(tiled.tiles) > 4
+    got, untiled = tiled(x), Evaluator(loss, loss_io(spec), fixed)(x)
+    exact = _float64_loss(spec, fixed, _features(features, x), x)
+    assert got.loss == pytest.approx(exact, rel=1e-6)
+    assert untiled.loss == pytest.approx(exact, rel=1e-4)  # the untiled graph sums in float32
+    assert np.linalg.norm(got.grad - untiled.grad) <= 1e-5 * np.linalg.norm(untiled.grad)
+    assert set(got.terms) == set(untiled.terms)
+
+
+@pytest.mark.parametrize("h, w, core", [(251, 333, 96), (17, 500, 128), (160, 160, 16)])
+def test_tiles_partition_every_layer_s_positions(h, w, core):
+    """Each feature position at every level is owned by exactly one tile; windows start on
+    the pooling grid and reach ``halo`` px beyond their core (or the image's edge)."""
+    margin = halo(list(DEEP.all_layers))
+    tiles = plan_tiles(h, w, core, margin)
+    for d in range(5):
+        count = np.zeros((h >> d, w >> d))
+        for t in tiles:
+            m = t.owned((d,))
+            rows, cols = m[f"owned_rows_{d}"][0, 0, :, 0], m[f"owned_cols_{d}"][0, 0, 0]
+            y0, x0 = t.window[0] >> d, t.window[2] >> d
+            count[y0:y0 + len(rows), x0:x0 + len(cols)] += np.outer(rows, cols)
+        assert (count == 1).all(), d
+    for t in tiles:
+        (cy0, cy1, cx0, cx1), (wy0, wy1, wx0, wx1) = t.core, t.window
+        assert wy0 % 16 == 0 and wx0 % 16 == 0
+        assert wy0 == max(0, cy0 - margin) and wy1 == min(h, cy1 + margin)
+        assert wx0 == max(0, cx0 - margin) and wx1 == min(w, cx1 + margin)
+
+
+def test_halos_are_the_receptive_radii_on_the_grid():
+    # receptive fields 156, 84 and 24 px at strides 16, 8 and 4 (../shared/DESIGN.md)
+    assert halo(["relu5_1"]) == 80 and halo(["relu4_2"]) == 48 and halo(["relu3_1"]) == 16
+    assert all(channels(n) > 0 and downsampling(n) <= 4 for n in DEEP.all_layers)
+
+
+def test_a_tiled_problem_through_the_api(st, images):
+    """prepare(tile_size=…) gives a Problem whose loss_and_grad is the untiled one's, and
+    the optimisers run on it unchanged (adam takes lbfgs-onnx's path: the device loop)."""
+    whole = st.prepare(images["tubingen"], images["starry_night"], 64)
+    tiled = st.prepare(images["tubingen"], images["starry_night"], 64, tile_size=32)
+    assert len(tiled.evaluator.tiles) == 4
+    x = whole.content[0].transpose(1, 2, 0).astype(np.float64)
+    (lw, gw), (lt, gt) = whole.loss_and_grad(x), tiled.loss_and_grad(x)
+    assert lt == pytest.approx(lw, rel=1e-4)
+    assert np.linalg.norm(gt - gw) <= 1e-4 * np.linalg.norm(gw)
+    for optimizer in ("lbfgs", "lbfgs-onnx"):
+        r = st.run(tiled, iterations=2, optimizer=optimizer)
+        assert r.optimize.loss < r.optimize.initial_loss, optimizer
+
+
+@pytest.mark.parametrize("tile, near", [(100, 96), (0, 16), (-32, 16)])
+def test_a_tile_size_off_the_grid_names_the_nearest(st, images, tile, near):
+    from nst_onnx.errors import BadInput
+
+    with pytest.raises(BadInput, match=f"use {near}"):
+        st.prepare(images["tubingen"], images["starry_night"], 64, tile_size=tile)
