@@ -142,7 +142,7 @@ def test_kill_9_mid_batch_then_rerun_redoes_nothing_finished(models_dir, inputs,
     c, s = inputs
     out = tmp_path / "out"
     cmd = [sys.executable, "-m", "nst_onnx.cli", "batch", str(c), "--styles", str(s), "-o",
-           str(out), "--size", "40", "--iterations", "60", "--threads", "1", "--workers", "1",
+           str(out), "--size", "40", "--iterations", "30", "--threads", "1", "--workers", "1",
            "--checkpoint-every", "0.2", "--quiet", "--models", str(models_dir)]
     proc = subprocess.Popen(cmd, start_new_session=True)
     try:

@@ -73,11 +73,11 @@ def _float64_loss(spec, fixed, feats, x):
 
 
 @pytest.mark.parametrize("spec, shape, core", [
-    (DEEP, (251, 333), 96),
+    (DEEP, (251, 333), 128),
     (LossSpec(pooling="avg"), (197, 150), 64),
     (SHALLOW, (251, 333), 96),
     (LossSpec(("relu2_2",), ("relu1_1", "relu2_1", "relu3_1"), "avg"), (250, 333), 128),
-], ids=["deep-max-96", "deep-avg-64", "shallow-max-96", "shallow-avg-128"])
+], ids=["deep-max-128", "deep-avg-64", "shallow-max-96", "shallow-avg-128"])
 def test_tiled_equals_untiled(real_weights, spec, shape, core):
     h, w = shape
     (features, loss, windows, window_loss), content, style, rng = _setup(real_weights, spec, h, w)
