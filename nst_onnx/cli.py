@@ -183,7 +183,7 @@ def stylize(
     def go():
         from .api import StyleTransfer
         from .io.checkpoint import checkpoint_path
-        from .io.images import output_format, save_image, to_pil
+        from .io.images import bit_depth, save_image, to_pil
 
         run, loss_weights, engine, spec = from_options(shared)
         run.validate()
@@ -192,13 +192,16 @@ def stylize(
         _check_paths(content, [*styles, *(mask_paths or [])], output, run.init, no_clobber)
         if save_every < 0:
             raise BadInput("--save-every must be ≥ 0")
-        output_format(output)
+        bit_depth(output, run.bit_depth)
         log = _log(quiet or as_json)
         st = StyleTransfer(engine, spec, log=log)
 
         def before_run(problem, sizes, its):
             plan = "" if len(sizes) == 1 else \
                 f", coarse-to-fine {'→'.join(map(str, sizes))} px × {'/'.join(map(str, its))}"
+            tiles = getattr(problem.evaluator, "tiles", None)
+            if tiles:
+                plan += f", {len(tiles)} tiles of {problem.evaluator.core} px"
             log(f"{content.name} + {', '.join(s.name for s in styles)} → {output} "
                 f"({sizes[-1]} px, {sum(its)} iterations{plan}, {run.optimizer}, "
                 f"{st.device}, {st.threads} threads)")
@@ -227,7 +230,8 @@ def stylize(
                        "width": w, "height": h, **result.summary()}
             try:
                 save_image(result.image, output, {"nst-onnx": json.dumps(
-                    {"version": __version__, **summary}, default=str)})
+                    {"version": __version__, **summary}, default=str)},
+                    pixels=result.pixels, depth=run.bit_depth, dpi=run.dpi)
             except OSError as e:
                 raise _unsaved(output, result.image, ckpt, e) from None
             finished = result.optimize.interrupted is None and result.optimize.error is None

@@ -42,6 +42,7 @@ STOP_TOLERANCE = 7e-3  # … and ends a run whose loss fell by less than this (r
 #                        fitted on three pairs at 512 px (README, When a picture is finished)
 MAX_HISTORY = 1000  # L-BFGS pairs; the memory estimate refuses far fewer at large sizes
 DEFAULT_SIZE = 512  # longest side of the output when none is given
+NATIVE = "native"  # --size native: the content image's own longest side
 CHECKPOINT_EVERY = 60.0  # seconds of work between checkpoints
 NAME_TEMPLATE = "{content}__{style}.png"  # batch output names
 RESULT = "result"  # field metadata: False for settings that do not change the picture
@@ -112,6 +113,29 @@ def floats(text, flag: str) -> list[float] | None:
 
 def no_limit_if_zero(value, flag: str):
     return value or None
+
+
+def size_or_native(value, flag: str):
+    """'native' (the content's own size) or a whole number of pixels."""
+    if isinstance(value, str) and value.strip().lower() == NATIVE:
+        return NATIVE
+    if isinstance(value, str):
+        try:
+            return int(value)
+        except ValueError:
+            raise BadInput(f"{flag} {value!r}: a number of pixels or {NATIVE}") from None
+    return whole(value, flag)
+
+
+def tile_option(value, flag: str):
+    """'auto', 0 (never: None) or the side, px, each tile owns."""
+    if isinstance(value, str) and value.strip().lower() == "auto":
+        return "auto"
+    try:
+        n = int(value) if isinstance(value, str) else whole(value, flag)
+    except ValueError:
+        raise BadInput(f"{flag} {value!r}: auto, 0 (never) or a multiple of 16") from None
+    return n or None
 
 
 @dataclass(frozen=True)
@@ -258,8 +282,9 @@ class LossWeights:
 class RunOptions:
     """The optimisation: output size, coarse-to-fine plan, optimiser and its settings."""
 
-    size: int | None = setting(None, Option(  # None: DEFAULT_SIZE (transfer), the problem's (run)
-        "--size", "Longest side of the output, px.", int, shown=DEFAULT_SIZE))
+    size: int | str | None = setting(None, Option(  # None: DEFAULT_SIZE (transfer), the problem's
+        "--size", f"Longest side of the output, px, or {NATIVE} (the content's own).", str,
+        parse=size_or_native, shown=DEFAULT_SIZE))
     iterations: int | Sequence[int] | None = setting(None, Option(  # None: see plan_scales
         "--iterations", "Optimiser iterations: one number, or one per scale (120,35). Default: "
         f"{DEFAULT_ITERATIONS}; coarse-to-fine {AUTO_ITERATIONS[0]} at the coarsest scale, "
@@ -286,6 +311,18 @@ class RunOptions:
     checkpoint_every: float = setting(CHECKPOINT_EVERY, Option(
         "--checkpoint-every", "Keep the run's state beside the output (.OUT.ckpt.npz) every N "
         "seconds of work; 0: never.", float), result=False)
+    # tiles: the objective evaluated window by window (nst_onnx.run.tiled), the same result
+    tile_size: int | str | None = setting("auto", Option(
+        "--tile-size", "Evaluate in tiles that own N px a side (a multiple of 16; a halo "
+        "comes on top): auto (only when the run would not fit in memory untiled), N, or 0 "
+        "(never).", str, parse=tile_option), fingerprint=False)
+    # the output file: neither decides the pixels
+    bit_depth: int | None = setting(None, Option(  # None: 16 for TIFF, 8 for the rest
+        "--bit-depth", "Bits per channel of the output: 8 or 16 (.png, .tif; default 16 for "
+        ".tif, else 8).", int), result=False, fingerprint=False)
+    dpi: float | None = setting(None, Option(
+        "--dpi", "Print resolution recorded in the output (PNG, JPEG, TIFF).", float),
+        result=False, fingerprint=False)
     max_image_pixels: int | None = setting(MAX_PIXELS, Option(  # None: no limit
         "--max-image-pixels", "Refuse input images whose header claims more pixels (0: no "
         "limit).", int, parse=no_limit_if_zero), fingerprint=False)
@@ -295,8 +332,16 @@ class RunOptions:
 
     @property
     def output_size(self) -> int:
-        """The longest side of the output: ``size``, or DEFAULT_SIZE when none was given."""
+        """The longest side of the output: ``size``, or DEFAULT_SIZE when none was given
+        (``native`` is resolved against the content first: :meth:`at_native`)."""
+        if self.size == NATIVE:
+            raise ValueError("size 'native' is resolved against the content first")
         return DEFAULT_SIZE if self.size is None else self.size
+
+    def at_native(self, content_size: tuple[int, int]) -> RunOptions:
+        """These options with ``size native`` made the content's own longest side."""
+        return dataclasses.replace(self, size=max(content_size)) if self.size == NATIVE \
+            else self
 
     def stop_rule(self) -> float:
         """τ of the stop rule in force: a run ends once its loss fell by less than τ
@@ -307,13 +352,24 @@ class RunOptions:
         return STOP_TOLERANCE if self.iterations is None else 0.0
 
     def validate(self) -> None:
-        if self.size is not None and self.size < 1:
-            raise BadInput("--size must be ≥ 1")
+        if self.size is not None and self.size != NATIVE and \
+                (not isinstance(self.size, int) or self.size < 1):
+            raise BadInput(f"--size must be a whole number ≥ 1 or {NATIVE}")
+        if self.tile_size not in (None, "auto") and (
+                not isinstance(self.tile_size, int) or self.tile_size <= 0
+                or self.tile_size % 16):
+            t = self.tile_size if isinstance(self.tile_size, int) else 16
+            raise BadInput(f"--tile-size {self.tile_size}: the side each tile owns is a "
+                           f"positive multiple of 16 px; use {max(16, round(t / 16) * 16)}")
         if not (self.checkpoint_every >= 0 and math.isfinite(self.checkpoint_every)):
             raise BadInput("--checkpoint-every must be a number of seconds ≥ 0")
         if self.optimizer not in OPTIMIZERS:
             raise BadInput(f"unknown optimizer {self.optimizer!r}: use "
                            + ", ".join(OPTIMIZERS))
+        if self.bit_depth not in (None, 8, 16):
+            raise BadInput(f"--bit-depth {self.bit_depth}: 8 or 16")
+        if self.dpi is not None and not (0 < self.dpi < 1e6 and math.isfinite(self.dpi)):
+            raise BadInput("--dpi must be a number > 0")
         if self.seed < 0:
             raise BadInput("--seed must be ≥ 0")
         if self.max_image_pixels is not None and self.max_image_pixels < 1:

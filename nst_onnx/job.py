@@ -63,6 +63,8 @@ class Result:
     engine: dict = field(default_factory=dict)  # device and threads
     resumed: dict = field(default_factory=dict)  # the checkpoint a resumed run started from
     fingerprint: str = ""  # of settings, inputs and model (fingerprint_images)
+    pixels: np.ndarray | None = field(default=None, repr=False)  # (H, W, 3) float32 0..255:
+    #                                                              the image before 8 bits
 
     def summary(self) -> dict:
         """Totals over all scales; initial loss of the first scale, final of the last."""
@@ -201,7 +203,9 @@ def optimize(engine: Engine, problem: Problem, run: RunOptions,
 
 def _result(engine: Engine, problem: Problem, run: RunOptions, res: OptimizeResult) -> Result:
     settings = settings_dict(run, problem.weights, engine.spec)
-    return Result(to_pil(problem.finish(res.x)[None]), res, settings,
+    finished = problem.finish(res.x)
+    return Result(to_pil(finished[None]), res, settings,
+                  pixels=finished.transpose(1, 2, 0).astype(np.float32),
                   model={"model": problem.manifest["key"],
                          "model_sha256": problem.manifest["files"]["loss.onnx"]["sha256"]},
                   engine={"device": engine.device, "providers": engine.providers,
@@ -337,7 +341,10 @@ class _Scales:
         else:
             result = optimize(self.engine, problem, run,
                               self._hook(problem, index, first, done + first), state)
+        tiles = getattr(problem.evaluator, "tiles", None)
         self.per_scale.append({"size": self.sizes[index], "shape": list(problem.shape[:2]),
+                               **({"tile_size": problem.evaluator.core, "tiles": len(tiles)}
+                                  if tiles else {}),
                                **scale_summary(result.optimize),
                                **({"resumed_at": first} if here else {})})
         return result
@@ -352,8 +359,12 @@ class _Scales:
             self.memory = resources.check_memory(
                 e.device, e.spec, shape, style_pixels, len(i.masks or []), self.sizes[-1],
                 self.run, e.log, self.weights.style_scale)
+        shape, style_pixels = shapes(i.content, i.styles, self.sizes[index],
+                                     self.weights.style_scale, e.spec.min_side)
+        tile = resources.choose_tile(e.device, e.spec, *shape, style_pixels,
+                                     len(i.masks or []), self.run)
         return prepare(e, i.content, i.styles, self.sizes[index], i.masks, self.weights,
-                       self.run.max_image_pixels)
+                       self.run.max_image_pixels, tile)
 
     def all(self, before_run, keep_checkpoint: bool = False) -> Result:
         result, start = None, self.inputs.init
@@ -396,6 +407,7 @@ def transfer(engine: Engine, content, styles, run: RunOptions, weights: LossWeig
     if resume not in RESUME_MODES:
         raise ValueError(f"resume={resume!r}: never, auto or require")
     inputs = Inputs.load(content, styles, masks, run.init, run.max_image_pixels, engine.log)
+    run = run.at_native(inputs.content.size)
     sizes, its = plan_scales(run.output_size, run.scales, run.iterations)
     fit_content(inputs.content, sizes[0], engine.spec.min_side)
     fp = fingerprint_images(inputs.images, run, weights, engine.spec,

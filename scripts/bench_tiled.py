@@ -4,8 +4,8 @@ in peak memory, against the bound the method allows.
 Time, in one process (median of ``--repeat``): t_tiled / t_untiled against
 ``(t_features + t_loss) / t_loss × Σ window pixels / image pixels`` — one extra forward per
 evaluation (the statistics pass) and the halos are all the method must pay. Memory: each
-variant in its own child process, its peak RSS from ``wait4`` (the prepared problem and
-one evaluation).
+variant in its own child process, its peak RSS (VmHWM: the prepared problem and one
+evaluation).
 
     python scripts/bench_tiled.py                       # 1024×768 / 512 and 2048×1536 / 1024
     python scripts/bench_tiled.py --only 1024x768:512 --memory 1024x768:256
@@ -63,21 +63,23 @@ def time_case(st, w: int, h: int, tile: int, repeat: int) -> dict:
 def _child(w: int, h: int, tile: int | None, threads: int) -> None:
     """One variant's memory: prepare and evaluate once (run in its own process)."""
     from nst_onnx import StyleTransfer
+    from nst_onnx.run.resources import peak_rss_mb
 
     st = StyleTransfer(device="cpu", threads=threads, log=lambda m: None)
     p = _problem(st, w, h, tile)
     p.evaluate(p.content[0])
+    print(json.dumps({"peak_mb": peak_rss_mb()}))
 
 
 def memory_case(w: int, h: int, tile: int, threads: int) -> dict:
     out = {"size": f"{w}x{h}", "tile": tile}
     for name, t in (("untiled", None), ("tiled", tile)):
-        child = subprocess.Popen([sys.executable, __file__, "--child", f"{w}x{h}:{t or 0}",
-                                  "--threads", str(threads)])
-        _, status, usage = os.wait4(child.pid, 0)
-        if os.waitstatus_to_exitcode(status):
-            sys.exit(f"the {name} child failed")
-        out[f"{name}_peak_mb"] = round(usage.ru_maxrss / 1024)
+        # the child's own VmHWM (wait4's maxrss would count the pages forked from here)
+        child = subprocess.run([sys.executable, __file__, "--child", f"{w}x{h}:{t or 0}",
+                                "--threads", str(threads)], capture_output=True, text=True)
+        if child.returncode:
+            sys.exit(f"the {name} child failed: {child.stderr.strip()[-300:]}")
+        out[f"{name}_peak_mb"] = round(json.loads(child.stdout.splitlines()[-1])["peak_mb"])
     out["ratio"] = round(out["tiled_peak_mb"] / out["untiled_peak_mb"], 3)
     out["within"] = out["ratio"] <= 0.5
     return out

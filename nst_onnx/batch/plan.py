@@ -26,7 +26,7 @@ from ..config import INITS, LossWeights, RunOptions, parse_cell, split_settings
 from ..errors import BadInput
 from ..io.atomic import name_max, regular_file
 from ..io.checkpoint import longest_derived_name
-from ..io.images import FORMATS
+from ..io.images import FORMATS, bit_depth
 from .manifest import MANIFEST, read_manifest
 
 SHEET = "contact_sheet.jpg"
@@ -238,6 +238,11 @@ def plan(contents: list, styles: list, outdir: Path, template: str, run: RunOpti
     for job in jobs:
         outputs.fit(job)
     _check_inputs_untouched(jobs)
+    for job in jobs:
+        try:
+            bit_depth(job.output, job.run.bit_depth)
+        except BadInput as e:
+            raise BadInput(f"job {job.index + 1}: {e}") from None
     return jobs, skipped
 
 

@@ -20,7 +20,7 @@ import threading
 import time
 from pathlib import Path
 
-from ..config import EngineOptions, LossWeights, RunOptions
+from ..config import NATIVE, EngineOptions, LossWeights, RunOptions
 from ..errors import BadInput, Interrupted, NstError
 from ..io.checkpoint import checkpoint_path
 from ..io.images import encode_image
@@ -114,7 +114,8 @@ def _execute(payload: dict) -> dict:
     from .._version import __version__
 
     data = encode_image(result.image, output, {"nst-onnx": json.dumps(
-        {"version": __version__, **summary, "output": str(output)}, default=str)})
+        {"version": __version__, **summary, "output": str(output)}, default=str)},
+                        pixels=result.pixels, depth=run.bit_depth, dpi=run.dpi)
     return {"data": data, "summary": summary}
 
 
@@ -169,7 +170,7 @@ def default_workers(engine: EngineOptions, run: RunOptions, jobs: int) -> int:
 
     gpu = engine.device == "cuda" or (engine.device == "auto" and
                                       resolve_device("auto")[0] == "cuda")
-    if gpu or jobs < 2 or engine.threads:
+    if gpu or jobs < 2 or engine.threads or run.size == NATIVE:  # native: print sizes
         return 1 if not engine.threads else max(1, min(jobs, physical_cores() // engine.threads))
     by_cores = max(1, physical_cores() // 2)
     avail = resources.available_mb()

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import functools
 import io
+import json
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -159,17 +161,50 @@ def output_format(path: str | os.PathLike) -> str:
     return FORMATS[ext]
 
 
-def encode_image(img: Image.Image, path: str | os.PathLike,
-                 metadata: dict | None = None) -> bytes:
-    """The file ``path`` would hold, format from its extension; PNG carries ``metadata`` as
-    text chunks (a batch worker encodes, the driver writes)."""
+DEEP_FORMATS = ("PNG", "TIFF")  # those that carry 16 bits per channel here
+
+
+def bit_depth(path: str | os.PathLike, asked: int | None = None) -> int:
+    """Bits per channel of the output ``path``: ``asked``, else 16 for TIFF (print) and 8
+    for the rest; 16 where the format cannot carry it is refused in one line."""
     fmt = output_format(path)
-    kwargs = {}
+    if asked is None:
+        return 16 if fmt == "TIFF" else 8
+    if asked not in (8, 16):
+        raise BadInput(f"--bit-depth {asked}: 8 or 16")
+    if asked == 16 and fmt not in DEEP_FORMATS:
+        raise BadInput(f"{Path(path).name}: {fmt} holds 8 bits per channel; 16 bits need "
+                       ".png, .tif or .tiff")
+    return asked
+
+
+@functools.cache
+def srgb_profile() -> bytes:
+    """An sRGB ICC profile (Pillow's littleCMS makes it): embedded in every output, so a
+    print shop or a colour-managed viewer reads the colours as meant."""
+    return ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
+
+
+def encode_image(img: Image.Image, path: str | os.PathLike, metadata: dict | None = None,
+                 pixels: np.ndarray | None = None, depth: int | None = None,
+                 dpi: float | None = None) -> bytes:
+    """The file ``path`` would hold, format from its extension, with the sRGB profile;
+    ``metadata`` as PNG text chunks or the TIFF description (a batch worker encodes, the
+    driver writes). 16 bits per channel (:func:`bit_depth`) come from ``pixels``, the
+    float (H, W, 3) image in [0, 255] (else from ``img``, scaled)."""
+    fmt = output_format(path)
+    if bit_depth(path, depth) == 16:
+        return _encode16(img, fmt, metadata, pixels, dpi)
+    kwargs: dict = {"icc_profile": srgb_profile()} if fmt != "BMP" else {}
+    if dpi and fmt in ("PNG", "JPEG", "TIFF"):
+        kwargs["dpi"] = (dpi, dpi)
     if fmt == "PNG" and metadata:
         info = PngImagePlugin.PngInfo()
         for k, v in metadata.items():
             info.add_itxt(k, str(v))
         kwargs["pnginfo"] = info
+    elif fmt == "TIFF" and metadata:
+        kwargs["description"] = json.dumps(metadata, default=str)
     elif fmt in ("JPEG", "WEBP"):
         kwargs["quality"] = 95
     buf = io.BytesIO()
@@ -177,6 +212,19 @@ def encode_image(img: Image.Image, path: str | os.PathLike,
     return buf.getvalue()
 
 
-def save_image(img: Image.Image, path: str | os.PathLike, metadata: dict | None = None) -> None:
+def _encode16(img: Image.Image, fmt: str, metadata: dict | None, pixels: np.ndarray | None,
+              dpi: float | None) -> bytes:
+    from .wide import png16, tiff16
+
+    x = np.asarray(img, np.float64) if pixels is None else np.asarray(pixels, np.float64)
+    rgb = np.clip(np.rint(x * (65535 / 255)), 0, 65535).astype(np.uint16)
+    if fmt == "PNG":
+        return png16(rgb, srgb_profile(), dpi, {k: str(v) for k, v in (metadata or {}).items()})
+    return tiff16(rgb, srgb_profile(), dpi,
+                  json.dumps(metadata, default=str) if metadata else None)
+
+
+def save_image(img: Image.Image, path: str | os.PathLike, metadata: dict | None = None,
+               **encoding) -> None:
     """Save atomically (:func:`encode_image`)."""
-    write_bytes(path, encode_image(img, path, metadata))
+    write_bytes(path, encode_image(img, path, metadata, **encoding))

@@ -152,48 +152,128 @@ def gpu_memory_mb() -> tuple[float, float] | None:
 # --------------------------------------------------------------------------- the check
 
 
+# --------------------------------------------------------------------------- tiles
+
+TILE_SIDES = (2048, 1536, 1024, 768, 512, 384, 256, 128)  # what ``--tile-size auto`` tries
+VECTOR_MB = 200.0  # per megapixel: what a tiled run still keeps image-sized (the image, its
+#                    gradient, the content target, the optimiser's vectors besides its
+#                    history) — an estimate on the safe side, to be fitted like CPU_MB
+
+
+def window_shape(h: int, w: int, tile: int, margin: int) -> tuple[int, int]:
+    """The largest window of a tiled h×w image: a core and its halo on both sides."""
+    return min(h, tile + 2 * margin), min(w, tile + 2 * margin)
+
+
+def estimate_tiled_mb(device: str, spec, h: int, w: int, tile: int, regions: int,
+                      run: RunOptions) -> float:
+    """Peak memory of a tiled run: the network on the largest window, the image-sized
+    vectors and the optimiser's history on the whole image."""
+    from ..vgg19 import halo
+
+    wh, ww = window_shape(h, w, tile, halo(list(spec.all_layers)))
+    mpx, window_mpx = h * w / 1e6, wh * ww / 1e6
+    if device == "cuda":
+        state = device_state_images(run.optimizer, run.history)
+        return estimate_gpu_mb(spec, wh, ww) + (state + 6) * 12 * h * w / 2 ** 20
+    base, per, per_pair = CPU_MB[run.optimizer]
+    return base + (per - VECTOR_MB) * window_mpx + (VECTOR_MB + per_pair * run.history) * mpx
+
+
+def _untiled_mb(device: str, spec, h: int, w: int, style_pixels: int, regions: int,
+                run: RunOptions) -> float:
+    if device == "cuda":
+        spec = dataclasses.replace(spec, guided=regions > 0)
+        return estimate_gpu_mb(spec, h, w, regions, device_state_images(run.optimizer,
+                                                                        run.history))
+    return estimate_peak_mb(max(h * w, style_pixels) / 1e6, run.history, regions, run.optimizer)
+
+
+def _free_mb(device: str) -> float | None:
+    if device == "cuda":
+        mem = gpu_memory_mb()
+        return None if mem is None else mem[0]
+    return available_mb()
+
+
+def choose_tile(device: str, spec, h: int, w: int, style_pixels: int, regions: int,
+                run: RunOptions) -> int | None:
+    """The tile side for an h×w run: none with ``--tile-size 0`` or masks, or where one tile
+    would hold the image; with ``auto`` none where the untiled run fits, else the largest of
+    :data:`TILE_SIDES` that fits (the smallest when none does: the check then refuses)."""
+    tile = run.tile_size
+    if tile is None or regions:
+        return None
+    if tile != "auto":
+        return tile if max(h, w) > tile else None
+    free = _free_mb(device)
+    if free is None or _untiled_mb(device, spec, h, w, style_pixels, regions, run) \
+            <= HEADROOM * free:
+        return None
+    sides = [t for t in TILE_SIDES if t < max(h, w)] or [TILE_SIDES[-1]]
+    return next((t for t in sides if estimate_tiled_mb(device, spec, h, w, t, regions, run)
+                 <= HEADROOM * free), sides[-1])
+
+
 def check_memory(device: str, spec, shape: tuple[int, int], style_pixels: int, regions: int,
                  final_size: int, run: RunOptions, log, style_scale: float = 1.0) -> dict:
     """Estimate a run's peak memory at its final size — host memory on the CPU, device
     memory on a GPU — from its first scale's ``shape`` (H, W) and its largest style's pixels
-    there, and refuse (BadInput) when it will not fit, unless ``run.force``; where the style
-    images are the larger, the advice is a smaller ``--style-scale``. Returns what was
-    estimated."""
+    there, tiled where :func:`choose_tile` tiles it, and refuse (BadInput) when it will not
+    fit, unless ``run.force``; where the style images are the larger, the advice is a
+    smaller ``--style-scale``. Returns what was estimated (``tile_size``: at the final
+    size)."""
     h, w = shape
     grow = (final_size / max(h, w)) ** 2
     aspect = min(h, w) / max(h, w)
+    fh, fw = round(h * grow ** 0.5), round(w * grow ** 0.5)
+    style_final = round(style_pixels * grow)
+    tile = choose_tile(device, spec, fh, fw, style_final, regions, run)
+    est = estimate_tiled_mb(device, spec, fh, fw, tile, regions, run) if tile else \
+        _untiled_mb(device, spec, fh, fw, style_final, regions, run)
+    avail = _free_mb(device)
+    what = "GPU memory" if device == "cuda" else "memory"
     if device == "cuda":
-        fh, fw = round(h * grow ** 0.5), round(w * grow ** 0.5)
-        spec = dataclasses.replace(spec, guided=regions > 0)
-        state = device_state_images(run.optimizer, run.history)
-        est = estimate_gpu_mb(spec, fh, fw, regions, state)
-        mem = gpu_memory_mb()
-        avail, what = (None if mem is None else mem[0]), "GPU memory"
-
-        def largest(budget):
-            return gpu_largest_side(spec, budget, aspect, regions, state)
         info = {"pixels": fh * fw, "estimated_gpu_mb": round(est),
                 "gpu_free_mb": None if avail is None else round(avail),
-                "estimate": "calibrated on an H200", "device": device}
+                "estimate": "calibrated on an H200" + (" (tiles: estimated)" if tile else ""),
+                "device": device}
     else:
-        mpx = max(h * w, style_pixels) * grow / 1e6
-        est = estimate_peak_mb(mpx, run.history, regions, run.optimizer)
-        avail, what = available_mb(), "memory"
-
-        def largest(budget):
-            return largest_side(budget, aspect, run.history, regions, run.optimizer)
-        info = {"megapixels": round(mpx, 4), "estimated_peak_mb": round(est),
+        info = {"megapixels": round(max(fh * fw, style_final) / 1e6, 4),
+                "estimated_peak_mb": round(est),
                 "available_mb": None if avail is None else round(avail), "device": device}
+    info["tile_size"] = tile
     if avail is not None and est > HEADROOM * avail:
-        side = largest(HEADROOM * avail)
+        side = _largest(device, spec, HEADROOM * avail, aspect, regions, run, tile)
         advice = (f"use --size {side} or less" if side >= 16 else
                   f"too little for any size: free some {what}")
-        if style_pixels > h * w and device != "cuda":  # the style images are the larger
+        if style_pixels > h * w and device != "cuda" and not tile:  # the style is the larger
             fits = side * side * aspect / (style_pixels * grow)
             advice = f"use --style-scale {style_scale * fits ** 0.5:.2g} or less"
-        msg = (f"this run needs about {est / 1024:.1f} GB of {what} and {avail / 1024:.1f} "
-               f"GB is free: {advice}, or pass --force")
+        msg = (f"this run needs about {est / 1024:.1f} GB of {what}"
+               + (f" in tiles of {tile} px" if tile else "")
+               + f" and {avail / 1024:.1f} GB is free: {advice}, or pass --force")
         if not run.force:
             raise BadInput(msg)
         log(f"warning: {msg} (--force given)")
     return info
+
+
+def _largest(device: str, spec, budget: float, aspect: float, regions: int, run: RunOptions,
+             tile: int | None) -> int:
+    """The largest longest side whose estimate fits ``budget``: untiled, or in tiles of
+    ``tile`` px (then the image-sized part grows, the window stays)."""
+    if not tile:
+        if device == "cuda":
+            return gpu_largest_side(spec, budget, aspect, regions,
+                                    device_state_images(run.optimizer, run.history))
+        return largest_side(budget, aspect, run.history, regions, run.optimizer)
+    lo, hi = 16, 65536
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        if estimate_tiled_mb(device, spec, max(1, int(mid * aspect)), mid, tile, regions,
+                             run) <= budget:
+            lo = mid
+        else:
+            hi = mid - 1
+    return lo
