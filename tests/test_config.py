@@ -20,7 +20,7 @@ from nst_onnx.errors import BadInput
 
 
 @pytest.mark.parametrize("bad, message", [
-    (dict(size=0), "--size must be ≥ 1"),
+    (dict(size=0), "--size must be a whole number ≥ 1"),
     (dict(optimizer="sgd"), "unknown optimizer"),
     (dict(history=0), "--history must be between"),
     (dict(lr=float("nan")), "--lr must be"),
@@ -85,8 +85,12 @@ def test_jobs_file_cells_parse_as_their_options_do():
     assert parse_cell("max_image_pixels", "0") is None  # 0: no limit, as on the command line
     with pytest.raises(BadInput, match="unknown setting 'sizes'"):
         parse_cell("sizes", "3")
-    with pytest.raises(BadInput, match="size: expected a number"):
+    with pytest.raises(BadInput, match="size 'big': a number of pixels or native"):
         parse_cell("size", "big")
+    assert parse_cell("size", "native") == "native" and parse_cell("tile_size", "0") is None
+    assert parse_cell("tile_size", "auto") == "auto" and parse_cell("tile_size", 512) == 512
+    with pytest.raises(BadInput, match="whole number"):
+        parse_cell("size", 64.7)
 
 
 @pytest.mark.parametrize("command", ["stylize", "batch", "bench", "export", "info"])

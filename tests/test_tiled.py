@@ -147,3 +147,36 @@ def test_a_tile_size_off_the_grid_names_the_nearest(st, images, tile, near):
 
     with pytest.raises(BadInput, match=f"use {near}"):
         st.prepare(images["tubingen"], images["starry_night"], 64, tile_size=tile)
+
+
+def test_auto_tiles_only_what_does_not_fit_and_refuses_what_even_tiles_cannot(monkeypatch):
+    """The estimate decides: the untiled run where it fits; else the largest tile that
+    fits; else one line with the largest size that fits in tiles."""
+    from nst_onnx.config import RunOptions
+    from nst_onnx.errors import BadInput
+    from nst_onnx.run import resources as res
+
+    run = RunOptions()
+    untiled = res._untiled_mb("cpu", DEEP, 3072, 4096, 0, 0, run)
+    monkeypatch.setattr(res, "available_mb", lambda: untiled / res.HEADROOM + 1)
+    assert res.choose_tile("cpu", DEEP, 3072, 4096, 0, 0, run) is None
+    budget = res.estimate_tiled_mb("cpu", DEEP, 3072, 4096, 1024, 0, run)
+    monkeypatch.setattr(res, "available_mb", lambda: budget / res.HEADROOM + 1)
+    assert res.choose_tile("cpu", DEEP, 3072, 4096, 0, 0, run) == 1024
+    assert res.choose_tile("cpu", DEEP, 3072, 4096, 0, 1, run) is None  # masks: not tiled
+    assert res.check_memory("cpu", DEEP, (384, 512), 0, 0, 4096, run, print)["tile_size"] == 1024
+    monkeypatch.setattr(res, "available_mb", lambda: res.estimate_tiled_mb(
+        "cpu", DEEP, 3072, 4096, 128, 0, run) / 2)
+    with pytest.raises(BadInput, match=r"in tiles of 128 px .* use --size \d+ or less"):
+        res.check_memory("cpu", DEEP, (384, 512), 0, 0, 4096, run, print)
+
+
+def test_a_tile_size_option_off_the_grid_is_one_line(models_dir, images, tmp_path):
+    from typer.testing import CliRunner
+
+    from nst_onnx.cli import app
+
+    r = CliRunner().invoke(app, ["stylize", str(images["tubingen"]), str(images["starry_night"]),
+                                 "-o", str(tmp_path / "o.png"), "--tile-size", "100",
+                                 "--models", str(models_dir)])
+    assert r.exit_code == 2 and "use 96" in r.output and len(r.output.strip().splitlines()) == 1

@@ -200,7 +200,8 @@ def choose_tile(device: str, spec, h: int, w: int, style_pixels: int, regions: i
                 run: RunOptions) -> int | None:
     """The tile side for an h×w run: none with ``--tile-size 0`` or masks, or where one tile
     would hold the image; with ``auto`` none where the untiled run fits, else the largest of
-    :data:`TILE_SIDES` that fits (the smallest when none does: the check then refuses)."""
+    :data:`TILE_SIDES` below the image's side that fits (the smallest when none does: the
+    check then refuses)."""
     tile = run.tile_size
     if tile is None or regions:
         return None
@@ -210,7 +211,9 @@ def choose_tile(device: str, spec, h: int, w: int, style_pixels: int, regions: i
     if free is None or _untiled_mb(device, spec, h, w, style_pixels, regions, run) \
             <= HEADROOM * free:
         return None
-    sides = [t for t in TILE_SIDES if t < max(h, w)] or [TILE_SIDES[-1]]
+    sides = [t for t in TILE_SIDES if t < max(h, w)]
+    if not sides:  # one tile would hold the whole image: tiles cannot help
+        return None
     return next((t for t in sides if estimate_tiled_mb(device, spec, h, w, t, regions, run)
                  <= HEADROOM * free), sides[-1])
 
@@ -268,12 +271,13 @@ def _largest(device: str, spec, budget: float, aspect: float, regions: int, run:
             return gpu_largest_side(spec, budget, aspect, regions,
                                     device_state_images(run.optimizer, run.history))
         return largest_side(budget, aspect, run.history, regions, run.optimizer)
+    def fits(side: int) -> bool:
+        return estimate_tiled_mb(device, spec, max(1, int(side * aspect)), side, tile, regions,
+                                 run) <= budget
+    if not fits(16):
+        return 0
     lo, hi = 16, 65536
     while lo < hi:
         mid = (lo + hi + 1) // 2
-        if estimate_tiled_mb(device, spec, max(1, int(mid * aspect)), mid, tile, regions,
-                             run) <= budget:
-            lo = mid
-        else:
-            hi = mid - 1
+        lo, hi = (mid, hi) if fits(mid) else (lo, mid - 1)
     return lo
