@@ -192,7 +192,7 @@ def stylize(
         _check_paths(content, [*styles, *(mask_paths or [])], output, run.init, no_clobber)
         if save_every < 0:
             raise BadInput("--save-every must be ≥ 0")
-        bit_depth(output, run.bit_depth)
+        _check_space(output, content, run, bit_depth(output, run.bit_depth))
         log = _log(quiet or as_json)
         st = StyleTransfer(engine, spec, log=log)
 
@@ -423,6 +423,30 @@ def _check_paths(content: Path, styles: list[Path], output: Path, init: str,
     except OSError as e:
         raise BadInput(f"cannot write into {parent} ({e.strerror}): choose another output path") \
             from None
+
+
+def _check_space(output: Path, content: Path, run, depth: int) -> None:
+    """Refuse before the run when the output's folder has no room for it (uncompressed,
+    the most it can take), from the content's header alone."""
+    import shutil
+
+    from PIL import Image
+
+    from .config import DEFAULT_SIZE, NATIVE
+    from .io.images import fitted_size
+
+    try:
+        with Image.open(content) as img:
+            size = img.size
+        side = max(size) if run.size == NATIVE else run.size or DEFAULT_SIZE
+        w, h = fitted_size(size, side)
+        free = shutil.disk_usage(output.resolve().parent).free
+    except (OSError, ValueError, Image.DecompressionBombError):
+        return  # an unreadable content is refused, with its reason, where it is decoded
+    need = w * h * 3 * depth // 8
+    if need > free:
+        raise BadInput(f"the output needs up to {need / 1e6:.0f} MB and {output.parent} has "
+                       f"{free / 1e6:.0f} MB free: free some space or choose another -o")
 
 
 def _unsaved(output: Path, image, ckpt: Path | None, e: OSError) -> NstError:

@@ -94,3 +94,20 @@ def test_a_16_bit_run_end_to_end_and_size_native(models_dir, tmp_path):
                                  "16"])
     assert r.exit_code == 2 and "16 bits need" in r.output
     assert len(r.output.strip().splitlines()) == 1
+
+
+def test_too_little_disk_for_the_output_is_refused_before_the_run(models_dir, tmp_path,
+                                                                  monkeypatch):
+    import shutil
+    from collections import namedtuple
+
+    content = tmp_path / "c.png"
+    Image.fromarray(_rgb16(40, 56).__floordiv__(257).astype(np.uint8)).save(content)
+    usage = namedtuple("usage", "total used free")
+    monkeypatch.setattr(shutil, "disk_usage", lambda p: usage(10**9, 10**9 - 1000, 1000))
+    content.with_name("s.png").write_bytes(content.read_bytes())
+    r = CliRunner().invoke(app, ["stylize", str(content), str(content.with_name("s.png")),
+                                 "-o", str(tmp_path / "o.tif"), "--size", "1024",
+                                 "--models", str(models_dir)])
+    assert r.exit_code == 2 and "the output needs up to 4 MB" in r.output, r.output  # 16-bit
+    assert len(r.output.strip().splitlines()) == 1
