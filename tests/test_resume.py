@@ -144,10 +144,10 @@ def _full_disk_at(out: Path, monkeypatch):
 
     real = image_io.save_image
 
-    def full_disk(img, path, metadata=None):
+    def full_disk(img, path, metadata=None, **encoding):
         if Path(path) == out:
             raise OSError(28, "No space left on device")
-        return real(img, path, metadata)
+        return real(img, path, metadata, **encoding)
     monkeypatch.setattr(image_io, "save_image", full_disk)
     return real
 
