@@ -41,6 +41,8 @@ STOP_WINDOW = 25  # the stop rule looks at the loss this many iterations back �
 STOP_TOLERANCE = 7e-3  # … and ends a run whose loss fell by less than this (relative);
 #                        fitted on three pairs at 512 px (README, When a picture is finished)
 MAX_HISTORY = 1000  # L-BFGS pairs; the memory estimate refuses far fewer at large sizes
+DEFAULT_HISTORY = 20  # L-BFGS pairs unless a picture is too large for them (docs/benchmarks.md)
+FEWER_HISTORY = (10, 5, 3)  # what the memory check tries, in turn, where 20 would not fit
 DEFAULT_SIZE = 512  # longest side of the output when none is given
 NATIVE = "native"  # --size native: the content image's own longest side
 CHECKPOINT_EVERY = 60.0  # seconds of work between checkpoints
@@ -302,7 +304,9 @@ class RunOptions:
         "or adam (on the device)."))
     lr: float = setting(2.0, Option("--lr", "Adam step size (pixels).", float))
     # L-BFGS pairs; 20 by measurement (docs/benchmarks.md)
-    history: int = setting(20, Option("--history", "L-BFGS memory.", int))
+    history: int | None = setting(None, Option(  # None: DEFAULT_HISTORY, fewer if it must
+        "--history", f"L-BFGS memory (default {DEFAULT_HISTORY}; fewer, said in one line, where "
+        "a picture is so large that the history would not fit).", int, shown=DEFAULT_HISTORY))
     stop_tolerance: float | None = setting(None, Option(  # None: STOP_TOLERANCE unless iterations
         "--stop-tolerance", "End a run once its loss fell by less than this (relative) over "
         f"the last {STOP_WINDOW} iterations. Default: {STOP_TOLERANCE:g} when --iterations is "
@@ -329,6 +333,11 @@ class RunOptions:
     force: bool = setting(False, Option(  # the memory estimate's override
         "--force", "Run even if the memory estimate exceeds what is available.", bool),
         result=False)
+
+    @property
+    def pairs(self) -> int:
+        """The L-BFGS history in force: ``history``, or DEFAULT_HISTORY."""
+        return DEFAULT_HISTORY if self.history is None else self.history
 
     @property
     def output_size(self) -> int:
@@ -374,7 +383,7 @@ class RunOptions:
             raise BadInput("--seed must be ≥ 0")
         if self.max_image_pixels is not None and self.max_image_pixels < 1:
             raise BadInput("--max-image-pixels must be ≥ 1 (0: no limit)")
-        if not 1 <= self.history <= MAX_HISTORY:
+        if self.history is not None and not 1 <= self.history <= MAX_HISTORY:
             raise BadInput(f"--history must be between 1 and {MAX_HISTORY}")
         if not (self.lr > 0 and math.isfinite(self.lr)):
             raise BadInput("--lr must be a finite number > 0")

@@ -190,11 +190,11 @@ def optimize(engine: Engine, problem: Problem, run: RunOptions,
     hooks = chain(callback, StopRule(run.stop_rule()))
     if run.optimizer == "lbfgs":
         bytes_before = problem.evaluator.host_bytes
-        res = lbfgs(problem.evaluate, x0, iterations, run.history, hooks)
+        res = lbfgs(problem.evaluate, x0, iterations, run.pairs, hooks)
         res.host_bytes = problem.evaluator.host_bytes - bytes_before
     else:
         loop = engine.device_loop(problem.evaluator, problem.shape[:2])
-        res = lbfgs_onnx(loop, x0, iterations, run.history, hooks, state) \
+        res = lbfgs_onnx(loop, x0, iterations, run.pairs, hooks, state) \
             if run.optimizer == "lbfgs-onnx" else \
             adam_onnx(loop, x0, iterations, run.lr, hooks, state)
     return _result(engine, problem, dataclasses.replace(run, size=side, iterations=iterations),
@@ -359,6 +359,8 @@ class _Scales:
             self.memory = resources.check_memory(
                 e.device, e.spec, shape, style_pixels, len(i.masks or []), self.sizes[-1],
                 self.run, e.log, self.weights.style_scale)
+            if "history" in self.memory:  # the history that fits, for every scale
+                self.run = dataclasses.replace(self.run, history=self.memory["history"])
         shape, style_pixels = shapes(i.content, i.styles, self.sizes[index],
                                      self.weights.style_scale, e.spec.min_side)
         tile = resources.choose_tile(e.device, e.spec, *shape, style_pixels,
@@ -412,11 +414,11 @@ def transfer(engine: Engine, content, styles, run: RunOptions, weights: LossWeig
     fit_content(inputs.content, sizes[0], engine.spec.min_side)
     fp = fingerprint_images(inputs.images, run, weights, engine.spec,
                             engine.manifest["files"]["loss.onnx"]["sha256"])
-    ckpt = find_checkpoint(checkpoint, fp, resume, (sizes, its), run.history, engine.log)
+    ckpt = find_checkpoint(checkpoint, fp, resume, (sizes, its), run.pairs, engine.log)
     job = _Scales(engine, inputs, run, weights, (sizes, its), fp, checkpoint, ckpt, callback)
     result = job.all(before_run, keep_checkpoint)
-    result.settings.update(settings_dict(run, weights, engine.spec), size=sizes[-1],
-                           scales=sizes, iterations=its)
+    result.settings.update(settings_dict(job.run, weights, engine.spec), size=sizes[-1],
+                           scales=sizes, iterations=its, history=job.run.pairs)
     result.scales, result.memory, result.fingerprint = job.per_scale, job.memory, fp
     result.resumed = {"checkpoint": str(checkpoint), "iterations_before": ckpt.done} \
         if ckpt is not None else {}

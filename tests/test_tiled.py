@@ -168,7 +168,7 @@ def test_auto_tiles_only_what_does_not_fit_and_refuses_what_even_tiles_cannot(mo
     monkeypatch.setattr(res, "available_mb", lambda: res.estimate_tiled_mb(
         "cpu", DEEP, 3072, 4096, 128, 0, run) / 2)
     with pytest.raises(BadInput, match=r"in tiles of 128 px .* use --size \d+ or less"):
-        res.check_memory("cpu", DEEP, (384, 512), 0, 0, 4096, run, print)
+        res.check_memory("cpu", DEEP, (384, 512), 0, 0, 4096, RunOptions(history=20), print)
 
 
 def test_a_tile_size_option_off_the_grid_is_one_line(models_dir, images, tmp_path):
@@ -180,3 +180,25 @@ def test_a_tile_size_option_off_the_grid_is_one_line(models_dir, images, tmp_pat
                                  "-o", str(tmp_path / "o.png"), "--tile-size", "100",
                                  "--models", str(models_dir)])
     assert r.exit_code == 2 and "use 96" in r.output and len(r.output.strip().splitlines()) == 1
+
+
+def test_a_default_history_too_large_for_the_picture_is_lowered_and_said(monkeypatch):
+    """Where 20 pairs of a 4096 px image would not fit but fewer would, the history is
+    lowered, in one line; a --history given is obeyed or refused, never changed."""
+    import dataclasses
+
+    from nst_onnx.config import RunOptions
+    from nst_onnx.errors import BadInput
+    from nst_onnx.run import resources as res
+
+    run = RunOptions()
+    need = res.estimate_tiled_mb("cpu", DEEP, 3072, 4096, 128, 0,
+                                 dataclasses.replace(run, history=5))
+    monkeypatch.setattr(res, "available_mb", lambda: need / res.HEADROOM + 1)
+    notes = []
+    info = res.check_memory("cpu", DEEP, (384, 512), 0, 0, 4096, run, notes.append)
+    assert info["history"] in (5, 10) and info["tile_size"] is not None
+    assert len(notes) == 1 and "L-BFGS history" in notes[0] and "--history" in notes[0]
+    with pytest.raises(BadInput, match="or pass --force"):
+        res.check_memory("cpu", DEEP, (384, 512), 0, 0, 4096,
+                         dataclasses.replace(run, history=20), print)

@@ -175,7 +175,7 @@ def default_workers(engine: EngineOptions, run: RunOptions, jobs: int) -> int:
     by_cores = max(1, physical_cores() // 2)
     avail = resources.available_mb()
     mpx = run.output_size ** 2 * 0.75 / 1e6
-    per_job = resources.estimate_peak_mb(mpx, run.history, optimizer=run.optimizer)
+    per_job = resources.estimate_peak_mb(mpx, run.pairs, optimizer=run.optimizer)
     by_memory = max(1, int(resources.HEADROOM * avail // per_job)) if avail else by_cores
     return max(1, min(by_cores, by_memory, jobs))
 

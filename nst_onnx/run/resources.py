@@ -17,7 +17,7 @@ from __future__ import annotations
 import dataclasses
 import math
 
-from ..config import RunOptions
+from ..config import DEFAULT_HISTORY, FEWER_HISTORY, RunOptions
 from ..errors import BadInput
 
 RUN = RunOptions()  # the defaults
@@ -40,7 +40,7 @@ def _per_mpx(optimizer: str, history: int, regions: int) -> float:
     return per + per_pair * history + REGION_MB * regions
 
 
-def estimate_peak_mb(megapixels: float, history: int = RUN.history, regions: int = 0,
+def estimate_peak_mb(megapixels: float, history: int = RUN.pairs, regions: int = 0,
                      optimizer: str = RUN.optimizer) -> float:
     return CPU_MB[optimizer][0] + _per_mpx(optimizer, history, regions) * megapixels
 
@@ -57,7 +57,7 @@ def available_mb() -> float | None:
     return None
 
 
-def largest_side(budget_mb: float, aspect: float, history: int = RUN.history, regions: int = 0,
+def largest_side(budget_mb: float, aspect: float, history: int = RUN.pairs, regions: int = 0,
                  optimizer: str = RUN.optimizer) -> int:
     """Longest side (px) whose estimate stays within ``budget_mb``; aspect = short/long ≤ 1."""
     mpx = max(budget_mb - CPU_MB[optimizer][0], 0.0) / _per_mpx(optimizer, history, regions)
@@ -174,10 +174,10 @@ def estimate_tiled_mb(device: str, spec, h: int, w: int, tile: int, regions: int
     wh, ww = window_shape(h, w, tile, halo(list(spec.all_layers)))
     mpx, window_mpx = h * w / 1e6, wh * ww / 1e6
     if device == "cuda":
-        state = device_state_images(run.optimizer, run.history)
+        state = device_state_images(run.optimizer, run.pairs)
         return estimate_gpu_mb(spec, wh, ww) + (state + 6) * 12 * h * w / 2 ** 20
     base, per, per_pair = CPU_MB[run.optimizer]
-    return base + (per - VECTOR_MB) * window_mpx + (VECTOR_MB + per_pair * run.history) * mpx
+    return base + (per - VECTOR_MB) * window_mpx + (VECTOR_MB + per_pair * run.pairs) * mpx
 
 
 def _untiled_mb(device: str, spec, h: int, w: int, style_pixels: int, regions: int,
@@ -185,8 +185,8 @@ def _untiled_mb(device: str, spec, h: int, w: int, style_pixels: int, regions: i
     if device == "cuda":
         spec = dataclasses.replace(spec, guided=regions > 0)
         return estimate_gpu_mb(spec, h, w, regions, device_state_images(run.optimizer,
-                                                                        run.history))
-    return estimate_peak_mb(max(h * w, style_pixels) / 1e6, run.history, regions, run.optimizer)
+                                                                        run.pairs))
+    return estimate_peak_mb(max(h * w, style_pixels) / 1e6, run.pairs, regions, run.optimizer)
 
 
 def _free_mb(device: str) -> float | None:
@@ -218,6 +218,10 @@ def choose_tile(device: str, spec, h: int, w: int, style_pixels: int, regions: i
                  <= HEADROOM * free), sides[-1])
 
 
+def what_of(device: str) -> str:
+    return "GPU memory" if device == "cuda" else "memory"
+
+
 def check_memory(device: str, spec, shape: tuple[int, int], style_pixels: int, regions: int,
                  final_size: int, run: RunOptions, log, style_scale: float = 1.0) -> dict:
     """Estimate a run's peak memory at its final size — host memory on the CPU, device
@@ -231,11 +235,24 @@ def check_memory(device: str, spec, shape: tuple[int, int], style_pixels: int, r
     aspect = min(h, w) / max(h, w)
     fh, fw = round(h * grow ** 0.5), round(w * grow ** 0.5)
     style_final = round(style_pixels * grow)
-    tile = choose_tile(device, spec, fh, fw, style_final, regions, run)
-    est = estimate_tiled_mb(device, spec, fh, fw, tile, regions, run) if tile else \
-        _untiled_mb(device, spec, fh, fw, style_final, regions, run)
+    def plan(run: RunOptions) -> tuple[int | None, float]:
+        tile = choose_tile(device, spec, fh, fw, style_final, regions, run)
+        return tile, (estimate_tiled_mb(device, spec, fh, fw, tile, regions, run) if tile
+                      else _untiled_mb(device, spec, fh, fw, style_final, regions, run))
+    tile, est = plan(run)
     avail = _free_mb(device)
-    what = "GPU memory" if device == "cuda" else "memory"
+    pairs = None
+    if avail is not None and est > HEADROOM * avail and run.history is None \
+            and run.optimizer != "adam":  # the history may be what does not fit
+        for fewer in FEWER_HISTORY:
+            t, e = plan(dataclasses.replace(run, history=fewer))
+            if e <= HEADROOM * avail:
+                tile, est, pairs = t, e, fewer
+                log(f"note: L-BFGS history {fewer} (not {DEFAULT_HISTORY}): at {fw}×{fh} "
+                    f"{DEFAULT_HISTORY} pairs would not fit in the free {what_of(device)}; "
+                    "--history sets it")
+                break
+    what = what_of(device)
     if device == "cuda":
         info = {"pixels": fh * fw, "estimated_gpu_mb": round(est),
                 "gpu_free_mb": None if avail is None else round(avail),
@@ -246,6 +263,8 @@ def check_memory(device: str, spec, shape: tuple[int, int], style_pixels: int, r
                 "estimated_peak_mb": round(est),
                 "available_mb": None if avail is None else round(avail), "device": device}
     info["tile_size"] = tile
+    if pairs is not None:
+        info["history"] = pairs
     if avail is not None and est > HEADROOM * avail:
         side = _largest(device, spec, HEADROOM * avail, aspect, regions, run, tile)
         advice = (f"use --size {side} or less" if side >= 16 else
@@ -269,8 +288,8 @@ def _largest(device: str, spec, budget: float, aspect: float, regions: int, run:
     if not tile:
         if device == "cuda":
             return gpu_largest_side(spec, budget, aspect, regions,
-                                    device_state_images(run.optimizer, run.history))
-        return largest_side(budget, aspect, run.history, regions, run.optimizer)
+                                    device_state_images(run.optimizer, run.pairs))
+        return largest_side(budget, aspect, run.pairs, regions, run.optimizer)
     def fits(side: int) -> bool:
         return estimate_tiled_mb(device, spec, max(1, int(side * aspect)), side, tile, regions,
                                  run) <= budget
