@@ -14,7 +14,6 @@ read, and the meta, image and state are checked for type, shape, finiteness and 
 
 from __future__ import annotations
 
-import io
 import json
 import math
 import zipfile
@@ -25,7 +24,7 @@ import numpy as np
 
 from ..config import HIGH, LOW, OPTIMIZERS
 from ..errors import BadInput
-from .atomic import regular_file, temp_name, write_bytes
+from .atomic import atomic_path, regular_file, temp_name
 
 FORMAT = 1
 
@@ -65,10 +64,10 @@ class Checkpoint:
         meta = {"format": FORMAT, "fingerprint": self.fingerprint, "scale": self.scale,
                 "iteration": self.iteration, "done": self.done, "optimizer": self.optimizer,
                 **({"stop_reason": self.stop_reason} if self.stop_reason else {})}
-        buf = io.BytesIO()
-        np.savez(buf, meta=np.array(json.dumps(meta)), x=np.asarray(self.x, np.float32),
-                 **{f"state_{k}": np.asarray(v) for k, v in self.state.items()})
-        write_bytes(path, buf.getvalue())
+        with atomic_path(path) as tmp, open(tmp, "wb") as f:  # streamed: at print sizes
+            np.savez(f, meta=np.array(json.dumps(meta)),        # the state is gigabytes,
+                     x=np.asarray(self.x, np.float32),           # never held twice
+                     **{f"state_{k}": np.asarray(v) for k, v in self.state.items()})
 
 
 def size_bound(side: int, history: int) -> int:
