@@ -27,7 +27,7 @@ import typer
 
 from ._version import __version__
 from .config import NAME_TEMPLATE, from_options, options_of
-from .errors import BadInput, Interrupted, NstError
+from .errors import BadInput, Interrupted, NstError, os_error_line
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   rich_markup_mode=None, context_settings={"max_content_width": 120},
@@ -537,7 +537,7 @@ def _guard(fn, debug: bool) -> None:
     except OSError as e:  # the environment (a full disk, a permission): name the file
         if debug:
             raise
-        _err(f"{e.strerror or e}: {e.filename}" if e.filename else f"{e.strerror or e}")
+        _err(os_error_line(e))
         raise typer.Exit(1) from None
     except Exception as e:  # a bug or an environment failure: still one line unless --debug
         if debug:

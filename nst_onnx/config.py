@@ -129,6 +129,18 @@ def size_or_native(value, flag: str):
     return whole(value, flag)
 
 
+TILE_GRID = 16  # the four 2×2 pools: tile edges on this grid keep every window's pooling
+
+
+def check_tile_size(tile) -> None:
+    """A tile side (None: no tiles) is a positive multiple of TILE_GRID px, or one line
+    naming the nearest that is."""
+    if tile is not None and (not isinstance(tile, int) or tile <= 0 or tile % TILE_GRID):
+        t = tile if isinstance(tile, int) else TILE_GRID
+        raise BadInput(f"--tile-size {tile}: the side each tile owns is a positive multiple "
+                       f"of {TILE_GRID} px; use {max(TILE_GRID, round(t / TILE_GRID) * TILE_GRID)}")
+
+
 def tile_option(value, flag: str):
     """'auto', 0 (never: None) or the side, px, each tile owns."""
     if isinstance(value, str) and value.strip().lower() == "auto":
@@ -364,12 +376,8 @@ class RunOptions:
         if self.size is not None and self.size != NATIVE and \
                 (not isinstance(self.size, int) or self.size < 1):
             raise BadInput(f"--size must be a whole number ≥ 1 or {NATIVE}")
-        if self.tile_size not in (None, "auto") and (
-                not isinstance(self.tile_size, int) or self.tile_size <= 0
-                or self.tile_size % 16):
-            t = self.tile_size if isinstance(self.tile_size, int) else 16
-            raise BadInput(f"--tile-size {self.tile_size}: the side each tile owns is a "
-                           f"positive multiple of 16 px; use {max(16, round(t / 16) * 16)}")
+        if self.tile_size != "auto":
+            check_tile_size(self.tile_size)
         if not (self.checkpoint_every >= 0 and math.isfinite(self.checkpoint_every)):
             raise BadInput("--checkpoint-every must be a number of seconds ≥ 0")
         if self.optimizer not in OPTIMIZERS:

@@ -39,3 +39,9 @@ class Interrupted(Exception):
 class Finished(Exception):
     """Raised from a progress callback to end a run normally (the picture is finished);
     the optimisers return the best image with ``str(e)`` as the stop reason."""
+
+
+def os_error_line(e: OSError) -> str:
+    """An OSError in one line that names its file: 'No space left on device: out.png'."""
+    what = e.strerror or str(e)
+    return f"{what}: {e.filename}" if e.filename else what

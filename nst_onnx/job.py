@@ -353,18 +353,16 @@ class _Scales:
         """The problem at scale ``index``; first, the memory the whole run needs, estimated
         from the decoded sizes before any image is resized or any feature computed."""
         i, e = self.inputs, self.engine
-        if not self.memory:
-            shape, style_pixels = shapes(i.content, i.styles, self.sizes[index],
-                                         self.weights.style_scale, e.spec.min_side)
-            self.memory = resources.check_memory(
-                e.device, e.spec, shape, style_pixels, len(i.masks or []), self.sizes[-1],
-                self.run, e.log, self.weights.style_scale)
-            if "history" in self.memory:  # the history that fits, for every scale
-                self.run = dataclasses.replace(self.run, history=self.memory["history"])
+        regions = len(i.masks or [])
         shape, style_pixels = shapes(i.content, i.styles, self.sizes[index],
                                      self.weights.style_scale, e.spec.min_side)
-        tile = resources.choose_tile(e.device, e.spec, *shape, style_pixels,
-                                     len(i.masks or []), self.run)
+        if not self.memory:
+            self.memory = resources.check_memory(
+                e.device, e.spec, shape, style_pixels, regions, self.sizes[-1], self.run,
+                e.log, self.weights.style_scale)
+            if "history" in self.memory:  # the history that fits, for every scale
+                self.run = dataclasses.replace(self.run, history=self.memory["history"])
+        tile = resources.choose_tile(e.device, e.spec, *shape, style_pixels, regions, self.run)
         return prepare(e, i.content, i.styles, self.sizes[index], i.masks, self.weights,
                        self.run.max_image_pixels, tile)
 

@@ -15,14 +15,14 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image
 
-from .config import LossWeights
+from .config import LossWeights, check_tile_size
 from .errors import BadInput
 from .graphs.interface import inv_sizes, loss_io
 from .io import color
 from .io.images import fit_longest_side, fitted_size, load_image, to_nchw, to_pil
 from .run.binding import Evaluator, Terms
 from .run.engine import Engine
-from .run.tiled import GRID, TiledEvaluator, tiled_features
+from .run.tiled import TiledEvaluator, tiled_features
 
 
 @dataclass
@@ -134,13 +134,6 @@ def shapes(content: Image.Image, styles: list[Image.Image], size: int, style_sca
     w, h = fitted_size(content.size, size)
     side = style_side(size, style_scale, min_side)
     return (h, w), max(math.prod(fitted_size(s.size, side)) for s in styles)
-
-
-def check_tile_size(tile: int | None) -> None:
-    if tile is not None and (tile <= 0 or tile % GRID):
-        near = max(GRID, round(tile / GRID) * GRID)
-        raise BadInput(f"tile size {tile}: the region each tile owns is a positive multiple "
-                       f"of {GRID} px; use {near}")
 
 
 def prepare(engine: Engine, content, styles, size: int, masks=None,

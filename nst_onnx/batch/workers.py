@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 
 from ..config import NATIVE, EngineOptions, LossWeights, RunOptions
-from ..errors import BadInput, Interrupted, NstError
+from ..errors import BadInput, Interrupted, NstError, os_error_line
 from ..io.checkpoint import checkpoint_path
 from ..io.images import encode_image
 
@@ -155,7 +155,7 @@ def one_line(e: BaseException) -> str:
     if isinstance(cause, BaseException):
         return one_line(cause)
     if isinstance(e, OSError) and e.strerror:
-        return f"{e.strerror}: {e.filename}" if e.filename else e.strerror
+        return os_error_line(e)
     text = str(e).strip().splitlines()
     return f"{e.__class__.__name__}: {text[-1] if text else ''}"[:300]
 

@@ -120,14 +120,15 @@ def estimate_gpu_mb(spec, h: int, w: int, regions: int = 0, state_images: int = 
 def gpu_largest_side(spec, budget_mb: float, aspect: float, regions: int = 0,
                      state_images: int = 0) -> int:
     """Longest side (px) whose GPU estimate stays within ``budget_mb``; aspect = short/long."""
-    lo, hi = 16, 16384
+    return _bisect(lambda side: estimate_gpu_mb(spec, max(1, int(side * aspect)), side,
+                                                regions, state_images) <= budget_mb, 16, 16384)
+
+
+def _bisect(fits, lo: int, hi: int) -> int:
+    """The largest side in [lo, hi] that ``fits`` (estimates grow with the side; lo if none)."""
     while lo < hi:
         mid = (lo + hi + 1) // 2
-        if estimate_gpu_mb(spec, max(1, int(mid * aspect)), mid, regions, state_images) \
-                <= budget_mb:
-            lo = mid
-        else:
-            hi = mid - 1
+        lo, hi = (mid, hi) if fits(mid) else (lo, mid - 1)
     return lo
 
 
@@ -208,18 +209,22 @@ def _free_mb(device: str) -> float | None:
     return available_mb()
 
 
+_ASK = object()  # choose_tile's ``free`` when the caller has not read it already
+
+
 def choose_tile(device: str, spec, h: int, w: int, style_pixels: int, regions: int,
-                run: RunOptions) -> int | None:
+                run: RunOptions, free: float | None | object = _ASK) -> int | None:
     """The tile side for an h×w run: none with ``--tile-size 0`` or masks, or where one tile
     would hold the image; with ``auto`` none where the untiled run fits, else the largest of
     :data:`TILE_SIDES` below the image's side that fits (the smallest when none does: the
-    check then refuses)."""
+    check then refuses). ``free``: the free memory, MB, if the caller has read it."""
     tile = run.tile_size
     if tile is None or regions:
         return None
     if tile != "auto":
         return tile if max(h, w) > tile else None
-    free = _free_mb(device)
+    if free is _ASK:
+        free = _free_mb(device)
     if free is None or _untiled_mb(device, spec, h, w, style_pixels, regions, run) \
             <= HEADROOM * free:
         return None
@@ -247,12 +252,13 @@ def check_memory(device: str, spec, shape: tuple[int, int], style_pixels: int, r
     aspect = min(h, w) / max(h, w)
     fh, fw = round(h * grow ** 0.5), round(w * grow ** 0.5)
     style_final = round(style_pixels * grow)
+    avail = _free_mb(device)  # read once (on a GPU it runs nvidia-smi)
+
     def plan(run: RunOptions) -> tuple[int | None, float]:
-        tile = choose_tile(device, spec, fh, fw, style_final, regions, run)
+        tile = choose_tile(device, spec, fh, fw, style_final, regions, run, avail)
         return tile, (estimate_tiled_mb(device, spec, fh, fw, tile, regions, run) if tile
                       else _untiled_mb(device, spec, fh, fw, style_final, regions, run))
     tile, est = plan(run)
-    avail = _free_mb(device)
     pairs = None
     if avail is not None and est > HEADROOM * avail and run.history is None \
             and run.optimizer != "adam":  # the history may be what does not fit
@@ -305,10 +311,4 @@ def _largest(device: str, spec, budget: float, aspect: float, regions: int, run:
     def fits(side: int) -> bool:
         return estimate_tiled_mb(device, spec, max(1, int(side * aspect)), side, tile, regions,
                                  run) <= budget
-    if not fits(16):
-        return 0
-    lo, hi = 16, 65536
-    while lo < hi:
-        mid = (lo + hi + 1) // 2
-        lo, hi = (mid, hi) if fits(mid) else (lo, mid - 1)
-    return lo
+    return _bisect(fits, 16, 65536) if fits(16) else 0

@@ -18,21 +18,23 @@ The result equals the untiled loss and gradient up to float32 summation order.
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 
 import numpy as np
 
+from ..config import TILE_GRID
 from ..graphs.interface import (
-    inv_sizes,
+    loss_io,
     owned_levels,
     term_name,
     window_features_io,
     window_loss_io,
 )
 from ..vgg19 import channels, downsampling, halo
-from .binding import Terms
+from .binding import Terms, to_device, to_host
 
-GRID = 16  # the four 2×2 pools: core edges on this grid keep every window's pooling aligned
+GRID = TILE_GRID  # core edges on the pooling grid keep every window's pooling aligned
 
 
 @dataclass(frozen=True)
@@ -147,14 +149,18 @@ class TiledEvaluator:
         self.tiles = tiles_for(spec, *shape, core)
         self.fixed = {k: np.asarray(v, np.float32) for k, v in fixed.items()}
         self.inv = _inv_n(spec, *shape)
-        self.stats_io, self.loss_io = window_features_io(spec), window_loss_io(spec)
         self.stat_names = [f"gram_sum_{n}" for n in spec.style_layers]
-        self.loss_names = self.loss_io.names("outputs")
-        self.term_names = self.loss_io.names("outputs", "term")
-        self.levels = owned_levels(spec, loss=False), owned_levels(spec, loss=True)
-        self.weights = {k: self.fixed[k] for k in ("content_weights", "style_weights",
-                                                   "tv_weight")}
-        self.weights["inv_sizes"] = inv_sizes(spec, *shape)
+        io = window_loss_io(spec)
+        self.loss_names, self.term_names = io.names("outputs"), io.names("outputs", "term")
+        # what each window's runs take besides the image, fixed for the problem: built once
+        stats, loss = owned_levels(spec, loss=False), owned_levels(spec, loss=True)
+        weights = {k: self.fixed[k] for k in ("content_weights", "style_weights", "tv_weight",
+                                              "inv_sizes")}  # inv_sizes: the whole image's
+        self.stat_inputs = [t.owned(stats) for t in self.tiles]
+        self.loss_inputs = [{**weights, **t.owned(loss),
+                             **{f"target_{n}": _at_level(self.fixed[f"target_{n}"], t,
+                                                         downsampling(n))
+                                for n in spec.content_layers}} for t in self.tiles]
         self.host_bytes = 0
         self.evaluations = 0
 
@@ -170,9 +176,8 @@ class TiledEvaluator:
     def grams(self, x: np.ndarray) -> dict[str, np.ndarray]:
         """The statistics pass: every style layer's Gram of the whole image x (1, 3, H, W)."""
         total = {n: np.zeros((channels(n),) * 2, np.float64) for n in self.spec.style_layers}
-        for t in self.tiles:
-            out = self.features_session.run(self.stat_names, {"image": _window(x, t),
-                                                              **t.owned(self.levels[0])})
+        for t, fixed in zip(self.tiles, self.stat_inputs):
+            out = self.features_session.run(self.stat_names, {"image": _window(x, t), **fixed})
             for n, g in zip(self.spec.style_layers, out):
                 total[n] += g
         return {n: g * self.inv[n] for n, g in total.items()}
@@ -187,12 +192,9 @@ class TiledEvaluator:
         terms.update(dict.fromkeys(self.term_names, 0.0))
         grad = np.zeros((1, 3, *self.shape), np.float32)
         gram_diff = {f"gram_diff_{n}": d.astype(np.float32) for n, d in diffs.items()}
-        for t in self.tiles:
-            targets = {f"target_{n}": _at_level(f[f"target_{n}"], t, downsampling(n))
-                       for n in spec.content_layers}
+        for t, fixed in zip(self.tiles, self.loss_inputs):
             out = dict(zip(self.loss_names, self.loss_session.run(self.loss_names, {
-                "image": _window(x, t), **targets, **gram_diff, **self.weights,
-                **t.owned(self.levels[1])})))
+                "image": _window(x, t), **fixed, **gram_diff})))
             y0, y1, x0, x1 = t.window
             grad[:, :, y0:y1, x0:x1] += out["grad"]
             for k in self.term_names:
@@ -208,17 +210,11 @@ class TiledGraph:
     GPU the windows are not yet kept on the device)."""
 
     def __init__(self, evaluator: TiledEvaluator, device: str, traffic):
-        from ..graphs.interface import loss_io
-
         self.evaluator, self.device, self.traffic = evaluator, device, traffic
         self.io = loss_io(evaluator.spec)  # the same loss and terms as the untiled graph
         self.seconds = 0.0
 
     def __call__(self, image) -> dict:
-        import time
-
-        from .binding import to_device, to_host
-
         start = time.perf_counter()
         t = self.evaluator(to_host(image, self.traffic))
         self.traffic.bytes += t.grad.nbytes
