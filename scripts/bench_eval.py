@@ -7,7 +7,11 @@ median of the repeats is reported with the ratio onnx/torch and analytic GFLOP/s
     python scripts/bench_eval.py --sizes 256 512 --repeats 7 --threads 2
 
 PyTorch is optional and benchmark-only (`pip install torch==2.13.0`); without it only the
-onnxruntime side is measured.
+onnxruntime side is measured. ``--against DIR`` adds a model directory exported elsewhere —
+by an older commit, say — timed in the same interleaved run (ratio: this tree's time over its):
+
+    git worktree add /tmp/old HEAD~3 && (cd /tmp/old && nst export --models /tmp/old-models)
+    python scripts/bench_eval.py --sizes 512 1024 --aspect 0.75 --against /tmp/old-models
 """
 
 from __future__ import annotations
@@ -54,9 +58,12 @@ def worker(kind: str, size: int, threads: int, weights_path: str | None,
         from nst_onnx.api import StyleTransfer
         from nst_onnx.graphs.export import export_model
 
-        models = Path(tempfile.mkdtemp(prefix="nst-bench-"))
         quiet = lambda m: print(m, file=sys.stderr)  # noqa: E731  (stdout carries the protocol)
-        export_model(spec, models, weights=weights, log=quiet)
+        if "@" in kind:  # a model directory exported elsewhere
+            models = Path(kind.split("@", 1)[1])
+        else:
+            models = Path(tempfile.mkdtemp(prefix="nst-bench-"))
+            export_model(spec, models, weights=weights, log=quiet)
         st = StyleTransfer(device="cpu", threads=threads, models_dir=models, log=quiet)
         u8 = lambda a: a[0].transpose(1, 2, 0).astype(np.uint8)  # noqa: E731
         problem = st.prepare(u8(content), u8(style), size=size)
@@ -86,6 +93,8 @@ def main() -> None:
     ap.add_argument("--weights", default=None)
     ap.add_argument("--no-torch", action="store_true", help="measure onnxruntime only")
     ap.add_argument("--aspect", type=float, default=1.0, help="height / width (0.75: 4:3)")
+    ap.add_argument("--against", action="append", default=[], metavar="DIR",
+                    help="also time this exported model directory (repeatable)")
     ap.add_argument("--worker", nargs=2, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.worker:
@@ -102,6 +111,7 @@ def main() -> None:
     except ImportError:
         print("(torch not installed: measuring onnxruntime only)")
         kinds = ["onnx"]
+    kinds += [f"onnx@{Path(d).resolve()}" for d in args.against]
     rows = []
     for size in args.sizes:
         procs = {}
@@ -128,10 +138,11 @@ def main() -> None:
         for k in kinds:
             med = statistics.median(times[k])
             row[k] = {"median_s": med, "peak_rss_mb": rss[k], "gflops": flops / med / 1e9}
-        if "torch" in row:
-            for k in ["onnx"]:
-                row[f"{k} time_ratio"] = row[k]["median_s"] / row["torch"]["median_s"]
-                row[f"{k} rss_ratio"] = row[k]["peak_rss_mb"] / row["torch"]["peak_rss_mb"]
+        base = "torch" if "torch" in row else kinds[-1] if len(kinds) > 1 else None
+        for k in kinds:
+            if base and k != base:  # against PyTorch, else this tree against --against
+                row[f"{k} time_ratio"] = row[k]["median_s"] / row[base]["median_s"]
+                row[f"{k} rss_ratio"] = row[k]["peak_rss_mb"] / row[base]["peak_rss_mb"]
         rows.append(row)
         print(json.dumps(row), flush=True)
     print()

@@ -32,7 +32,7 @@ CUDA_KERNELS = {
     "Pow": {F, I64, I32}, "Reciprocal": {F}, "ReduceMean": {F, I32}, "ReduceProd": {F, I32},
     "ReduceSum": {F, I64, I32}, "Relu": {F}, "Reshape": ANY, "Resize": {F, I32, U8},
     "ScatterElements": ANY, "Shape": ANY, "Size": ANY, "Slice": ANY, "Sub": {F, I64, I32},
-    "Sum": {F}, "Transpose": ANY, "Where": {B},
+    "Sum": {F}, "Tile": {F, I64, I32}, "Transpose": ANY, "Where": {B},
     # the optimiser's step graphs
     "Abs": {F, I64, I32}, "And": {B}, "Clip": {F, I64, U8},
     "GreaterOrEqual": {F, I64, I32}, "Less": {F, I64, I32}, "LessOrEqual": {F, I64, I32},

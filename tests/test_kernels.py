@@ -87,15 +87,43 @@ def maxpool_adjoint(x: np.ndarray, grad: np.ndarray) -> np.ndarray:
     return out
 
 
-@pytest.mark.parametrize("hw", [(6, 8), (7, 9)])
-def test_maxpool_grad_routes_to_the_argmax(hw):
-    x = f32(1, 3, *hw)  # continuous random values: no ties
-    grad = f32(1, 3, hw[0] // 2, hw[1] // 2)
+def with_ties(x: np.ndarray) -> np.ndarray:
+    """Rectified, with exact ties: a third of the rows rounded (flat and clipped regions)."""
+    x = np.maximum(x, 0)
+    x[..., ::3, :] = np.round(x[..., ::3, :])
+    return x
 
-    def build(g, xi, gi):
-        _, idx = ops.maxpool(g, xi, with_indices=True)
-        return ops.maxpool_grad(g, gi, g.op("Shape", xi), idx)
-    expect(build, {"x": x, "grad": grad}, [maxpool_adjoint(x, grad)])
+
+def _maxpool_grad(g, xi, gi):
+    y = ops.maxpool(g, xi)
+    return ops.maxpool_grad(g, gi, ops.spatial_shape(g, xi), ops.maxpool_winners(g, xi, y))
+
+
+@pytest.mark.parametrize("hw", [(6, 8), (7, 9)])
+@pytest.mark.parametrize("ties", [False, True])
+def test_maxpool_grad_routes_to_the_first_argmax(hw, ties):
+    x = f32(1, 3, *hw)  # continuous random values: no ties unless made
+    x = with_ties(x) if ties else x
+    grad = f32(1, 3, hw[0] // 2, hw[1] // 2)
+    expect(_maxpool_grad, {"x": x, "grad": grad}, [maxpool_adjoint(x, grad)])
+
+
+def test_maxpool_grad_matches_the_indices_kernel():
+    """Against the kernel it replaced (MaxPool's Indices + ScatterElements): the same winner
+    in every window, ties included, on the shapes and magnitudes of a real layer."""
+    x = with_ties(f32(1, 16, 37, 50) * 50)
+    grad = f32(1, 16, 18, 25)
+
+    def indices_kernel(g, xi, gi):
+        _, idx = g.op("MaxPool", xi, outputs=2, **ops.POOL)
+        flat = g.ints(-1)
+        zeros = g.op("Mul", xi, g.const(0.0))
+        scattered = g.op("ScatterElements", g.op("Reshape", zeros, flat),
+                         g.op("Reshape", idx, flat), g.op("Reshape", gi, flat), axis=0)
+        return g.op("Reshape", scattered, g.op("Shape", xi))
+    want, = run_kernel(indices_kernel, {"x": x, "grad": grad})
+    assert (x[..., ::3, :] == 0).mean() > 0.3  # ties at 0 and at integers are present
+    expect(_maxpool_grad, {"x": x, "grad": grad}, [want], rtol=0, atol=0)
 
 
 def avgpool_adjoint(shape, grad: np.ndarray, scale: np.ndarray) -> np.ndarray:

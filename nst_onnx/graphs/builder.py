@@ -34,6 +34,17 @@ class GraphBuilder:
         self.nodes.append(helper.make_node(op_type, list(inputs), names, name=names[0], **attrs))
         return names[0] if len(names) == 1 else names
 
+    def add(self, *terms: str, outputs: list[str] | None = None, hint: str = "") -> str:
+        """``terms[0] + terms[1] + …`` as chained Adds (``Sum`` has no WebGPU kernel)."""
+        total = terms[0]
+        for i, t in enumerate(terms[1:], 2):
+            last = i == len(terms)
+            total = self.op("Add", total, t, outputs=outputs if last and outputs else 1,
+                            hint=hint)
+        if outputs and len(terms) == 1:
+            total = self.op("Identity", total, outputs=outputs)
+        return total
+
     def const(self, value, name: str | None = None, dtype=np.float32) -> str:
         name = name or self.fresh("const")
         arr = value if isinstance(value, np.ndarray) else np.asarray(value, dtype=dtype)
@@ -53,10 +64,24 @@ class GraphBuilder:
         missing = [t.name for t in io.outputs if t.name not in produced]
         if missing:
             raise AssertionError(f"{io.name}: declared outputs not built: {missing}")
-        graph = helper.make_graph(self.nodes, io.name, io.value_infos("inputs"),
-                                  io.value_infos("outputs"), initializer=self.inits)
+        graph = helper.make_graph(self._scalar_inputs(io) + self.nodes, io.name,
+                                  io.value_infos("inputs"), io.value_infos("outputs"),
+                                  initializer=self.inits)
         model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)],
                                   producer_name="nst-onnx")
         model.ir_version = IR_VERSION
         onnx.checker.check_model(model)
         return model
+
+    def _scalar_inputs(self, io: Interface) -> list:
+        """A declared scalar input reshaped to () before any node reads it: some runtimes
+        (onnxruntime-node) accept a one-element [1] tensor there, and every output it
+        reaches would then be [1] where the graph declares (). Returns the Reshape nodes."""
+        scalars = {t.name: f"{t.name}__scalar" for t in io.inputs if t.shape == ()}
+        if not scalars:
+            return []
+        for node in self.nodes:
+            node.input[:] = [scalars.get(i, i) for i in node.input]
+        empty = self.const(np.zeros(0, np.int64), "scalar_shape")
+        return [helper.make_node("Reshape", [name, empty], [as_scalar], name=as_scalar)
+                for name, as_scalar in scalars.items()]

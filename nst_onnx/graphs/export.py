@@ -40,7 +40,7 @@ from .networks import (
 from .steps import STEP_GRAPHS
 from .weights import Weights, default_cache_dir, load_weights, weights_identity
 
-FORMAT = 4  # bump when graphs change incompatibly; older model directories are re-exported
+FORMAT = 5  # bump when graphs change incompatibly; older model directories are re-exported
 MODEL_GRAPHS = ((features_io, build_features_graph), (loss_io, build_loss_graph))
 # tiled evaluation (nst_onnx.run.tiled), exported with the unguided model
 WINDOW_GRAPHS = ((window_features_io, build_window_features_graph),

@@ -66,15 +66,15 @@ class _Tape:
     """What the backward pass needs from the forward pass, per convolution.
 
     Only small things are kept: boolean ReLU masks (1 byte per element) rather than the
-    float activations, the pool input's shape rather than the tensor, and max-pool indices.
+    float activations, the pool input's (H, W) rather than the tensor, and max-pool winners.
     """
 
     conv: Conv
     weight: str
     mask: str | None = None  # a > 0 (bool); None where a max pool's mask stands in for it
     pool: str | None = None  # the pool before this conv: "max" | "avg"
-    pool_shape: str | None = None  # shape (max) or (H, W) (avg) of the pool's input
-    pool_idx: str | None = None  # max pool arg-max indices
+    pool_hw: str | None = None  # (H, W) of the pool's input
+    pool_winners: str | None = None  # max pool: each window's arg-max (bool)
     pool_mask: str | None = None  # max pool output > 0 (bool)
     pool_scale: str | None = None  # average pool's magnitude factor (1, C, 1, 1)
 
@@ -92,15 +92,16 @@ def _forward(g: GraphBuilder, weights: Weights, spec: LossSpec, need_backward: b
         if pool:
             t.pool = spec.pooling
             if need_backward:
-                t.pool_shape = (ops.spatial_shape(g, h) if spec.pooling == "avg"
-                                else g.op("Shape", h, hint="pool_in_shape"))
+                t.pool_hw = ops.spatial_shape(g, h)
             if spec.pooling == "avg":
                 factor = (pool_scales or {}).get(pool)
                 if factor is not None:  # see nst_onnx.graphs.calibrate
                     t.pool_scale = g.const(np.asarray(factor, np.float32).reshape(1, -1, 1, 1))
                 h = ops.avgpool(g, h, t.pool_scale)
             else:
-                h, t.pool_idx = ops.maxpool(g, h, need_backward)
+                x, h = h, ops.maxpool(g, h)
+                if need_backward:
+                    t.pool_winners = ops.maxpool_winners(g, x, h)
                 if need_backward and tape[-1].mask is None:
                     # the winner of each window is > 0 exactly when the ReLU before it passed
                     # gradient: this quarter-size mask replaces that ReLU's full-size one
@@ -129,7 +130,7 @@ def _backward(g: GraphBuilder, tape: list[_Tape], taps: dict[str, list[GradFn]])
         nonlocal grad
         built = [build(None) for build in taps.get(layer, [])]
         if built:
-            grad = g.op("Sum", *([grad] if grad else []) + built, hint=f"g_{layer}")
+            grad = g.add(*([grad] if grad else []) + built, hint=f"g_{layer}")
 
     for t in reversed(tape):
         add_taps(t.conv.relu)
@@ -141,9 +142,9 @@ def _backward(g: GraphBuilder, tape: list[_Tape], taps: dict[str, list[GradFn]])
         if t.pool == "max":
             if t.pool_mask is not None:
                 grad = ops.relu_grad(g, grad, t.pool_mask)
-            grad = ops.maxpool_grad(g, grad, t.pool_shape, t.pool_idx)
+            grad = ops.maxpool_grad(g, grad, t.pool_hw, t.pool_winners)
         elif t.pool == "avg":
-            grad = ops.avgpool_grad(g, grad, t.pool_shape, t.pool_scale)
+            grad = ops.avgpool_grad(g, grad, t.pool_hw, t.pool_scale)
     add_taps("image")
     return grad
 
@@ -209,7 +210,7 @@ def build_loss_graph(weights: Weights, spec: LossSpec,
         values.append(g.op("Identity", value, outputs=[name]))
         for layer, build in grads:
             taps.setdefault(layer, []).append(build)
-    g.op("Sum", *values, outputs=["loss"])
+    g.add(*values, outputs=["loss"])
     g.op("Identity", _backward(g, tape, taps), outputs=["grad"])
     return g.finish(loss_io(spec))
 

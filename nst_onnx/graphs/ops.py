@@ -8,7 +8,6 @@ against numpy in tests/test_kernels.py.
 from __future__ import annotations
 
 import numpy as np
-from onnx import helper
 
 from ..vgg19 import MEAN_BGR
 from .builder import FLOAT, GraphBuilder
@@ -63,23 +62,36 @@ def conv_input_grad(g: GraphBuilder, gz: str, weight: str, name: str) -> str:
 # --------------------------------------------------------------------------- 2×2 max pool
 
 
-def maxpool(g: GraphBuilder, x: str, with_indices: bool) -> tuple[str, str | None]:
-    """2×2, stride 2 (odd edges floored away); the arg-max indices when a backward needs them."""
-    if not with_indices:
-        return g.op("MaxPool", x, hint="pool", **POOL), None
-    y, idx = g.op("MaxPool", x, outputs=2, hint="pool", **POOL)
-    return y, idx
+def maxpool(g: GraphBuilder, x: str) -> str:
+    """2×2, stride 2 (odd edges floored away). One output: no Indices, which WebGPU and
+    TensorRT do not produce and which keeps onnxruntime's CPU off its blocked-layout path."""
+    return g.op("MaxPool", x, hint="pool", **POOL)
 
 
-def maxpool_grad(g: GraphBuilder, grad: str, x_shape: str, indices: str) -> str:
-    """Each window's gradient to its recorded arg-max (exact, tie-safe: one winner per
-    window); everything else, the floored-away edges included, is zero. The zeros are made
-    from the input's shape and flattened (no size arithmetic: every op has a CUDA kernel)."""
-    flat = g.ints(-1)
-    zeros = g.op("ConstantOfShape", x_shape, value=helper.make_tensor("z", FLOAT, [1], [0.0]))
-    scattered = g.op("ScatterElements", g.op("Reshape", zeros, flat),
-                     g.op("Reshape", indices, flat), g.op("Reshape", grad, flat), axis=0)
-    return g.op("Reshape", scattered, x_shape, hint="g_pool")
+def maxpool_winners(g: GraphBuilder, x: str, y: str) -> str:
+    """Each window's first arg-max (row-major, as MaxPool's own Indices), as a bool mask of
+    the pooled part of ``x`` (2·⌊H/2⌋ × 2·⌊W/2⌋; 1 byte an element, where Indices were 2).
+
+    The candidates are where ``x`` equals its window's maximum (``y`` upsampled). A tie (a
+    flat region clipped at 0 or 255 makes exact ones) must still give one winner: each
+    candidate scores its place's priority (4 3 / 2 1), a second max pool picks the highest,
+    so the first wins. Ties at 0 after a ReLU would carry zero gradient anyway."""
+    up = _upsample(g, y)
+    pooled = g.op("Slice", x, g.ints(0, 0), spatial_shape(g, up), g.ints(2, 3),
+                  hint="pooled_part")
+    candidate = g.op("Cast", g.op("Equal", pooled, up), to=FLOAT)
+    one_channel = g.op("Slice", y, g.ints(0), g.ints(1), g.ints(1))  # (1, 1, h, w): its shape
+    priority = g.op("Tile", g.const(np.array([[[[4, 3], [2, 1]]]], np.float32)),
+                    g.op("Shape", one_channel))  # is the Tile's repeats, no size arithmetic
+    score = g.op("Mul", candidate, priority, hint="winner_score")
+    return g.op("Equal", score, _upsample(g, g.op("MaxPool", score, **POOL)), hint="winner")
+
+
+def maxpool_grad(g: GraphBuilder, grad: str, x_hw: str, winners: str) -> str:
+    """Each window's gradient to its winner (:func:`maxpool_winners`); everything else, the
+    floored-away edges included, is zero: upsample, keep the winner, pad to (H, W)."""
+    routed = g.op("Mul", _upsample(g, grad), g.op("Cast", winners, to=FLOAT))
+    return _pad_to(g, routed, x_hw, hint="g_pool")
 
 
 def _upsample(g: GraphBuilder, t: str) -> str:

@@ -97,7 +97,7 @@ def device_state_images(optimizer: str, history: int) -> int:
 def estimate_gpu_mb(spec, h: int, w: int, regions: int = 0, state_images: int = 0) -> float:
     """Device memory of a run at h×w, counted from tensor sizes and scaled by factors
     measured on a GPU (above): what the forward pass keeps for the backward (bool ReLU
-    masks, int64 max-pool indices, the tapped features as float32, ×regions with masks),
+    masks, max-pool winners, the tapped features as float32, ×regions with masks),
     three float32 tensors of the largest layer in flight, and a device optimiser's
     ``state_images`` (:func:`device_state_images`)."""
     from ..vgg19 import channels, convs_up_to, downsampling, pool_before
@@ -108,7 +108,10 @@ def estimate_gpu_mb(spec, h: int, w: int, regions: int = 0, state_images: int = 
         e = conv.out_channels * (h >> d) * (w >> d)
         kept += e  # bool mask
         if pool_before(conv):
-            kept += 9 * conv.in_channels * (h >> d) * (w >> d)  # int64 indices + pooled mask
+            # fitted with int64 indices + the pooled mask (9 bytes a pooled element); the
+            # winner mask keeps 5 but adds an input-sized transient to the backward (CPU,
+            # 1024×768: +8% peak). Not yet re-measured on a GPU, so the fit stands.
+            kept += 9 * conv.in_channels * (h >> d) * (w >> d)
         peak = max(peak, e)
     for layer in spec.all_layers:
         d = downsampling(layer)
