@@ -14,8 +14,10 @@ _DTYPES = {np.dtype(np.float32): "float32", np.dtype(np.int64): "int64",
            np.dtype(np.bool_): "bool"}
 
 
-def run_kernel(build, inputs: dict[str, np.ndarray], n_outputs: int = 1) -> list[np.ndarray]:
-    """``build(g, *input names)`` appends the kernel and returns its output name(s)."""
+def run_kernel(build, inputs: dict[str, np.ndarray], n_outputs: int = 1,
+               portable: bool = True) -> list[np.ndarray]:
+    """``build(g, *input names)`` appends the kernel and returns its output name(s);
+    ``portable=False`` for a kernel written with ops not every runtime has."""
     g = GraphBuilder()
     outs = build(g, *inputs)
     outs = [outs] if isinstance(outs, str) else list(outs)
@@ -27,7 +29,7 @@ def run_kernel(build, inputs: dict[str, np.ndarray], n_outputs: int = 1) -> list
                    tuple(Tensor(k, v.shape, k, "input", _DTYPES[v.dtype])
                          for k, v in inputs.items()),
                    tuple(Tensor(n, (), n, "output") for n in names))
-    model = g.finish(io)
+    model = g.finish(io, portable)
     for o in model.graph.output:  # outputs of any rank: let shape inference decide
         o.CopyFrom(helper.make_empty_tensor_value_info(o.name))
     session = make_session(model.SerializeToString(), threads=1)

@@ -121,7 +121,7 @@ def test_maxpool_grad_matches_the_indices_kernel():
         scattered = g.op("ScatterElements", g.op("Reshape", zeros, flat),
                          g.op("Reshape", idx, flat), g.op("Reshape", gi, flat), axis=0)
         return g.op("Reshape", scattered, g.op("Shape", xi))
-    want, = run_kernel(indices_kernel, {"x": x, "grad": grad})
+    want, = run_kernel(indices_kernel, {"x": x, "grad": grad}, portable=False)
     assert (x[..., ::3, :] == 0).mean() > 0.3  # ties at 0 and at integers are present
     expect(_maxpool_grad, {"x": x, "grad": grad}, [want], rtol=0, atol=0)
 

@@ -10,6 +10,7 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from .interface import Interface
+from .portable import portability_problems
 
 OPSET = 17
 IR_VERSION = 8
@@ -58,12 +59,14 @@ class GraphBuilder:
     def scalar_at(self, vector: str, i: int) -> str:
         return self.op("Gather", vector, self.const(i, dtype=np.int64), axis=0)
 
-    def finish(self, io: Interface) -> onnx.ModelProto:
-        """The model, its inputs and outputs exactly as ``io`` declares them."""
+    def finish(self, io: Interface, portable: bool = True) -> onnx.ModelProto:
+        """The model, its inputs and outputs exactly as ``io`` declares them; refused if
+        ``portable`` and an op is outside :data:`.portable.PORTABLE_OPS`."""
         produced = {o for n in self.nodes for o in n.output}
         missing = [t.name for t in io.outputs if t.name not in produced]
         if missing:
             raise AssertionError(f"{io.name}: declared outputs not built: {missing}")
+        self._fold_identities({t.name for t in io.outputs})
         graph = helper.make_graph(self._scalar_inputs(io) + self.nodes, io.name,
                                   io.value_infos("inputs"), io.value_infos("outputs"),
                                   initializer=self.inits)
@@ -71,7 +74,29 @@ class GraphBuilder:
                                   producer_name="nst-onnx")
         model.ir_version = IR_VERSION
         onnx.checker.check_model(model)
+        problems = portability_problems(model) if portable else []
+        if problems:
+            raise AssertionError(f"{io.name}: not portable: {problems}")
         return model
+
+    def _fold_identities(self, declared: set[str]) -> None:
+        """``Identity(t) → name`` becomes the node that made ``t`` writing ``name`` itself
+        (every reader of ``t`` reads ``name``): the builders name their outputs with
+        Identity, which WebGPU has no kernel for. Kept where ``t`` is no node's output (a
+        graph input or a constant), is a declared output itself or is copied twice."""
+        made = {o for n in self.nodes if n.op_type != "Identity" for o in n.output}
+        renamed: dict[str, str] = {}
+        kept = []
+        for node in self.nodes:
+            src = node.input[0] if node.op_type == "Identity" else None
+            if src in made and src not in declared and src not in renamed:
+                renamed[src] = node.output[0]
+            else:
+                kept.append(node)
+        for node in kept:
+            node.input[:] = [renamed.get(i, i) for i in node.input]
+            node.output[:] = [renamed.get(o, o) for o in node.output]
+        self.nodes[:] = kept
 
     def _scalar_inputs(self, io: Interface) -> list:
         """A declared scalar input reshaped to () before any node reads it: some runtimes

@@ -142,7 +142,7 @@ class GuidedStyleLoss:
         fr = g.op("Mul", f, self.guide, hint="f_guided")  # (R, C, h, w)
         fm = g.op("Reshape", fr, g.ints(0, c, -1), hint="fmat_r")
         energy = g.op("ReduceSum", g.op("Mul", self.guide, self.guide), g.ints(1, 2, 3))
-        inv_n = g.op("Reciprocal", g.op("Max", g.op("Mul", energy, g.const(float(c))),
+        inv_n = g.op("Reciprocal", g.op("Clip", g.op("Mul", energy, g.const(float(c))),
                                         g.const(1e-6)))  # (R, 1, 1, 1)
         inv_n = g.op("Reshape", inv_n, g.ints(-1, 1, 1))
         gm = g.op("Mul", g.op("MatMul", fm, g.op("Transpose", fm, perm=[0, 2, 1])), inv_n,

@@ -192,7 +192,10 @@ def build_features_graph(weights: Weights, spec: LossSpec,
     for n in spec.content_layers:
         g.op("Identity", acts[n], outputs=[f"features_{n}"])
     for n in spec.style_layers:
-        size = g.op("Cast", g.op("Size", acts[n]), to=TensorProto.FLOAT)
+        # C·h·w as a float from the shape (Size has no WebGPU kernel and would copy the
+        # activation to the host there)
+        size = g.op("ReduceProd", g.op("Cast", g.op("Shape", acts[n]), to=TensorProto.FLOAT),
+                    keepdims=0)
         gm, _ = gram(g, acts[n], channels(n), g.op("Reciprocal", size))
         g.op("Identity", gm, outputs=[f"gram_{n}"])
     return g.finish(features_io(spec))

@@ -49,10 +49,12 @@ def _rows_dot(g: GraphBuilder, m: str, v: str) -> str:
 
 def _free(g: GraphBuilder, x: str, grad: str) -> str:
     """1.0 where x may move along −grad, 0.0 where a bound holds it."""
-    at_low = g.op("And", g.op("LessOrEqual", x, g.const(LOW)), g.op("Greater", grad, g.const(0.0)))
-    at_high = g.op("And", g.op("GreaterOrEqual", x, g.const(HIGH)),
-                   g.op("Less", grad, g.const(0.0)))
-    return g.op("Cast", g.op("Not", g.op("Or", at_low, at_high)), to=FLOAT)
+    def held(at_bound: str, pushed: str) -> str:  # (a and b) as 0/1 floats: no And/Or on WebGPU
+        return g.op("Mul", g.op("Cast", at_bound, to=FLOAT), g.op("Cast", pushed, to=FLOAT))
+
+    at_low = held(g.op("LessOrEqual", x, g.const(LOW)), g.op("Greater", grad, g.const(0.0)))
+    at_high = held(g.op("GreaterOrEqual", x, g.const(HIGH)), g.op("Less", grad, g.const(0.0)))
+    return g.op("Sub", g.op("Sub", g.const(1.0), at_low), at_high)  # LOW < HIGH: never both
 
 
 # --------------------------------------------------------------------------- L-BFGS
