@@ -19,7 +19,9 @@
   24 GB card's budget): time, the tiles chosen, the estimate;
 * the CLI as a user runs it: the default ``nst stylize`` at 512 and 1024 px (wall time, stop
   rule, device in --json; the pictures come back) and an out-of-memory run under
-  ``--gpu-mem-limit`` (exit 2, one line).
+  ``--gpu-mem-limit`` (exit 2, one line);
+* runtimes (issue 22): ``scripts/runtimes.py --gpu`` at 256 px, the CUDA and TensorRT rows
+  (loss, gradient and seconds against onnxruntime's CPU provider) with the CPU runtimes.
 
 Sized for ≤ 5 minutes on one H100/H200. Each section is written to the JSON file as soon as
 it is done, so a run cut short keeps what it measured. Without network on the GPU machine,
@@ -394,6 +396,16 @@ def main() -> None:
                 "stderr_lines": r.stderr.strip().splitlines()[-5:],
                 "rerun_exit": again.returncode, "rerun_s": time.perf_counter() - t}
     report.section("batch", batch)
+
+    def runtimes():  # issue 22: one export on each runtime, against onnxruntime's CPU provider
+        out = Path(args.output).with_name("runtimes.json")
+        cmd = [sys.executable, str(ROOT / "scripts" / "runtimes.py"), "--size",
+               "64" if args.smoke else "256", "--models", str(models), "--json", str(out)]
+        r = subprocess.run(cmd + ([] if args.smoke else ["--gpu"]), capture_output=True,
+                           text=True, timeout=300)
+        return json.loads(out.read_text()) if r.returncode == 0 else {
+            "failed": (r.stderr or r.stdout).strip().splitlines()[-1:]}
+    report.section("runtimes", runtimes)
     report.data["finished"] = time.strftime("%Y-%m-%d %H:%M:%S")
     report.path.write_text(json.dumps(report.data, indent=2, default=str))
     print(f"wrote {report.path}")
