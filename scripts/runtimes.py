@@ -6,10 +6,12 @@ install it, never a number.
     python scripts/runtimes.py --size 256 --json runtimes.json
     npm install --prefix examples/node   # onnxruntime-node and onnxruntime-web (WASM)
 
-Rows: onnxruntime CPU (the reference), CUDA and TensorRT (onnxruntime-gpu with a GPU;
-scripts/gpu_check.py runs this with them), OpenVINO (``pip install openvino``),
-onnxruntime-node and onnxruntime-web's WASM build in Node (examples/node/evaluate.js), and
-onnx's own reference evaluator (pure numpy; at --reference-size, it is slow).
+Rows: onnxruntime CPU (the reference; once more with its graph optimisations off, other
+convolution kernels: how far two correct float32 evaluations differ at this size), CUDA
+and TensorRT (onnxruntime-gpu with a GPU; scripts/gpu_check.py runs this with them),
+OpenVINO (``pip install openvino``), onnxruntime-node and onnxruntime-web's WASM build
+in Node (examples/node/evaluate.js), and onnx's own reference evaluator (pure numpy,
+slow: at --reference-size).
 """
 
 from __future__ import annotations
@@ -59,13 +61,16 @@ def timed(run, repeats: int) -> tuple[dict, float]:
     return out, statistics.median(times)
 
 
-def ort_run(graph: Path, feeds: dict, provider: str, threads: int, repeats: int):
+def ort_run(graph: Path, feeds: dict, provider: str, threads: int, repeats: int,
+            optimise: bool = True):
     import onnxruntime as ort
 
     if provider not in ort.get_available_providers():
         return None, f"not available: {provider} needs onnxruntime-gpu and a GPU"
     so = ort.SessionOptions()
     so.intra_op_num_threads = threads
+    if not optimise:  # other convolution kernels (no NCHWc): the spread of float32 itself
+        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     opts = [{"trt_fp16_enable": "False"}] if provider == "TensorrtExecutionProvider" else [{}]
     try:
         s = ort.InferenceSession(str(graph), so, providers=[provider], provider_options=opts)
@@ -161,7 +166,9 @@ def main() -> None:
     graph, feeds = problem(a.size, a.models)
     h, w = feeds["image"].shape[2:]
     ref, err = ort_run(graph, feeds, "CPUExecutionProvider", a.threads, a.repeats)
-    rows = [("onnxruntime (Python)", "CPU", ref, err)]
+    rows = [("onnxruntime (Python)", "CPU", ref, err),
+            ("onnxruntime (Python)", "CPU, unoptimised",
+             *ort_run(graph, feeds, "CPUExecutionProvider", a.threads, a.repeats, False))]
     if a.gpu:
         for p, label in (("CUDAExecutionProvider", "CUDA"), ("TensorrtExecutionProvider", "TensorRT")):
             rows.append(("onnxruntime (Python)", label, *ort_run(graph, feeds, p, a.threads, a.repeats)))
