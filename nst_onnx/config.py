@@ -32,6 +32,7 @@ COLOR_MODES = ("none", "luminance", "histogram", "histogram-sym", "post")
 
 LOW, HIGH = 0.0, 255.0  # the pixel box every optimiser keeps the image in
 MAX_PIXELS = 89_478_485  # Pillow's own decompression-bomb limit (≈ 89 Mpx)
+ADAM_MOMENTS = {"beta1": 0.9, "beta2": 0.999, "eps": 1e-8}  # Kingma & Ba's; --lr is ours
 REFERENCE_PIXELS = 512 * 512  # where size-consistent weights equal the reference objective's
 AUTO_MULTISCALE_FROM = 1024  # outputs this large run coarse-to-fine unless told otherwise
 COARSEST = 512  # the auto plan halves down to here

@@ -1,11 +1,14 @@
 """The exported loss graph run from Node.js (examples/node/evaluate.js) gives what onnxruntime
-gives in Python: onnxruntime-node and onnxruntime-web's WASM build. Skipped, with the reason,
+gives in Python: onnxruntime-node and onnxruntime-web's WASM build; and a whole stylisation
+from Node (examples/node/stylize.js) matches the library's. Skipped, with the reason,
 where Node or the packages are missing (``npm install --prefix examples/node``; .ci/run
 installs them)."""
 
 from __future__ import annotations
 
+import json
 import shutil
+import subprocess
 import sys
 from pathlib import Path
 
@@ -30,3 +33,63 @@ def test_node_evaluates_the_loss_graph_as_python_does(models_dir, backend, packa
     assert d["shapes_as_declared"] and set(res[0]) == set(ref)
     # the WASM build sums in another order: 2e-4 observed at 256 px (scripts/runtimes.py)
     assert d["loss_rel"] < 1e-3 and d["term_rel_max"] < 1e-3 and d["grad_rel_l2"] < 2e-3, d
+
+
+def _node_with(package: str) -> None:
+    if shutil.which("node") is None:
+        pytest.skip("Node.js is not installed")
+    if not (runtimes.NODE_DIR / "node_modules" / package).exists():
+        pytest.skip(f"{package} is not installed: npm install --prefix examples/node")
+
+
+def _stylize_js(*args) -> subprocess.CompletedProcess:
+    return subprocess.run(["node", str(runtimes.NODE_DIR / "stylize.js"), *map(str, args)],
+                          capture_output=True, text=True, timeout=300)
+
+
+def test_node_stylizes_as_the_python_library_does(models_dir, st, tmp_path):
+    """examples/node/stylize.js, from the manifest alone, against nst's own Adam run at the
+    same settings: the same first loss and best loss (observed: equal to the last digit)."""
+    _node_with("pngjs")
+    from PIL import Image
+
+    from nst_onnx.config import LossSpec
+    from nst_onnx.graphs.export import export_model
+
+    pair = []
+    for name in ("tubingen", "starry_night"):
+        img = Image.open(runtimes.ROOT / "examples" / f"{name}.jpg").convert("RGB")
+        img.thumbnail((96, 96))
+        img.save(tmp_path / f"{name}.png")
+        pair.append(tmp_path / f"{name}.png")
+    model = export_model(LossSpec(), models_dir)
+    r = _stylize_js(model, *pair, tmp_path / "node.png", 12)
+    assert r.returncode == 0, r.stderr
+    node = json.loads(r.stdout)
+    result = st.run(st.prepare(*pair, size=96), iterations=12, optimizer="adam").summary()
+    assert abs(node["first_loss"] / result["initial_loss"] - 1) < 1e-5
+    assert abs(node["best_loss"] / result["final_loss"] - 1) < 1e-2
+    assert node["best_loss"] < 0.5 * node["first_loss"]
+    assert Image.open(tmp_path / "node.png").size == Image.open(pair[0]).size
+
+
+def test_node_stylize_refuses_a_foreign_model_in_one_line(models_dir, tmp_path):
+    _node_with("pngjs")
+    from nst_onnx.config import LossSpec
+    from nst_onnx.graphs.export import export_model
+
+    manifest = json.loads((export_model(LossSpec(), models_dir) / "manifest.json").read_text())
+    old = tmp_path / "old"
+    old.mkdir()
+    (old / "manifest.json").write_text(json.dumps(manifest | {"format": 4}))
+    tampered = tmp_path / "tampered"
+    tampered.mkdir()
+    (tampered / "manifest.json").write_text(json.dumps(manifest))
+    (tampered / "features.onnx").write_bytes(b"not the exported graph")
+    png = tmp_path / "a.png"
+    from PIL import Image
+    Image.new("RGB", (64, 48), (120, 60, 30)).save(png)
+    for model, words in ((old, "model format 4"), (tampered, "features.onnx differs")):
+        r = _stylize_js(model, png, png, tmp_path / "out.png", 2)
+        assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1, r.stderr
+        assert words in r.stderr and not (tmp_path / "out.png").exists()

@@ -24,13 +24,13 @@ import onnx
 import onnxruntime
 
 from .._version import __version__
-from ..config import LossSpec
+from ..config import ADAM_MOMENTS, REFERENCE_PIXELS, LossSpec, LossWeights, RunOptions
 from ..errors import BadInput, ModelError
 from ..io.atomic import regular_file, sha256_file, write_bytes
-from ..vgg19 import MEAN_BGR
+from ..vgg19 import MEAN_BGR, channels, downsampling
 from .builder import OPSET
 from .calibrate import load_scales
-from .interface import features_io, loss_io, window_features_io, window_loss_io
+from .interface import features_io, loss_io, sized_layers, window_features_io, window_loss_io
 from .networks import (
     build_features_graph,
     build_loss_graph,
@@ -140,6 +140,7 @@ def _export(spec: LossSpec, out: Path, weights: Weights | None, weights_path, ca
         "loss": {"content": "wc·mean((F−P)²)", "gram": "F·Fᵀ/N, N = C·h·w",
                  "style": "ws·mean((G−A)²) per layer", "tv": "wtv·½·Σ(Δx)²",
                  "design": "docs/design.md"},
+        "binding": binding(spec),
         "files": files,
         "io": io,
         "versions": {"onnx": onnx.__version__, "onnxruntime_at_export": onnxruntime.__version__,
@@ -147,6 +148,26 @@ def _export(spec: LossSpec, out: Path, weights: Weights | None, weights_path, ca
     }
     write_bytes(manifest_path, (json.dumps(manifest, indent=2, ensure_ascii=False) + "\n").encode())
     return out
+
+
+def binding(spec: LossSpec) -> dict:
+    """How ``nst`` fills the loss graph's inputs and runs Adam, so that a program in another
+    language (examples/node/stylize.js) can drive the graphs from the manifest alone."""
+    lw, run = LossWeights(), RunOptions()
+    return {
+        "targets": {"target_<layer>": "features.onnx's features_<layer> of the content",
+                    "target_gram_<layer>": "features.onnx's gram_<layer> of the style"},
+        "content_weights": {"each": lw.content_weight},
+        "style_weights": {"each": lw.style_weight},
+        "tv_weight": {"value": lw.tv_weight, "times": "reference_pixels / (H·W)",
+                      "reference_pixels": REFERENCE_PIXELS},
+        "inv_sizes": {"value": "1 / (channels · (H >> downsampling) · (W >> downsampling))",
+                      "layers": [{"layer": n, "channels": channels(n),
+                                  "downsampling": downsampling(n)} for n in sized_layers(spec)]},
+        "init": "the content image",
+        "adam": {"lr": run.lr, **ADAM_MOMENTS,
+                 "step": "1, 2, … (the iteration)"},
+    }
 
 
 def _current_manifest(out: Path, spec: LossSpec) -> dict | None:

@@ -30,6 +30,7 @@ from collections.abc import Callable
 import numpy as np
 from scipy.linalg import solve_triangular
 
+from ..config import ADAM_MOMENTS
 from ..errors import Interrupted
 from ..graphs.steps import ADAM_STEP, CURVATURE, LBFGS_DIRECTION, LBFGS_PROJECT, LBFGS_UPDATE, PROJECT_STEP
 from .binding import DeviceGraph, Traffic, to_device, to_host
@@ -268,8 +269,9 @@ def lbfgs_onnx(loop: Loop, x0: np.ndarray, iterations: int, history: int,
 
 def adam_onnx(loop: Loop, x0: np.ndarray, iterations: int, lr: float,
               callback: Callback | None = None,
-              state: dict[str, np.ndarray] | None = None, beta1: float = 0.9,
-              beta2: float = 0.999, eps: float = 1e-8) -> OptimizeResult:
+              state: dict[str, np.ndarray] | None = None, beta1: float = ADAM_MOMENTS["beta1"],
+              beta2: float = ADAM_MOMENTS["beta2"], eps: float = ADAM_MOMENTS["eps"]
+              ) -> OptimizeResult:
     """Adam in pixel units (lr ≈ pixel step), projected onto [0, 255] after each step;
     ``state`` (from ``Progress.state()``) restores the moments and the step count."""
     start = time.perf_counter()
