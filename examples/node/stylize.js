@@ -22,8 +22,9 @@ function readManifest(dir) {
   let m;
   try { m = JSON.parse(fs.readFileSync(path.join(dir, "manifest.json"), "utf8")); }
   catch (e) { fail(`${dir} holds no readable manifest.json (run: nst export)`); }
-  if (m.format !== FORMAT || !m.binding)
+  if (m.format !== FORMAT)
     fail(`${dir} is model format ${m.format}; this program reads ${FORMAT} (run: nst export --rebuild)`);
+  if (!m.binding) fail(`${dir}'s manifest has no binding: an older export (run: nst export --rebuild)`);
   if (m.guided) fail("a guided model (masks) is not supported here");
   return m;
 }
