@@ -121,7 +121,8 @@ def node_run(graph: Path, feeds: dict, backend: str, threads: int, repeats: int)
                             str(tmp / "out"), backend, str(repeats), str(threads)],
                            capture_output=True, text=True)
         if r.returncode:
-            return None, f"failed: {r.stderr.strip().splitlines()[-1] if r.stderr else r.returncode}"
+            last = r.stderr.strip().splitlines()[-1] if r.stderr.strip() else str(r.returncode)
+            return None, f"failed: {last.split('was false. ')[-1][:150]}"
         meta = json.loads((tmp / "out" / "outputs.json").read_text())
         out = {o["name"]: np.fromfile(tmp / "out" / f"{o['name']}.bin", "<f4").reshape(o["dims"])
                for o in meta["outputs"]}
@@ -176,6 +177,8 @@ def main() -> None:
     rows.append(("OpenVINO", "CPU default", *openvino_run(graph, feeds, a.threads, a.repeats,
                                                           "")))
     rows.append(("onnxruntime-node", "CPU", *node_run(graph, feeds, "node", a.threads, a.repeats)))
+    rows.append(("onnxruntime-node", "WebGPU", *node_run(graph, feeds, "webgpu", a.threads,
+                                                         a.repeats)))
     rows.append(("onnxruntime-web", "WASM (in Node)",
                  *node_run(graph, feeds, "wasm", a.threads, a.repeats)))
     report = {"cpu": _cpu(), "size": [int(h), int(w)], "threads": a.threads, "rows": []}

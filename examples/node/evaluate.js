@@ -1,5 +1,6 @@
 // One loss-and-gradient evaluation of an exported nst-onnx graph, from Node.js:
-//   node evaluate.js GRAPH.onnx FEEDS_DIR OUT_DIR [node|wasm] [repeats] [threads]
+//   node evaluate.js GRAPH.onnx FEEDS_DIR OUT_DIR [node|wasm|webgpu] [repeats] [threads]
+// (webgpu: onnxruntime-node's WebGPU provider, which needs a GPU adapter)
 // FEEDS_DIR/feeds.json lists {name, shape, file} (raw little-endian float32); every output is
 // written to OUT_DIR as NAME.bin with OUT_DIR/outputs.json ({name, dims}, seconds, version).
 // scripts/runtimes.py writes the feeds and compares the outputs with onnxruntime in Python.
@@ -11,7 +12,7 @@ async function main() {
   const [graph, feedsDir, outDir, backend = "node", repeats = "3", threads = "2"] =
     process.argv.slice(2);
   const ort = require(backend === "wasm" ? "onnxruntime-web" : "onnxruntime-node");
-  const options = {executionProviders: [backend === "wasm" ? "wasm" : "cpu"]};
+  const options = {executionProviders: [{node: "cpu", wasm: "wasm", webgpu: "webgpu"}[backend]]};
   if (backend === "wasm") ort.env.wasm.numThreads = Number(threads);
   else options.intraOpNumThreads = Number(threads);
   const session = await ort.InferenceSession.create(fs.readFileSync(graph), options);
