@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import shutil
 import statistics
 import subprocess
@@ -31,6 +30,9 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "scripts"))
+from _bench import cpu_model  # noqa: E402
+
 NODE_DIR = ROOT / "examples" / "node"
 
 
@@ -181,7 +183,7 @@ def main() -> None:
                                                          a.repeats)))
     rows.append(("onnxruntime-web", "WASM (in Node)",
                  *node_run(graph, feeds, "wasm", a.threads, a.repeats)))
-    report = {"cpu": _cpu(), "size": [int(h), int(w)], "threads": a.threads, "rows": []}
+    report = {"cpu": cpu_model(), "size": [int(h), int(w)], "threads": a.threads, "rows": []}
     for runtime, provider, res, note in rows:
         row = {"runtime": runtime, "provider": provider}
         if res is None:
@@ -209,16 +211,6 @@ def main() -> None:
                   f"{'as declared' if r['shapes_as_declared'] else 'DIFFER'}")
     if a.json:
         a.json.write_text(json.dumps(report, indent=2) + "\n")
-
-
-def _cpu() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
 
 
 if __name__ == "__main__":

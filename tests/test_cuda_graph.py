@@ -9,16 +9,7 @@ from __future__ import annotations
 
 import onnx
 import pytest
-from test_gradients import random_weights
-
-from nst_onnx.config import LossSpec
-from nst_onnx.graphs.networks import (
-    build_features_graph,
-    build_loss_graph,
-    build_window_features_graph,
-    build_window_loss_graph,
-)
-from nst_onnx.graphs.steps import STEP_GRAPHS
+from exported_graphs import GRAPHS, IDS
 
 F, I64, I32, B, U8 = "float", "int64", "int32", "bool", "uint8"
 ANY = {F, I64, I32, B, U8}
@@ -65,33 +56,10 @@ def off_the_gpu(model: onnx.ModelProto) -> list[str]:
     return out
 
 
-@pytest.mark.parametrize("spec", [LossSpec(), LossSpec(pooling="avg"), LossSpec(guided=True)],
-                         ids=lambda s: s.key)
-def test_loss_graph_uses_only_ops_with_cuda_kernels(spec):
-    model = build_loss_graph(random_weights(0, upto="conv5_1"), spec,
-                             {"pool1": [1.0] * 64} if spec.pooling == "avg" else None)
+@pytest.mark.parametrize("name, model, io", GRAPHS, ids=IDS)
+def test_every_exported_graph_uses_only_ops_with_cuda_kernels(name, model, io):
+    """Loss graphs (max, avg, guided), features, window and step graphs alike."""
     assert not off_the_gpu(model)
-
-
-@pytest.mark.parametrize("spec", [LossSpec(), LossSpec(pooling="avg")], ids=lambda s: s.key)
-def test_features_graph_uses_only_ops_with_cuda_kernels(spec):
-    model = build_features_graph(random_weights(0, upto="conv5_1"), spec,
-                                 {"pool1": [1.0] * 64} if spec.pooling == "avg" else None)
-    assert not off_the_gpu(model)
-
-
-@pytest.mark.parametrize("build", [build_window_features_graph, build_window_loss_graph],
-                         ids=lambda b: b.__name__)
-@pytest.mark.parametrize("spec", [LossSpec(), LossSpec(pooling="avg")], ids=lambda s: s.key)
-def test_window_graphs_use_only_ops_with_cuda_kernels(spec, build):
-    model = build(random_weights(0, upto="conv5_1"), spec,
-                  {"pool1": [1.0] * 64} if spec.pooling == "avg" else None)
-    assert not off_the_gpu(model)
-
-
-@pytest.mark.parametrize("name", STEP_GRAPHS)
-def test_step_graphs_use_only_ops_with_cuda_kernels(name):
-    assert not off_the_gpu(STEP_GRAPHS[name][1]())
 
 
 def test_the_check_catches_shape_arithmetic():

@@ -18,13 +18,17 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
 import runtimes  # noqa: E402
 
 
-@pytest.mark.parametrize("backend, package", [("node", "onnxruntime-node"),
-                                              ("wasm", "onnxruntime-web")])
-def test_node_evaluates_the_loss_graph_as_python_does(models_dir, backend, package):
+def _node_with(package: str) -> None:
     if shutil.which("node") is None:
         pytest.skip("Node.js is not installed")
     if not (runtimes.NODE_DIR / "node_modules" / package).exists():
         pytest.skip(f"{package} is not installed: npm install --prefix examples/node")
+
+
+@pytest.mark.parametrize("backend, package", [("node", "onnxruntime-node"),
+                                              ("wasm", "onnxruntime-web")])
+def test_node_evaluates_the_loss_graph_as_python_does(models_dir, backend, package):
+    _node_with(package)
     graph, feeds = runtimes.problem(64, models_dir)
     (ref, _, _), _ = runtimes.ort_run(graph, feeds, "CPUExecutionProvider", 2, 1)
     res, note = runtimes.node_run(graph, feeds, backend, 2, 1)
@@ -33,13 +37,6 @@ def test_node_evaluates_the_loss_graph_as_python_does(models_dir, backend, packa
     assert d["shapes_as_declared"] and set(res[0]) == set(ref)
     # the WASM build sums in another order: 2e-4 observed at 256 px (scripts/runtimes.py)
     assert d["loss_rel"] < 1e-3 and d["term_rel_max"] < 1e-3 and d["grad_rel_l2"] < 2e-3, d
-
-
-def _node_with(package: str) -> None:
-    if shutil.which("node") is None:
-        pytest.skip("Node.js is not installed")
-    if not (runtimes.NODE_DIR / "node_modules" / package).exists():
-        pytest.skip(f"{package} is not installed: npm install --prefix examples/node")
 
 
 def _stylize_js(*args) -> subprocess.CompletedProcess:

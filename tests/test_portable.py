@@ -8,21 +8,12 @@ from __future__ import annotations
 import numpy as np
 import onnx
 import pytest
+from exported_graphs import GRAPHS, IDS
 from onnx import TensorProto, helper
-from test_gradients import random_weights
 
-from nst_onnx.config import LossSpec
-from nst_onnx.graphs import interface
 from nst_onnx.graphs.builder import GraphBuilder
 from nst_onnx.graphs.interface import Interface, Tensor
-from nst_onnx.graphs.networks import (
-    build_features_graph,
-    build_loss_graph,
-    build_window_features_graph,
-    build_window_loss_graph,
-)
 from nst_onnx.graphs.portable import portability_problems
-from nst_onnx.graphs.steps import STEP_GRAPHS
 from nst_onnx.run.sessions import make_session
 
 H, W, R, M = 37, 42, 2, 3  # odd sizes: the floored-away edges of every pool
@@ -44,29 +35,9 @@ def _dim(d: int | str) -> int:
     return (H if d[0] == "h" else W) >> int(d[1:])  # h0…h4, w0…w4: per pooling level
 
 
-def _graphs():
-    weights = random_weights(0, upto="conv5_1")
-    scales = {"pool1": [1.0] * 64}
-    out = []
-    for spec in (LossSpec(), LossSpec(pooling="avg"), LossSpec(guided=True)):
-        s = scales if spec.pooling == "avg" else None
-        out.append((f"loss-{spec.key}", build_loss_graph(weights, spec, s), interface.loss_io(spec)))
-        if not spec.guided:
-            out += [(f"features-{spec.key}", build_features_graph(weights, spec, s),
-                     interface.features_io(spec)),
-                    (f"window-features-{spec.key}", build_window_features_graph(weights, spec, s),
-                     interface.window_features_io(spec)),
-                    (f"window-loss-{spec.key}", build_window_loss_graph(weights, spec, s),
-                     interface.window_loss_io(spec))]
-    for name, (io, build) in STEP_GRAPHS.items():
-        out.append((f"step-{name}", build(), io() if callable(io) else io))
-    return out
 
 
-GRAPHS = _graphs()
-
-
-@pytest.mark.parametrize("name, model, io", GRAPHS, ids=[g[0] for g in GRAPHS])
+@pytest.mark.parametrize("name, model, io", GRAPHS, ids=IDS)
 def test_graph_is_portable_and_keeps_its_declared_shapes(name, model, io):
     assert portability_problems(model) == []
     assert not [n for n in model.graph.node if n.op_type == "Identity"]

@@ -91,6 +91,7 @@ async function main() {
   const loss = await session(dir, manifest, "loss.onnx");
   const adam = await session(dir, manifest, "adam_step.onnx");
   const a = manifest.binding.adam;
+  const coef = {lr: scalar(a.lr), beta1: scalar(a.beta1), beta2: scalar(a.beta2), eps: scalar(a.eps)};
   let x = content;  // binding.init
   let m = new ort.Tensor("float32", new Float32Array(3 * h * w), content.dims);
   let v = new ort.Tensor("float32", new Float32Array(3 * h * w), content.dims);
@@ -102,8 +103,7 @@ async function main() {
     if (first === null) first = f;
     if (f < best.loss) best = {loss: f, x};
     if (k > iterations) break;  // the last step's loss counts, as in nst
-    const s = await adam.run({x, g: out.grad, m, v, lr: scalar(a.lr), beta1: scalar(a.beta1),
-                              beta2: scalar(a.beta2), eps: scalar(a.eps), step: scalar(k)});
+    const s = await adam.run({x, g: out.grad, m, v, ...coef, step: scalar(k)});
     x = s.x_new; m = s.m_new; v = s.v_new;
   }
   writeImage(outFile, best.x);

@@ -37,14 +37,12 @@ class GraphBuilder:
 
     def add(self, *terms: str, outputs: list[str] | None = None, hint: str = "") -> str:
         """``terms[0] + terms[1] + …`` as chained Adds (``Sum`` has no WebGPU kernel)."""
+        if len(terms) == 1:
+            return self.op("Identity", terms[0], outputs=outputs) if outputs else terms[0]
         total = terms[0]
-        for i, t in enumerate(terms[1:], 2):
-            last = i == len(terms)
-            total = self.op("Add", total, t, outputs=outputs if last and outputs else 1,
-                            hint=hint)
-        if outputs and len(terms) == 1:
-            total = self.op("Identity", total, outputs=outputs)
-        return total
+        for t in terms[1:-1]:
+            total = self.op("Add", total, t, hint=hint)
+        return self.op("Add", total, terms[-1], outputs=outputs or 1, hint=hint)
 
     def const(self, value, name: str | None = None, dtype=np.float32) -> str:
         name = name or self.fresh("const")
