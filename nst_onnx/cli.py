@@ -26,7 +26,7 @@ from typing import Annotated
 import typer
 
 from ._version import __version__
-from .config import NAME_TEMPLATE, from_options, options_of
+from .config import NAME_TEMPLATE, from_options, options_of, video_options
 from .errors import BadInput, Interrupted, NstError, os_error_line
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
@@ -309,6 +309,76 @@ def batch(
     _guard(go, shared["debug"])
 
 
+@app.command()
+@_with_options("video")
+def video(
+    source: Annotated[str, typer.Argument(help="A video file (mp4, mov, webm, avi, mkv, …), "
+                                          "a folder of frames or a glob (frames/*.png).",
+                                          metavar="INPUT")],
+    styles: Annotated[list[Path], typer.Argument(help="One or more style images.",
+                                                 metavar="STYLE...")],
+    output: Annotated[Path | None, typer.Option(
+        "-o", "--output", help="Output video (.mp4, .mov, .avi, .webm, .mkv); no audio.")]
+    = None,
+    frames_dir: Annotated[Path | None, typer.Option(
+        "--frames-dir", help="Folder for the stylised frames (frame_000001.png …) and their "
+        "manifest (default: OUTPUT's name + _frames, beside it).")] = None,
+    masks: Annotated[str | None, typer.Option(
+        "--masks", help="One mask image per style, drawn over the frames (the same for "
+        "every frame).")] = None,
+    quiet: QuietOpt = False,
+    as_json: JsonOpt = False,
+    **shared,
+) -> None:
+    """Stylise a clip with temporal consistency (Ruder et al.): each frame starts from the
+    previous result carried along the optical flow and is held to it where the flow is
+    reliable. Finished frames are kept; a re-run continues at the first missing one."""
+    def go():
+        from .api import StyleTransfer
+        from .video import stylize_video
+
+        run, loss_weights, engine, spec = from_options(shared)
+        opts = video_options(shared)
+        opts.validate()
+        run.validate()
+        for p in styles:
+            if not p.exists():
+                raise BadInput(f"input not found: {p}")
+        mask_paths = None if masks is None else [Path(m) for m in masks.split(",")]
+        log = _log(quiet or as_json)
+        st = StyleTransfer(engine, spec, log=log)
+        progress = _Progress(quiet or as_json)
+
+        def on_frame(event):
+            progress.close()
+            progress.first = None
+            r, eta = event["record"], event["eta"]
+            what = "kept (done before)" if r["status"] == "skipped" else \
+                (f"{r['iterations']} iterations, loss {r['final_loss']:.4g}, "
+                 f"{r['seconds']:.1f} s" + ("" if r["temporal"] else ", no temporal term"))
+            left = "" if eta is None else f", ETA {int(eta) // 60}:{int(eta) % 60:02d}"
+            log(f"frame {event['index']}/{event['total']}: {what}{left}")
+
+        with _signals_stop_the_run():
+            result = stylize_video(st.engine, source, styles, run, loss_weights, opts,
+                                   output=output, frames_dir=frames_dir, masks=mask_paths,
+                                   on_frame=on_frame, callback=progress)
+        summary = result.summary()
+        if as_json:
+            typer.echo(json.dumps(summary, default=float))
+        elif not quiet:
+            where = f"{output} and " if output and summary["complete"] else ""
+            typer.echo(f"wrote {where}{summary['written']} frames in {result.frames_dir} "
+                       f"({summary['stylised']} stylised, {summary['skipped']} kept; "
+                       f"{summary['seconds']:.1f} s)", err=True)
+        if result.interrupted is not None:
+            _err(f"stopped at frame {len(result.records) + 1}: run the same command again "
+                 "to continue (its checkpoint resumes it)")
+            raise typer.Exit(result.interrupted.exit_code)
+        if result.stopped:
+            _err(result.stopped)
+            raise typer.Exit(2)
+    _guard(go, shared["debug"])
 
 
 class _BatchProgress:
@@ -501,7 +571,9 @@ class _Progress:
         filled = int(bar_w * p.iteration / max(p.iterations, 1))
         line = (f"[{'#' * filled}{'.' * (bar_w - filled)}] {p.iteration}/{p.iterations} "
                 f"loss {p.loss:.4g} (content {t['content']:.3g}, style {t['style']:.3g}, "
-                f"tv {t['tv']:.3g}) {spi:.2f} s/it ETA {int(eta) // 60}:{int(eta) % 60:02d}")
+                f"tv {t['tv']:.3g}" + (f", temporal {t['temporal']:.3g}" if "temporal" in t
+                                       else "")
+                + f") {spi:.2f} s/it ETA {int(eta) // 60}:{int(eta) % 60:02d}")
         sys.stderr.write(("\r" + line + "\033[K") if self.tty else line + "\n")
         sys.stderr.flush()
         self.shown = True

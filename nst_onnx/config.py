@@ -7,7 +7,9 @@ them (or their fields as keyword arguments), and each checks its own values once
   fixed at export, part of the model directory's name;
 * :class:`EngineOptions` — where and how the graphs run (device, threads, model files);
 * :class:`LossWeights` — the objective's run-time knobs (weights, blending, colour mode);
-* :class:`RunOptions` — the optimisation (size, scales, iterations, optimiser).
+* :class:`RunOptions` — the optimisation (size, scales, iterations, optimiser);
+
+and :class:`VideoOptions` for ``nst video`` (the temporal term, which frames).
 """
 
 from __future__ import annotations
@@ -50,7 +52,10 @@ CHECKPOINT_EVERY = 60.0  # seconds of work between checkpoints
 NAME_TEMPLATE = "{content}__{style}.png"  # batch output names
 RESULT = "result"  # field metadata: False for settings that do not change the picture
 FINGERPRINT = "fingerprint"  # … False for settings recorded but not fingerprinted
-JOB = ("stylize", "batch")  # the commands that run jobs
+JOB = ("stylize", "batch", "video")  # the commands that run jobs
+IMAGE_JOB = ("stylize", "batch")  # … and write one picture per job (not video frames)
+TEMPORAL_WEIGHT = 1e3  # Ruder et al.'s wt: their terms are jcjohnson's means, as ours are
+FLOW_PRESETS = ("ultrafast", "fast", "medium")  # OpenCV's DIS optical flow
 ALL_ENGINE = (*JOB, "bench")  # … and the one that only times evaluations
 MODEL_FILES = (*ALL_ENGINE, "export", "info")  # … and those that only find models
 
@@ -108,6 +113,11 @@ def counts(text, flag: str):
         return whole(text, flag)
     values = numbers(text, flag, int)
     return values[0] if values is not None and len(values) == 1 else values
+
+
+def counts_list(text, flag: str) -> tuple[int, ...]:
+    """'1,2,4' → (1, 2, 4)."""
+    return tuple(numbers(text, flag, int) or ())
 
 
 def floats(text, flag: str) -> list[float] | None:
@@ -246,7 +256,7 @@ class LossWeights:
         "--style-layer-weights", "Multipliers, one per style layer.", parse=floats))
     style_blend: Sequence[float] | None = setting(None, Option(  # normalised to sum 1
         "--style-blend", "Weights per style, e.g. 0.7,0.3.", parse=floats,
-        commands=("stylize",)))
+        commands=("stylize", "video")))
     style_scale: float = setting(1.0, Option("--style-scale", "Style size relative to --size.",
                                              float))
     preserve_colors: str = setting("none", Option(
@@ -332,14 +342,14 @@ class RunOptions:
     tile_size: int | str | None = setting("auto", Option(
         "--tile-size", "Evaluate in tiles that own N px a side (a multiple of 16; a halo "
         "comes on top): auto (only when the run would not fit in memory untiled), N, or 0 "
-        "(never).", str, parse=tile_option), fingerprint=False)
+        "(never).", str, parse=tile_option, commands=IMAGE_JOB), fingerprint=False)
     # the output file: neither decides the pixels
     bit_depth: int | None = setting(None, Option(  # None: 16 for TIFF, 8 for the rest
         "--bit-depth", "Bits per channel of the output: 8 or 16 (.png, .tif; default 16 for "
-        ".tif, else 8).", int), result=False, fingerprint=False)
+        ".tif, else 8).", int, commands=IMAGE_JOB), result=False, fingerprint=False)
     dpi: float | None = setting(None, Option(
-        "--dpi", "Print resolution recorded in the output (PNG, JPEG, TIFF).", float),
-        result=False, fingerprint=False)
+        "--dpi", "Print resolution recorded in the output (PNG, JPEG, TIFF).", float,
+        commands=IMAGE_JOB), result=False, fingerprint=False)
     max_image_pixels: int | None = setting(MAX_PIXELS, Option(  # None: no limit
         "--max-image-pixels", "Refuse input images whose header claims more pixels (0: no "
         "limit).", int, parse=no_limit_if_zero), fingerprint=False)
@@ -405,6 +415,51 @@ class RunOptions:
             raise BadInput(f"--init {self.init!r}: not content, noise, style or an image file")
 
 
+VIDEO = ("video",)
+
+
+@dataclass
+class VideoOptions:
+    """``nst video``: which frames, and the temporal term that keeps them consistent (Ruder,
+    Dosovitskiy & Brox 2016: each frame starts from the previous result warped by the optical
+    flow, and is pulled towards it where the flow is reliable)."""
+
+    temporal_weight: float = setting(TEMPORAL_WEIGHT, Option(
+        "--temporal-weight", "wt of the temporal term; 0: each frame on its own (from the "
+        "content, no flow).", float, commands=VIDEO))
+    temporal_frames: Sequence[int] = setting((1,), Option(
+        "--temporal-frames", "Earlier frames the temporal term looks back to, e.g. 1,2,4 "
+        "(closest first where they overlap).", parse=counts_list, shown="1", commands=VIDEO))
+    start: int = setting(1, Option("--start", "First input frame (1-based).", int,
+                                   commands=VIDEO))
+    end: int | None = setting(None, Option("--end", "Last input frame (default: the last).",
+                                           int, commands=VIDEO))
+    every: int = setting(1, Option("--every", "Take every Nth input frame.", int,
+                                   commands=VIDEO))
+    flow: str = setting("medium", Option("--flow", "Optical flow preset (OpenCV DIS): "
+                                         + ", ".join(FLOW_PRESETS) + ".", commands=VIDEO))
+    fps: float | None = setting(None, Option(  # None: the input video's, 24 for frames
+        "--fps", "Frame rate of the output video (default: the input's; 24 for a folder).",
+        float, commands=VIDEO), fingerprint=False)
+
+    def validate(self) -> None:
+        if not (self.temporal_weight >= 0 and math.isfinite(self.temporal_weight)):
+            raise BadInput("--temporal-weight must be a finite number ≥ 0 (0: frame by frame)")
+        frames = list(self.temporal_frames)
+        if not frames or min(frames) < 1 or frames != sorted(set(frames)):
+            raise BadInput("--temporal-frames must be increasing whole numbers ≥ 1, e.g. 1,2,4")
+        if self.start < 1:
+            raise BadInput("--start must be ≥ 1 (frames count from 1)")
+        if self.end is not None and self.end < self.start:
+            raise BadInput(f"--end {self.end} is before --start {self.start}")
+        if self.every < 1:
+            raise BadInput("--every must be ≥ 1")
+        if self.flow not in FLOW_PRESETS:
+            raise BadInput(f"unknown --flow {self.flow!r}: use " + ", ".join(FLOW_PRESETS))
+        if self.fps is not None and not (0 < self.fps <= 1000):
+            raise BadInput("--fps must be a number > 0")
+
+
 def split_settings(run: RunOptions | None = None, weights: LossWeights | None = None,
                    **overrides) -> tuple[RunOptions, LossWeights]:
     """``RunOptions`` and ``LossWeights`` with keyword overrides sorted into the right one,
@@ -439,6 +494,9 @@ def settings_dict(run: RunOptions, weights: LossWeights, spec: LossSpec) -> dict
     for f in dataclasses.fields(run):
         if f.metadata.get(RESULT, True):
             v = getattr(run, f.name)
+            if f.name == "init" and not isinstance(v, (str, os.PathLike)):
+                v = "image"  # a decoded image (a video frame's warped start): its pixels
+                #              are fingerprinted, not its repr
             out[f.name] = str(v) if isinstance(v, os.PathLike) else v
     out["size"] = run.output_size
     return {**out, "pooling": spec.pooling, "content_layers": list(spec.content_layers),
@@ -457,7 +515,7 @@ def fingerprint_settings(run: RunOptions, weights: LossWeights, spec: LossSpec) 
 
 # --------------------------------------------------------------------------- the options
 
-CONFIGS = (RunOptions, LossWeights, LossSpec, EngineOptions)
+CONFIGS = (RunOptions, LossWeights, LossSpec, EngineOptions, VideoOptions)
 
 
 def options_of(command: str) -> list[tuple[dataclasses.Field, Option]]:
@@ -478,6 +536,12 @@ def from_options(given: dict) -> tuple[RunOptions, LossWeights, EngineOptions, L
         return cls(**{f.name: _parsed(f, given[f.name]) for f in dataclasses.fields(cls)
                       if "option" in f.metadata and f.name in given})
     return build(RunOptions), build(LossWeights), build(EngineOptions), build(LossSpec)
+
+
+def video_options(given: dict) -> VideoOptions:
+    """Parsed command-line values → :class:`VideoOptions` (see :func:`from_options`)."""
+    return VideoOptions(**{f.name: _parsed(f, given[f.name]) for f in
+                           dataclasses.fields(VideoOptions) if f.name in given})
 
 
 JOB_SETTINGS = {f.name: f for cls in (RunOptions, LossWeights) for f in dataclasses.fields(cls)

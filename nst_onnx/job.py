@@ -33,7 +33,7 @@ from .config import (
 from .errors import BadInput, Interrupted
 from .io.checkpoint import Checkpoint, CheckpointError, load_checkpoint, size_bound
 from .io.images import load_image, to_pil
-from .problem import Problem, fit_content, listed, prepare, shapes
+from .problem import Problem, Temporal, fit_content, listed, prepare, shapes
 from .run import resources
 from .run.device_optim import adam_onnx, lbfgs_onnx
 from .run.engine import Engine
@@ -97,10 +97,10 @@ def scale_summary(o: OptimizeResult) -> dict:
 
 
 def fingerprint_images(images: list[Image.Image], run: RunOptions, weights: LossWeights,
-                       spec, model_sha256: str) -> str:
+                       spec, model_sha256: str, temporal: Temporal | None = None) -> str:
     """SHA-256 of what decides a result: the settings, the decoded input pixels (content,
-    styles, masks, and an init image's — decoded by the caller, last) and the model.
-    Checkpoints and outputs carry it."""
+    styles, masks, and an init image's — decoded by the caller, last), the model, and a
+    video frame's temporal term. Checkpoints and outputs carry it."""
     h = hashlib.sha256()
     h.update(json.dumps(fingerprint_settings(run, weights, spec), sort_keys=True,
                         default=str).encode())
@@ -108,6 +108,10 @@ def fingerprint_images(images: list[Image.Image], run: RunOptions, weights: Loss
     for img in images:
         h.update(f"{img.size}".encode())
         h.update(img.tobytes())
+    if temporal is not None:
+        h.update(f"temporal {temporal.weight!r} {temporal.reliability.shape}".encode())
+        for a in (temporal.warped, temporal.reliability):
+            h.update(np.ascontiguousarray(a, np.float32).tobytes())
     return h.hexdigest()
 
 
@@ -285,8 +289,10 @@ class _Scales:
 
     def __init__(self, engine: Engine, inputs: Inputs, run: RunOptions, weights: LossWeights,
                  plan: tuple[list[int], list[int]], fp: str, checkpoint,
-                 ckpt: Checkpoint | None, callback: Callback | None):
+                 ckpt: Checkpoint | None, callback: Callback | None,
+                 temporal: Temporal | None = None):
         self.engine, self.inputs, self.run, self.weights = engine, inputs, run, weights
+        self.temporal = temporal
         self.sizes, self.its = plan
         self.fp, self.checkpoint, self.ckpt, self.callback = fp, checkpoint, ckpt, callback
         self.timer = CheckpointTimer(run.checkpoint_every)
@@ -362,9 +368,10 @@ class _Scales:
                 e.log, self.weights.style_scale)
             if "history" in self.memory:  # the history that fits, for every scale
                 self.run = dataclasses.replace(self.run, history=self.memory["history"])
-        tile = resources.choose_tile(e.device, e.spec, *shape, style_pixels, regions, self.run)
+        tile = None if self.temporal is not None else \
+            resources.choose_tile(e.device, e.spec, *shape, style_pixels, regions, self.run)
         return prepare(e, i.content, i.styles, self.sizes[index], i.masks, self.weights,
-                       self.run.max_image_pixels, tile)
+                       self.run.max_image_pixels, tile, self.temporal)
 
     def all(self, before_run, keep_checkpoint: bool = False) -> Result:
         result, start = None, self.inputs.init
@@ -395,14 +402,22 @@ class _Scales:
         return result
 
 
+def job_fingerprint(engine: Engine, inputs: Inputs, run: RunOptions, weights: LossWeights,
+                    temporal: Temporal | None = None) -> str:
+    """The fingerprint :func:`transfer` gives this job (``run`` with its size resolved)."""
+    return fingerprint_images(inputs.images, run, weights, engine.spec,
+                              engine.manifest["files"]["loss.onnx"]["sha256"], temporal)
+
+
 def transfer(engine: Engine, content, styles, run: RunOptions, weights: LossWeights, *,
              masks=None, callback: Callback | None = None, before_run=None,
              checkpoint: str | os.PathLike | None = None, resume: str = "never",
-             keep_checkpoint: bool = False) -> Result:
+             keep_checkpoint: bool = False, temporal: Temporal | None = None) -> Result:
     """The whole job over the scales of :func:`plan_scales` (see
     :meth:`nst_onnx.api.StyleTransfer.transfer`); ``keep_checkpoint``: leave it for the
     caller to remove once the output is safely written (a crash while saving then leaves
-    something to resume)."""
+    something to resume); ``temporal``: a video frame's temporal term (one scale, at the
+    content's size as given)."""
     run.validate()
     if resume not in RESUME_MODES:
         raise ValueError(f"resume={resume!r}: never, auto or require")
@@ -410,10 +425,12 @@ def transfer(engine: Engine, content, styles, run: RunOptions, weights: LossWeig
     run = run.at_native(inputs.content.size)
     sizes, its = plan_scales(run.output_size, run.scales, run.iterations)
     fit_content(inputs.content, sizes[0], engine.spec.min_side)
-    fp = fingerprint_images(inputs.images, run, weights, engine.spec,
-                            engine.manifest["files"]["loss.onnx"]["sha256"])
+    if temporal is not None and len(sizes) > 1:
+        raise BadInput("a frame with a temporal term runs at one scale: give one size")
+    fp = job_fingerprint(engine, inputs, run, weights, temporal)
     ckpt = find_checkpoint(checkpoint, fp, resume, (sizes, its), run.pairs, engine.log)
-    job = _Scales(engine, inputs, run, weights, (sizes, its), fp, checkpoint, ckpt, callback)
+    job = _Scales(engine, inputs, run, weights, (sizes, its), fp, checkpoint, ckpt, callback,
+                  temporal)
     result = job.all(before_run, keep_checkpoint)
     result.settings.update(settings_dict(job.run, weights, engine.spec), size=sizes[-1],
                            scales=sizes, iterations=its, history=job.run.pairs)

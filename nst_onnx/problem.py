@@ -17,12 +17,31 @@ from PIL import Image
 
 from .config import LossWeights, check_tile_size
 from .errors import BadInput
-from .graphs.interface import inv_sizes, loss_io
+from .graphs.interface import inv_pixels, inv_sizes, loss_io
 from .io import color
 from .io.images import fit_longest_side, fitted_size, load_image, to_nchw, to_pil
 from .run.binding import Evaluator, Terms
 from .run.engine import Engine
 from .run.tiled import TiledEvaluator, tiled_features
+
+
+@dataclass(frozen=True)
+class Temporal:
+    """The video's temporal term for one frame (Ruder et al. 2016): ω, the previous
+    stylised frame warped into this one, and c, where that warp is trusted, both at the
+    frame's size; ``weight`` is wt (:class:`~nst_onnx.config.VideoOptions`)."""
+
+    warped: np.ndarray  # (H, W, 3) float32, RGB 0..255
+    reliability: np.ndarray  # (H, W) float32, 0..1
+    weight: float
+
+    def fixed(self) -> dict[str, np.ndarray]:
+        """The temporal graph's extra inputs."""
+        h, w = self.reliability.shape
+        return {"warped": np.ascontiguousarray(self.warped.transpose(2, 0, 1)[None], np.float32),
+                "reliability": np.ascontiguousarray(self.reliability[None, None], np.float32),
+                "temporal_weight": np.asarray(self.weight, np.float32),
+                "inv_pixels": inv_pixels(h, w)}
 
 
 @dataclass
@@ -138,15 +157,19 @@ def shapes(content: Image.Image, styles: list[Image.Image], size: int, style_sca
 
 def prepare(engine: Engine, content, styles, size: int, masks=None,
             weights: LossWeights | None = None, max_image_pixels: int | None = None,
-            tile_size: int | None = None) -> Problem:
+            tile_size: int | None = None, temporal: Temporal | None = None) -> Problem:
     """Load and resize the images, compute the targets once, and bind them (see
     :meth:`nst_onnx.api.StyleTransfer.prepare`). ``tile_size``: evaluate the objective
-    (and the targets) in tiles owning that many px a side (:mod:`nst_onnx.run.tiled`)."""
+    (and the targets) in tiles owning that many px a side (:mod:`nst_onnx.run.tiled`);
+    ``temporal``: add the video's temporal term (the temporal twin of the loss graph)."""
     lw = weights or LossWeights()
     spec, log = engine.spec, engine.log
     check_tile_size(tile_size)
     if tile_size is not None and masks is not None:
         raise BadInput("tiled evaluation does not take masks yet: leave out the tile size")
+    if tile_size is not None and temporal is not None:
+        raise BadInput("tiled evaluation does not take the temporal term yet: use a smaller "
+                       "--size for video")
     styles = listed(styles)
     if not styles:
         raise BadInput("give at least one style image")
@@ -178,10 +201,15 @@ def prepare(engine: Engine, content, styles, size: int, masks=None,
     content_feats, *style_feats = engine.features([x_content, *style_arrays])
     spec = dataclasses.replace(spec, guided=guides is not None)
     fixed = _fixed_inputs(spec, lw, content_feats, style_feats, guides, (h, w))
-    manifest, session = engine.loss_session(spec.guided)
+    if temporal is not None:
+        if temporal.reliability.shape != (h, w):
+            raise BadInput(f"the temporal term is {temporal.reliability.shape[1]}×"
+                           f"{temporal.reliability.shape[0]}, the content {w}×{h}")
+        fixed |= temporal.fixed()
+    manifest, session = engine.loss_session(spec.guided, temporal is not None)
     return Problem((h, w, 3), x_content, style_arrays,
-                   Evaluator(session, loss_io(spec), fixed, engine.device), lw, manifest,
-                   content_rgb)
+                   Evaluator(session, loss_io(spec, temporal is not None), fixed,
+                             engine.device), lw, manifest, content_rgb)
 
 
 def _fixed_inputs(spec, lw: LossWeights, content_feats: dict, style_feats: list[dict],

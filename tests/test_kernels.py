@@ -20,6 +20,7 @@ from nst_onnx.graphs.losses import (
     LayerApply,
     Scale,
     StyleLoss,
+    TemporalLoss,
     TotalVariation,
 )
 
@@ -237,6 +238,23 @@ def test_total_variation_and_grad():
         return 0.5 * (np.sum(np.diff(z, axis=2) ** 2) + np.sum(np.diff(z, axis=3) ** 2))
     assert value == pytest.approx(ref(x.astype(np.float64)), rel=1e-5)
     np.testing.assert_allclose(grad, 3.0 * numeric_grad(ref, x, eps=1e-3), rtol=1e-4, atol=1e-3)
+
+
+def test_temporal_loss_and_grad():
+    """Ruder et al.'s term alone: Σ c⊙(x − ω)²/D against numpy, c broadcast over the
+    channels, with soft (blurred) reliabilities and zeros where the flow is not trusted."""
+    x, warped = f32(1, 3, 4, 5, low=0, high=255), f32(1, 3, 4, 5, low=0, high=255)
+    c = f32(1, 1, 4, 5, low=0, high=1)
+    c[0, 0, 1:3, 2] = 0.0
+    inv_d = np.array(1 / x.size, np.float32)
+    value, grad = loss_and_grad(TemporalLoss("w", "c", "inv_d"), x,
+                                {"w": warped, "c": c, "inv_d": inv_d})
+
+    def ref(z):
+        return np.sum(c * (z - warped) ** 2) / z.size
+    assert value == pytest.approx(ref(x.astype(np.float64)), rel=1e-5)
+    np.testing.assert_allclose(grad, 3.0 * numeric_grad(ref, x, eps=1e-3), rtol=1e-4, atol=1e-4)
+    assert np.all(grad[..., 1:3, 2] == 0)  # no pull where the flow is unreliable
 
 
 def test_layer_apply_routes_the_loss_to_its_layer():

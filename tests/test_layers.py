@@ -21,6 +21,7 @@ LAYERS = [
     ["api", "__init__"],
     ["diagnostics"],
     ["batch"],
+    ["video"],
     ["cli", "__main__"],
 ]
 RANK = {name: i for i, names in enumerate(LAYERS) for name in names}

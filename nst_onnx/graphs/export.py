@@ -30,10 +30,18 @@ from ..io.atomic import regular_file, sha256_file, write_bytes
 from ..vgg19 import MEAN_BGR, channels, downsampling
 from .builder import OPSET
 from .calibrate import load_scales
-from .interface import features_io, loss_io, sized_layers, window_features_io, window_loss_io
+from .interface import (
+    features_io,
+    loss_io,
+    sized_layers,
+    temporal_loss_io,
+    window_features_io,
+    window_loss_io,
+)
 from .networks import (
     build_features_graph,
     build_loss_graph,
+    build_temporal_loss_graph,
     build_window_features_graph,
     build_window_loss_graph,
 )
@@ -41,7 +49,8 @@ from .steps import STEP_GRAPHS
 from .weights import Weights, default_cache_dir, load_weights, weights_identity
 
 FORMAT = 5  # bump when graphs change incompatibly; older model directories are re-exported
-MODEL_GRAPHS = ((features_io, build_features_graph), (loss_io, build_loss_graph))
+MODEL_GRAPHS = ((features_io, build_features_graph), (loss_io, build_loss_graph),
+                (temporal_loss_io, build_temporal_loss_graph))  # the last: nst video
 # tiled evaluation (nst_onnx.run.tiled), exported with the unguided model
 WINDOW_GRAPHS = ((window_features_io, build_window_features_graph),
                  (window_loss_io, build_window_loss_graph))

@@ -73,8 +73,9 @@ def term_name(group: str, layer: str = "") -> str:
 def group_terms(terms: dict[str, float]) -> dict[str, float]:
     """Loss terms summed per group: {'content': …, 'style': …, 'tv': …}."""
     out = dict.fromkeys(TERM_GROUPS, 0.0)
-    for name, v in terms.items():
-        out[name.split("_loss")[0]] += v
+    for name, v in terms.items():  # 'temporal' too, where the graph has that term
+        group = name.split("_loss")[0]
+        out[group] = out.get(group, 0.0) + v
     return out
 
 
@@ -90,6 +91,11 @@ def sized_layers(spec) -> tuple[str, ...]:
     """The layers whose loss is normalised by their size N = C·h·w: every content layer, and
     the style layers unless the style loss is guided (then normalised by the guides)."""
     return spec.content_layers + (() if spec.guided else spec.style_layers)
+
+
+def inv_pixels(h: int, w: int) -> np.ndarray:
+    """The temporal graph's ``inv_pixels``: 1/(3·h·w)."""
+    return np.asarray(1.0 / (3 * h * w), np.float32)
 
 
 def inv_sizes(spec, h: int, w: int) -> np.ndarray:
@@ -113,11 +119,18 @@ def features_io(spec) -> Interface:
     return Interface("nst_features", "features.onnx", (_image(),), tuple(outputs))
 
 
-def loss_io(spec) -> Interface:
+def loss_io(spec, temporal: bool = False) -> Interface:
+    """The loss-and-gradient graph; ``temporal``: its video twin (``temporal_loss.onnx``),
+    which also pulls the image towards the previous stylised frame warped into this one."""
     inputs = [_image()]
     if spec.guided:
         inputs.append(Tensor("guides", ("R", 1, "H", "W"),
                              "one mask per region (style), 0..1, at the image's size", "guide"))
+    if temporal:
+        inputs += [Tensor("warped", (1, 3, "H", "W"), "ω: the previous stylised frame "
+                          "warped into this one by the optical flow, RGB 0..255", "target"),
+                   Tensor("reliability", (1, 1, "H", "W"), "c: where the flow is trusted, "
+                          "0..1 (0 at disocclusions and motion boundaries)", "guide")]
     inputs += [Tensor(f"target_{n}", _features_shape(n),
                       f"content target: features_{n} of the content", "target")
                for n in spec.content_layers]
@@ -135,6 +148,9 @@ def loss_io(spec) -> Interface:
                "(h, w = H, W floored by each 2×2 pool; nst_onnx.graphs.interface.inv_sizes)",
                "size"),
     ]
+    if temporal:
+        inputs += [Tensor("temporal_weight", (), "wt", "weight"),
+                   Tensor("inv_pixels", (), "1/D, D = 3·H·W (the image's values)", "size")]
     style_meaning = "ws·mean((G−A)²)" + (" over regions, G_r = (F⊙T_r)(F⊙T_r)ᵀ/(C·ΣT_r²)"
                                         if spec.guided else "")
     outputs = [Tensor("loss", (), "total loss: the sum of the terms", "loss"),
@@ -144,7 +160,16 @@ def loss_io(spec) -> Interface:
     outputs += [Tensor(term_name("style", n), (), style_meaning, "term", group="style")
                 for n in spec.style_layers]
     outputs.append(Tensor(term_name("tv"), (), "wtv·½·Σ(Δx)²", "term", group="tv"))
+    if temporal:
+        outputs.append(Tensor(term_name("temporal"), (), "wt·Σ c⊙(x−ω)²/D", "term",
+                              group="temporal"))
+        return Interface("nst_temporal_loss_and_grad", "temporal_loss.onnx", tuple(inputs),
+                         tuple(outputs))
     return Interface("nst_loss_and_grad", "loss.onnx", tuple(inputs), tuple(outputs))
+
+
+def temporal_loss_io(spec) -> Interface:
+    return loss_io(spec, temporal=True)
 
 
 # --------------------------------------------------------------------------- tiled evaluation

@@ -13,7 +13,8 @@ Definitions (N = C·h·w, F as C×(h·w)); the derivations are in docs/design.md
 * Gram ``G = F Fᵀ/N``; style ``ws·mean((G−A)²)`` → ``4·ws·(G−A) F/(C²·N)``;
 * guided style (Gatys et al. 2017): per region ``F_r = F⊙T_r``,
   ``G_r = F_r F_rᵀ/(C·ΣT_r²)``, ``ws·mean_{r,i,j}((G_r−A_r)²)``;
-* total variation ``wtv·½·Σ(Δx)²`` → ``wtv·(Δ_before − Δ_after)``.
+* total variation ``wtv·½·Σ(Δx)²`` → ``wtv·(Δ_before − Δ_after)``;
+* temporal (Ruder et al. 2016, video) ``wt·Σ c⊙(x−ω)²/D`` → ``2·wt·c⊙(x−ω)/D``, D = 3·H·W.
 
 Tiled evaluation (:mod:`nst_onnx.run.tiled`) evaluates the same sums window by window:
 ``owned`` (a 0/1 mask, rows ⊙ columns) keeps the positions a window's core owns, so every
@@ -193,6 +194,29 @@ class TotalVariation:
                 out.append(g.op("Sub", g.op("Pad", d, g.const(before)),
                                 g.op("Pad", d, g.const(after))))
             return _times(g, g.op("Add", *out), scale)
+        return loss, grad
+
+
+@dataclass(frozen=True)
+class TemporalLoss:
+    """Ruder, Dosovitskiy & Brox ("Artistic style transfer for videos", 2016): pull the
+    image towards ``warped`` (ω, the previous stylised frame carried into this one by the
+    optical flow) where ``reliability`` (c, (1, 1, H, W) in [0, 1]) trusts the flow:
+    ``Σ c⊙(x − ω)²/D``, D = 3·H·W (``inv_d`` = 1/D, from the host like the layers' sizes)."""
+
+    warped: str
+    reliability: str
+    inv_d: str
+
+    def __call__(self, g: GraphBuilder, x: str) -> tuple[str, GradFn]:
+        diff = g.op("Sub", x, self.warped, hint="tdiff")
+        weighted = g.op("Mul", diff, self.reliability, hint="tdiff_c")
+        loss = g.op("Mul", g.op("ReduceSum", g.op("Mul", weighted, diff), keepdims=0),
+                    self.inv_d)
+
+        def grad(scale: str | None) -> str:
+            coef = _times(g, g.op("Mul", self.inv_d, g.const(2.0)), scale)
+            return g.op("Mul", weighted, coef, hint="tgrad")
         return loss, grad
 
 

@@ -37,6 +37,7 @@ from .losses import (
     Scale,
     StyleGradient,
     StyleLoss,
+    TemporalLoss,
     TotalVariation,
     owned_gram,
 )
@@ -161,8 +162,10 @@ def _guides_per_layer(g: GraphBuilder, spec: LossSpec) -> dict[str, str]:
     return out
 
 
-def loss_terms(g: GraphBuilder, spec: LossSpec) -> list[tuple[str, object]]:
-    """(output name, term) for every loss term of ``spec``, weights from the graph inputs."""
+def loss_terms(g: GraphBuilder, spec: LossSpec,
+               temporal: bool = False) -> list[tuple[str, object]]:
+    """(output name, term) for every loss term of ``spec`` (and the video's temporal term),
+    weights from the graph inputs."""
     inv_n = {n: g.scalar_at("inv_sizes", i) for i, n in enumerate(sized_layers(spec))}
     guides = _guides_per_layer(g, spec) if spec.guided else {}
     terms = []
@@ -176,6 +179,9 @@ def loss_terms(g: GraphBuilder, spec: LossSpec) -> list[tuple[str, object]]:
         terms.append((term_name("style", n),
                       Scale(LayerApply(loss, n), g.scalar_at("style_weights", i))))
     terms.append((term_name("tv"), Scale(LayerApply(TotalVariation(), "image"), "tv_weight")))
+    if temporal:
+        terms.append((term_name("temporal"), Scale(LayerApply(
+            TemporalLoss("warped", "reliability", "inv_pixels"), "image"), "temporal_weight")))
     return terms
 
 
@@ -201,21 +207,27 @@ def build_features_graph(weights: Weights, spec: LossSpec,
     return g.finish(features_io(spec))
 
 
-def build_loss_graph(weights: Weights, spec: LossSpec,
-                     pool_scales: PoolScales | None = None) -> onnx.ModelProto:
-    """image + targets + run-time weights → loss, ∂loss/∂image, and every term."""
+def build_loss_graph(weights: Weights, spec: LossSpec, pool_scales: PoolScales | None = None,
+                     temporal: bool = False) -> onnx.ModelProto:
+    """image + targets + run-time weights → loss, ∂loss/∂image, and every term;
+    ``temporal``: the video's twin (:func:`~.interface.loss_io`)."""
     g = GraphBuilder()
     acts, tape = _forward(g, weights, spec, need_backward=True, pool_scales=pool_scales)
     taps: dict[str, list[GradFn]] = {}
     values = []
-    for name, term in loss_terms(g, spec):
+    for name, term in loss_terms(g, spec, temporal):
         value, grads = term(g, acts)
         values.append(g.op("Identity", value, outputs=[name]))
         for layer, build in grads:
             taps.setdefault(layer, []).append(build)
     g.add(*values, outputs=["loss"])
     g.op("Identity", _backward(g, tape, taps), outputs=["grad"])
-    return g.finish(loss_io(spec))
+    return g.finish(loss_io(spec, temporal))
+
+
+def build_temporal_loss_graph(weights: Weights, spec: LossSpec,
+                              pool_scales: PoolScales | None = None) -> onnx.ModelProto:
+    return build_loss_graph(weights, spec, pool_scales, temporal=True)
 
 
 def _owned(layer: str) -> tuple[str, str]:

@@ -52,7 +52,7 @@ class Engine:
             log(f"note: --threads {self.threads} is more than the {cpus} CPUs here: using {cpus}")
             self.threads = cpus
         self._models: dict[LossSpec, tuple[Path, dict]] = {}
-        self._loss_sessions: dict[LossSpec, object] = {}
+        self._loss_sessions: dict[tuple[LossSpec, bool], object] = {}
         self._features_session = None
         self._window_sessions = None
         self._step_sessions: dict | None = None
@@ -77,16 +77,16 @@ class Engine:
                             gpu_mem_limit_mb=o.gpu_mem_limit_mb, debug=o.debug,
                             spinning=spinning, profile_prefix=profile_prefix)
 
-    def loss_session(self, guided: bool) -> tuple[dict, object]:
+    def loss_session(self, guided: bool, temporal: bool = False) -> tuple[dict, object]:
         """(manifest, session) of this model's loss graph, or its guided twin (exported on
-        first use)."""
+        first use); ``temporal``: the video's variant of either."""
         spec = dataclasses.replace(self.spec, guided=guided)
         model_dir, manifest = self.model(spec)
-        if spec not in self._loss_sessions:
-            session = self.session(model_dir / loss_io(spec).file)
+        if (spec, temporal) not in self._loss_sessions:
+            session = self.session(model_dir / loss_io(spec, temporal).file)
             self.providers = session.get_providers()
-            self._loss_sessions[spec] = session
-        return manifest, self._loss_sessions[spec]
+            self._loss_sessions[spec, temporal] = session
+        return manifest, self._loss_sessions[spec, temporal]
 
     def window_sessions(self) -> tuple[object, object]:
         """(window-features, window-loss) sessions of this model (tiled evaluation), kept."""
