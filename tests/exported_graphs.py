@@ -24,6 +24,8 @@ def _graphs() -> list[tuple]:
     for spec in (LossSpec(), LossSpec(pooling="avg"), LossSpec(guided=True)):
         s = scales if spec.pooling == "avg" else None
         out.append((f"loss-{spec.key}", build_loss_graph(weights, spec, s), interface.loss_io(spec)))
+        out.append((f"temporal-loss-{spec.key}", build_loss_graph(weights, spec, s, temporal=True),
+                    interface.loss_io(spec, temporal=True)))
         if not spec.guided:
             out += [(f"features-{spec.key}", build_features_graph(weights, spec, s),
                      interface.features_io(spec)),

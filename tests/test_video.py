@@ -1,0 +1,177 @@
+"""`nst video` at 48 px: the temporal graph against the plain one plus the term's closed form,
+the flow's reliability on a known motion, a 4-frame clip end to end, interrupted and resumed
+with nothing redone, and every bad input as one line with exit 2."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+from typer.testing import CliRunner
+
+cv2 = pytest.importorskip("cv2", reason="nst video needs opencv-python-headless ([video])")
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
+from camera_clip import camera_clip, true_flow  # noqa: E402
+
+from nst_onnx.cli import app  # noqa: E402
+from nst_onnx.config import LossWeights, RunOptions, VideoOptions  # noqa: E402
+from nst_onnx.errors import Interrupted  # noqa: E402
+from nst_onnx.problem import Temporal  # noqa: E402
+
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+runner = CliRunner()
+SIZE = (48, 36)
+
+
+@pytest.fixture(scope="module")
+def clip_dir(tmp_path_factory):
+    d = tmp_path_factory.mktemp("clip")
+    for i, f in enumerate(camera_clip(Image.open(EXAMPLES / "tubingen.jpg"), 4, SIZE), 1):
+        Image.fromarray(f).save(d / f"f{i}.png")  # f1 … f4: natural order, not f1, f10
+    return d
+
+
+def test_temporal_graph_is_the_loss_plus_the_term(st, images):
+    """The video twin against the plain loss graph and the term's closed form:
+    loss + wt·Σc(x−ω)²/D, gradient + 2·wt·c⊙(x−ω)/D (a soft, partly zero c)."""
+    plain = st.prepare(images["tubingen"], images["starry_night"], size=48)
+    h, w = plain.shape[:2]
+    rng = np.random.default_rng(0)
+    warped = rng.uniform(0, 255, (h, w, 3)).astype(np.float32)
+    c = rng.uniform(0, 1, (h, w)).astype(np.float32)
+    c[:, : w // 3] = 0
+    wt = 1e3
+    from nst_onnx.problem import prepare
+
+    video = prepare(st.engine, images["tubingen"], images["starry_night"], 48,
+                    temporal=Temporal(warped, c, wt))
+    x = rng.uniform(0, 255, (h, w, 3))
+    a, b = plain.evaluate(x.transpose(2, 0, 1)), video.evaluate(x.transpose(2, 0, 1))
+    x32 = x.astype(np.float32)
+    d = 3 * h * w
+    term = wt * np.sum(c[..., None] * (x32 - warped) ** 2, dtype=np.float64) / d
+    assert b.terms["temporal_loss"] == pytest.approx(term, rel=1e-5)
+    assert b.loss == pytest.approx(a.loss + term, rel=1e-5)
+    want = a.grad[0] + (2 * wt / d * c[..., None] * (x32 - warped)).transpose(2, 0, 1)
+    np.testing.assert_allclose(b.grad[0], want, rtol=1e-4, atol=1e-4 * np.abs(want).max())
+
+
+def test_reliability_on_a_known_motion():
+    """A pan: the flow matches the true motion, and what leaves the frame is not trusted."""
+    from nst_onnx.video.flow import dis_flow, reliability
+
+    frames = camera_clip(Image.open(EXAMPLES / "tubingen.jpg"), 3, (96, 72))
+    f, b = dis_flow(frames[2], frames[1], "medium"), dis_flow(frames[1], frames[2], "medium")
+    t = true_flow(2, Image.open(EXAMPLES / "tubingen.jpg").size, (96, 72))
+    assert np.abs(f - t)[8:-8, 8:-8].mean() < 0.25 * np.abs(t).mean() + 0.05
+    c = reliability(f, b)
+    assert 0.7 < c.mean() < 1.0
+    shifted = np.zeros((72, 96, 2), np.float32)
+    shifted[..., 0] = 5.0  # everything moves 5 px right: the last 5 columns leave the frame
+    assert reliability(shifted, -shifted)[:, -4:].max() == 0
+
+
+def _run(st, clip_dir, out, **kw):
+    from nst_onnx.video import stylize_video
+
+    return stylize_video(st.engine, clip_dir, [EXAMPLES / "starry_night.jpg"],
+                         RunOptions(size=48, iterations=4, checkpoint_every=0), LossWeights(),
+                         VideoOptions(), output=out, **kw)
+
+
+def test_clip_end_to_end_interrupted_and_resumed(st, clip_dir, tmp_path):
+    out = tmp_path / "clip.mp4"
+    calls = {"n": 0}
+
+    def stop_in_frame_3(p):
+        calls["n"] += 1
+        if calls["n"] == 2 * 4 + 2:  # frames 1 and 2 take 4 iterations each
+            raise Interrupted(130)
+    first = _run(st, clip_dir, out, callback=stop_in_frame_3)
+    frames = tmp_path / "clip_frames"
+    assert first.interrupted is not None and len(first.records) == 2 and not out.exists()
+    assert (frames / ".frame_000003.png.ckpt.npz").exists()  # the frame in progress
+    kept = {n: (frames / n).read_bytes() for n in ("frame_000001.png", "frame_000002.png")}
+    assert not first.records[0]["temporal"] and first.records[1]["temporal"]
+
+    second = _run(st, clip_dir, out)
+    assert [r["status"] for r in second.records] == ["skipped", "skipped", "done", "done"]
+    assert all((frames / n).read_bytes() == b for n, b in kept.items())  # nothing redone
+    assert not (frames / ".frame_000003.png.ckpt.npz").exists()
+    lines = (frames / "manifest.jsonl").read_text().splitlines()
+    assert [json.loads(line)["frame"] for line in lines] == [1, 2, 3, 4]
+    cap = cv2.VideoCapture(str(out))
+    n = 0
+    while True:
+        ok, img = cap.read()
+        if not ok:
+            break
+        assert img.shape[:2] == (SIZE[1], SIZE[0])
+        n += 1
+    assert n == 4
+    with Image.open(frames / "frame_000004.png") as img:
+        meta = json.loads(img.info["nst-onnx"])
+    assert meta["fingerprint"] == second.records[3]["fingerprint"] and meta["temporal"]
+
+
+def nst(models_dir, *args):
+    return runner.invoke(app, ["video", *args, "--models", str(models_dir)])
+
+
+def _bad(tmp_path: Path, case: str) -> list[str]:
+    style = str(EXAMPLES / "starry_night.jpg")
+    out = str(tmp_path / "o.mp4")
+    if case == "not a video":
+        (tmp_path / "x.mp4").write_text("not a video")
+        return [str(tmp_path / "x.mp4"), style, "-o", out]
+    if case == "no frames":
+        (tmp_path / "empty").mkdir()
+        return [str(tmp_path / "empty"), style, "-o", out]
+    if case == "sizes differ":
+        (tmp_path / "f").mkdir()
+        Image.new("RGB", (48, 36)).save(tmp_path / "f" / "1.png")
+        Image.new("RGB", (40, 36)).save(tmp_path / "f" / "2.png")
+        return [str(tmp_path / "f"), style, "-o", out]
+    d = tmp_path / "ok"
+    d.mkdir()
+    for i in range(2):
+        Image.new("RGB", (48, 36), (i * 50, 80, 90)).save(d / f"{i}.png")
+    return {"codec": [str(d), style, "-o", str(tmp_path / "o.xyz")],
+            "start": [str(d), style, "-o", out, "--start", "5"],
+            "weight": [str(d), style, "-o", out, "--temporal-weight", "-1"],
+            "nowhere": [str(d), style],
+            "image": [str(d / "0.png"), style, "-o", out]}[case]
+
+
+@pytest.mark.parametrize("case, message", [
+    ("not a video", "cannot read"), ("no frames", "has no frames"),
+    ("sizes differ", "the frames differ in size"), ("codec", "cannot write .xyz video"),
+    ("start", "--start 5 is beyond the end"), ("weight", "--temporal-weight must be"),
+    ("nowhere", "give an output video"), ("image", "is one image, not a video"),
+])
+def test_bad_input_is_one_line_exit_2_before_any_frame(models_dir, tmp_path, case, message):
+    r = nst(models_dir, *_bad(tmp_path, case), "--size", "48", "--iterations", "1")
+    assert r.exit_code == 2, r.output
+    assert message in r.output and "Traceback" not in r.output
+    assert len(r.output.strip().splitlines()) == 1
+    assert not list(tmp_path.glob("*_frames/frame_*"))
+
+
+def test_corrupt_frame_stops_the_run_keeping_the_earlier(models_dir, clip_dir, tmp_path):
+    d = tmp_path / "frames"
+    d.mkdir()
+    for i in (1, 2, 3):
+        (d / f"f{i}.png").write_bytes((clip_dir / f"f{i}.png").read_bytes())
+    data = (d / "f3.png").read_bytes()
+    (d / "f3.png").write_bytes(data[:60] + b"\0" * (len(data) - 60))  # header whole, data not
+    r = nst(models_dir, str(d), str(EXAMPLES / "starry_night.jpg"), "--frames-dir",
+            str(tmp_path / "out"), "--size", "48", "--iterations", "2", "--temporal-weight", "0")
+    assert r.exit_code == 2, r.output
+    assert "f3.png is not a readable image" in r.output and "frames 1–2 are kept" in r.output
+    assert sorted(p.name for p in (tmp_path / "out").glob("frame_*")) == \
+        ["frame_000001.png", "frame_000002.png"]
