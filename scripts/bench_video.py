@@ -31,6 +31,7 @@ from PIL import Image
 def one_mode(clip: Path, style: Path, out: Path, weight: float, args) -> dict:
     summary, wall, rss = run_nst(["video", str(clip), str(style), "--frames-dir", str(out),
                                   "--size", str(args.size), "--threads", str(args.threads),
+                                  "--device", args.device,
                                   "--temporal-weight", str(weight)])
     recs = summary["records"]
     frames = [np.asarray(Image.open(out / r["file"]).convert("RGB")) for r in recs]
@@ -75,6 +76,7 @@ def main() -> None:
     ap.add_argument("--size", type=int, default=256)
     ap.add_argument("--frames", type=int, default=24)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--device", default="cpu")
     ap.add_argument("--temporal-weight", type=float, default=1e3)
     ap.add_argument("--images", help="folder with tubingen.jpg and shipwreck.jpg (default: "
                     "examples/, where the second clip is made from the_scream.jpg)")
@@ -88,7 +90,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         clips = [bench_clip("tubingen", pictures / "tubingen.jpg", style, args, Path(tmp)),
                  bench_clip(second.stem, second, style, args, Path(tmp))]
-    out = {"cpu": cpu_model(), "size": args.size, "frames": args.frames,
+    out = {"cpu": cpu_model(), "device": args.device, "size": args.size, "frames": args.frames,
            "threads": args.threads, "command": "python scripts/bench_video.py "
            f"--size {args.size} --frames {args.frames}", "clips": clips}
     for c in clips:

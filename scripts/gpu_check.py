@@ -406,6 +406,20 @@ def main() -> None:
         return json.loads(out.read_text()) if r.returncode == 0 else {
             "failed": (r.stderr or r.stdout).strip().splitlines()[-1:]}
     report.section("runtimes", runtimes)
+
+    def video():  # issue 20: frames per minute, temporal vs frame by frame, on the device
+        try:
+            import cv2  # noqa: F401
+        except ImportError:
+            return {"skipped": "opencv-python-headless not installed here (the [video] extra)"}
+        out = Path(args.output).with_name("video.json")
+        cmd = [sys.executable, str(ROOT / "scripts" / "bench_video.py"), "--size",
+               "48" if args.smoke else "512", "--frames", "3" if args.smoke else "8",
+               "--device", gpu, "--json", str(out)]
+        r = subprocess.run(cmd, capture_output=True, text=True, env=cli_env(), timeout=540)
+        return json.loads(out.read_text()) if r.returncode == 0 else {
+            "failed": (r.stderr or r.stdout).strip().splitlines()[-1:]}
+    report.section("video", video)
     report.data["finished"] = time.strftime("%Y-%m-%d %H:%M:%S")
     report.path.write_text(json.dumps(report.data, indent=2, default=str))
     print(f"wrote {report.path}")

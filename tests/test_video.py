@@ -175,3 +175,26 @@ def test_corrupt_frame_stops_the_run_keeping_the_earlier(models_dir, clip_dir, t
     assert "f3.png is not a readable image" in r.output and "frames 1–2 are kept" in r.output
     assert sorted(p.name for p in (tmp_path / "out").glob("frame_*")) == \
         ["frame_000001.png", "frame_000002.png"]
+
+
+def test_long_term_frames_count_closest_first():
+    """--temporal-frames 1,2: the farther frame counts only where the closer one is not
+    trusted, and the single (c, ω) pair has the gradient of the sum of both terms."""
+    from nst_onnx.video.flow import carry
+
+    h, w = 12, 16
+    still = np.zeros((h, w, 2), np.float32)
+    near = np.full((h, w, 3), 100, np.float32)
+    far = np.full((h, w, 3), 200, np.float32)
+    moving = still.copy()
+    moving[:, :8, 0] = 40.0  # the left half of the closest frame leaves the picture: untrusted
+    c = carry(np.zeros((h, w, 3), np.uint8), [(moving, -moving, near), (still, still, far)])
+    assert np.allclose(c.reliability, 1.0, atol=1e-6)  # every pixel seen by one of them
+    assert np.allclose(c.warped[:, -3:], 100) and np.allclose(c.warped[:, :3], 200)
+    x = np.random.default_rng(1).uniform(0, 255, (h, w, 3)).astype(np.float32)
+    from nst_onnx.video.flow import blurred, reliability
+
+    c1 = blurred(reliability(moving, -moving))
+    c2 = np.maximum(blurred(reliability(still, still)) - c1, 0)
+    both = 2 * (c1[..., None] * (x - near) + c2[..., None] * (x - far))
+    np.testing.assert_allclose(2 * c.reliability[..., None] * (x - c.warped), both, atol=1e-3)

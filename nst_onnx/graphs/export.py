@@ -24,7 +24,14 @@ import onnx
 import onnxruntime
 
 from .._version import __version__
-from ..config import ADAM_MOMENTS, REFERENCE_PIXELS, LossSpec, LossWeights, RunOptions
+from ..config import (
+    ADAM_MOMENTS,
+    REFERENCE_PIXELS,
+    TEMPORAL_WEIGHT,
+    LossSpec,
+    LossWeights,
+    RunOptions,
+)
 from ..errors import BadInput, ModelError
 from ..io.atomic import regular_file, sha256_file, write_bytes
 from ..vgg19 import MEAN_BGR, channels, downsampling
@@ -174,6 +181,11 @@ def binding(spec: LossSpec) -> dict:
                       "layers": [{"layer": n, "channels": channels(n),
                                   "downsampling": downsampling(n)} for n in sized_layers(spec)]},
         "init": "the content image",
+        "temporal": {"graph": "temporal_loss.onnx (nst video): loss.onnx's inputs and these",
+                     "warped": "the previous stylised frame warped into this one",
+                     "reliability": "1 where that warp is trusted, 0 where not (blurred)",
+                     "temporal_weight": {"value": TEMPORAL_WEIGHT},
+                     "inv_pixels": {"value": "1 / (3 · H · W)"}},
         "adam": {"lr": run.lr, **ADAM_MOMENTS,
                  "step": "1, 2, … (the iteration)"},
     }
