@@ -50,7 +50,8 @@ def bench_clip(name: str, picture: Path, style: Path, args, work: Path) -> dict:
     frame = (args.size, round(args.size * 3 / 4))
     clip = work / f"{name}_clip"
     clip.mkdir()
-    for i, f in enumerate(camera_clip(photo, args.frames, frame), 1):
+    frames = camera_clip(photo, args.frames, frame)
+    for i, f in enumerate(frames, 1):
         Image.fromarray(f).save(clip / f"frame{i}.png")
     modes = {}
     for label, weight in (("frame_by_frame", 0.0), ("temporal", args.temporal_weight)):
@@ -66,9 +67,7 @@ def bench_clip(name: str, picture: Path, style: Path, args, work: Path) -> dict:
             "warping_error_ratio": tmp["warping_error"] / fbf["warping_error"],
             "style_loss_ratio": float(np.mean(np.asarray(tmp["style_loss"][1:])
                                               / np.asarray(fbf["style_loss"][1:]))),
-            "content_warping_error": warping_error(
-                [np.asarray(Image.open(p)) for p in sorted(clip.iterdir(), key=lambda p:
-                                                           int(p.stem[5:]))], photo.size)}
+            "content_warping_error": warping_error(frames, photo.size)}
 
 
 def main() -> None:

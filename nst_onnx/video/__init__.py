@@ -35,9 +35,9 @@ from ..errors import BadInput, Interrupted
 from ..io import color
 from ..io.atomic import sha256_file
 from ..io.checkpoint import checkpoint_path
-from ..io.images import fitted_size, save_image
+from ..io.images import fitted_size, load_image, save_image
 from ..job import Inputs, job_fingerprint, transfer
-from ..problem import Temporal
+from ..problem import Temporal, listed
 from ..run.engine import Engine
 from .flow import FlowCache, carry, start_image
 from .frames import Frames, check_writable, open_frames, write_video
@@ -102,7 +102,6 @@ class _Clip:
         self.flows = FlowCache(frames_dir / ".flow", video.flow)
         self.contents: dict[int, np.ndarray] = {}
         self.results: dict[int, np.ndarray] = {}
-        self.interrupted: Interrupted | None = None  # a frame's run, stopped by a signal
 
     def keep(self, i: int, content: np.ndarray, result: np.ndarray) -> None:
         self.contents[i], self.results[i] = content, result
@@ -145,6 +144,9 @@ def stylize_video(engine: Engine, source, styles, run: RunOptions, weights: Loss
         check_writable(output)
     frames_dir = Path(frames_dir) if frames_dir is not None else frames_dir_for(output)
     frames_dir.mkdir(parents=True, exist_ok=True)
+    # decoded once for the clip, not once per frame (every frame's job takes them as images)
+    styles = _decoded(styles, "style image", run, engine)
+    masks = None if masks is None else _decoded(masks, "mask", run, engine)
     first, later, size = _plan(run, frames)
     done = read_manifest(frames_dir)
     clip = _Clip(frames_dir, video)
@@ -162,11 +164,8 @@ def stylize_video(engine: Engine, source, styles, run: RunOptions, weights: Loss
         try:
             rec = _frame(engine, clip, i, number, content, styles, first if i == 1 else later,
                          weights, masks, done, callback)
-        except Interrupted as e:
+        except Interrupted as e:  # the frame's checkpoint, if it got one, resumes it
             result.interrupted = e
-            break
-        if rec is None:  # interrupted inside the optimiser: its checkpoint resumes it
-            result.interrupted = Interrupted(clip.interrupted.exit_code)
             break
         result.records.append(rec)
         if on_frame:
@@ -180,10 +179,15 @@ def stylize_video(engine: Engine, source, styles, run: RunOptions, weights: Loss
     return result
 
 
+def _decoded(sources, what: str, run: RunOptions, engine: Engine) -> list[Image.Image]:
+    return [load_image(src, f"{what} {k + 1}", run.max_image_pixels, engine.log)
+            for k, src in enumerate(listed(sources))]
+
+
 def _frame(engine: Engine, clip: _Clip, i: int, number: int, content: np.ndarray, styles,
-           run: RunOptions, weights: LossWeights, masks, done: dict, callback) -> dict | None:
+           run: RunOptions, weights: LossWeights, masks, done: dict, callback) -> dict:
     """Frame ``i``: skipped when already written by these very settings and inputs, else
-    stylised and written; its record, or None when the run was interrupted."""
+    stylised and written; its record. Interrupted: raised, its checkpoint kept."""
     temporal, start_img = clip.temporal(i, content, weights)
     if start_img is not None:
         run = dataclasses.replace(run, init=start_img)
@@ -206,8 +210,7 @@ def _frame(engine: Engine, clip: _Clip, i: int, number: int, content: np.ndarray
     if o.error is not None:
         raise o.error
     if o.interrupted is not None:
-        clip.interrupted = o.interrupted
-        return None
+        raise o.interrupted
     s = res.summary()
     rec = {**base, "status": "done", "iterations": s["iterations"],
            "evaluations": s["evaluations"], "initial_loss": s["initial_loss"],
