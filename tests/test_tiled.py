@@ -73,7 +73,7 @@ def _float64_loss(spec, fixed, feats, x):
 
 
 @pytest.mark.parametrize("spec, shape, core", [
-    (DEEP, (251, 333), 128),
+    pytest.param(DEEP, (251, 333), 128, marks=pytest.mark.slow),  # 30 s; max pooling: shallow
     (LossSpec(pooling="avg"), (197, 150), 64),
     (SHALLOW, (251, 333), 96),
     (LossSpec(("relu2_2",), ("relu1_1", "relu2_1", "relu3_1"), "avg"), (250, 333), 128),
