@@ -381,6 +381,39 @@ def video(
     _guard(go, shared["debug"])
 
 
+@app.command()
+@_with_options("serve")
+def serve(
+    host: Annotated[str, typer.Option("--host", help="Address to listen on; any but loopback "
+                                      "requires a token.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option("--port", help="Port.")] = 8000,
+    out: Annotated[Path, typer.Option("--out", help="Folder for the job database, uploads "
+                                      "and results.")] = Path("nst-serve"),
+    token: Annotated[str | None, typer.Option("--token", help="Required on every request "
+                                              "(default: one is made off loopback).")] = None,
+    max_upload_mb: Annotated[float, typer.Option("--max-upload-mb", help="Largest request, "
+                                                 "in MB.")] = 50.0,
+    open_browser: Annotated[bool, typer.Option("--open", help="Open the page in a "
+                                               "browser.")] = False,
+    **shared,
+) -> None:
+    """A local web page: pick a photo and styles, watch the picture form, keep a gallery.
+    Jobs queue in OUT/jobs.sqlite and resume after a restart."""
+    def go():
+        from .serve import ServeOptions
+        from .serve import serve as run_server
+
+        _, _, engine, spec = from_options(shared)
+        engine.validate()
+        if not 0 < port < 65536:
+            raise BadInput("--port must be between 1 and 65535")
+        if not max_upload_mb > 0:
+            raise BadInput("--max-upload-mb must be > 0")
+        run_server(ServeOptions(out, host, port, token, max_upload_mb, engine, spec),
+                   open_browser, log=_log(False))
+    _guard(go, shared["debug"])
+
+
 class _BatchProgress:
     """One live display on stderr: jobs done/total with ETA, and the job at hand's iteration
     and loss; failures are printed as they happen."""

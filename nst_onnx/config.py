@@ -56,7 +56,7 @@ JOB = ("stylize", "batch", "video")  # the commands that run jobs
 IMAGE_JOB = ("stylize", "batch")  # … and write one picture per job (not video frames)
 TEMPORAL_WEIGHT = 1e3  # Ruder et al.'s wt: their terms are jcjohnson's means, as ours are
 FLOW_PRESETS = ("ultrafast", "fast", "medium")  # OpenCV's DIS optical flow
-ALL_ENGINE = (*JOB, "bench")  # … and the one that only times evaluations
+ALL_ENGINE = (*JOB, "bench", "serve")  # … the one that only times evaluations, the server
 MODEL_FILES = (*ALL_ENGINE, "export", "info")  # … and those that only find models
 
 

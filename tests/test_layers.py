@@ -21,7 +21,7 @@ LAYERS = [
     ["api", "__init__"],
     ["diagnostics"],
     ["batch"],
-    ["video"],
+    ["video", "serve"],
     ["cli", "__main__"],
 ]
 RANK = {name: i for i, names in enumerate(LAYERS) for name in names}

@@ -39,11 +39,19 @@ from ..io.atomic import sha256_file, write_bytes
 from ..io.checkpoint import checkpoint_path
 from ..io.images import EncodedImage
 from .manifest import MANIFEST, already_done, append_record, read_manifest
-from .plan import SHEET, Job, check_template, expand, plan, read_jobs_file
-from .workers import default_workers, one_line, ray_client, run_here, run_pool, run_ray
+from .plan import SHEET, Job, check_template, expand, plan, read_jobs_file, row_settings
+from .workers import (
+    default_workers,
+    one_line,
+    preview_path,
+    ray_client,
+    run_here,
+    run_pool,
+    run_ray,
+)
 
 __all__ = ["MANIFEST", "SHEET", "BatchResult", "Job", "batch", "default_workers", "expand",
-           "plan", "read_jobs_file", "read_manifest"]
+           "plan", "preview_path", "read_jobs_file", "read_manifest", "row_settings"]
 
 
 @dataclass
@@ -83,12 +91,15 @@ def batch(contents: list | None = None, styles: list | None = None, outdir: str 
           engine: EngineOptions | None = None, spec: LossSpec | None = None,
           jobs_file: str | os.PathLike | None = None, template: str = NAME_TEMPLATE,
           workers: int | None = None, ray: str | None = None, redo: bool = False,
+          preview_every: float | None = None, sheet: bool = True,
           log: Callable[[str], None] = print,
           progress: Callable[[dict], None] | None = None, **overrides) -> BatchResult:
     """Run a batch (module docstring); ``progress`` gets events: ``{"event": "start",
     "total"}``, ``{"event": "iteration", "index", "iteration", "iterations", "loss"}`` and
     ``{"event": "job", "record"}``. ``redo``: run jobs already done too (``run.force`` is
-    the memory estimate's override, as everywhere). Returns every job's manifest record."""
+    the memory estimate's override, as everywhere). ``preview_every``: each job keeps a JPEG
+    of its current iterate at :func:`preview_path` (at most that often, seconds) — ``nst
+    serve``'s live view; ``sheet``: write the contact sheet. Returns every job's manifest record."""
     from ..graphs.export import read_manifest as read_model_manifest
     from ..run.engine import model_for
 
@@ -122,7 +133,7 @@ def batch(contents: list | None = None, styles: list | None = None, outdir: str 
     interrupted = None
     if pending:
         base = {"engine": dataclasses.asdict(engine), "spec": dataclasses.asdict(spec),
-                "models": str(model_dir.parent)}
+                "models": str(model_dir.parent), "preview_every": preview_every}
         try:
             with _signals_stop_the_batch():
                 for job, fp, outcome in _runner(pending, base, workers, ray_mod, model_dir,
@@ -131,7 +142,7 @@ def batch(contents: list | None = None, styles: list | None = None, outdir: str 
         except (Interrupted, KeyboardInterrupt) as e:
             interrupted = e if isinstance(e, Interrupted) else Interrupted(130)
     ordered = [records[j.index] for j in jobs if j.index in records]
-    sheet = _sheet(jobs, records, outdir)
+    sheet = _sheet(jobs, records, outdir) if sheet else None
     return BatchResult(ordered, outdir, time.perf_counter() - start, skipped_inputs, sheet,
                        interrupted)
 

@@ -262,16 +262,7 @@ def _from_jobs_file(jobs_file: Path, outputs: Outputs, template: str, run: RunOp
                 raise BadInput("no style")
             masks = [_resolve(base, m, "mask") for m in _cells(row.pop("masks", None))]
             output = row.pop("output", None)
-            overrides = {}
-            for key, value in row.items():
-                value = parse_cell(key, value)
-                if key == "init" and value not in (None, *INITS):
-                    value = str(_resolve(base, value, "init image"))
-                if value is not None:
-                    overrides[key] = value
-            job_run, job_weights = split_settings(run, weights, **overrides)
-            job_run.validate()
-            job_weights.validate(len(job_styles), 1 << 30)
+            job_run, job_weights = row_settings(row, run, weights, len(job_styles), base)
         except (BadInput, ValueError, TypeError) as e:
             raise BadInput(f"{where}: {e}") from None
         i = len(jobs)
@@ -282,6 +273,24 @@ def _from_jobs_file(jobs_file: Path, outputs: Outputs, template: str, run: RunOp
                         col=style_index.setdefault(tuple(job_styles), len(style_index)),
                         named=bool(output)))
     return jobs
+
+
+def row_settings(row: dict, run: RunOptions, weights: LossWeights, styles: int,
+                 base: Path) -> tuple[RunOptions, LossWeights]:
+    """A job's settings (a jobs file row's columns, or ``nst serve``'s form: setting name →
+    text or JSON value) over ``run`` and ``weights``, validated as the command line's are;
+    an init image's path is relative to ``base``."""
+    overrides = {}
+    for key, value in row.items():
+        value = parse_cell(key, value)
+        if key == "init" and value not in (None, *INITS):
+            value = str(_resolve(base, value, "init image"))
+        if value is not None:
+            overrides[key] = value
+    job_run, job_weights = split_settings(run, weights, **overrides)
+    job_run.validate()
+    job_weights.validate(styles, 1 << 30)
+    return job_run, job_weights
 
 
 def _cells(value) -> list[str]:

@@ -34,6 +34,22 @@ STOP_GRACE = 8.0  # seconds workers get to checkpoint after the driver is stoppe
 WORKER_DIED = "its worker process died (killed by the system, perhaps for lack of memory)"
 
 
+def preview_path(output: Path) -> Path:
+    """Where a job shows its current iterate (``batch(preview_every=…)``; ``nst serve``)."""
+    return output.with_name(f".{output.name}.preview.jpg")
+
+
+def _write_preview(x, output: Path) -> None:
+    import io
+
+    from ..io.atomic import write_bytes
+    from ..io.images import to_pil
+
+    buf = io.BytesIO()
+    to_pil(x.reshape(1, *x.shape[-3:])).save(buf, "JPEG", quality=85)  # (3, H, W) or NCHW
+    write_bytes(preview_path(output), buf.getvalue())
+
+
 def _engine(engine: dict, spec: dict, models: dict | str | None):
     from ..api import StyleTransfer
 
@@ -97,8 +113,12 @@ def _execute(payload: dict) -> dict:
     index = payload["index"]
     if _PROGRESS is not None:
         _PROGRESS.put({"event": "started", "index": index})
+    every, shown = payload.get("preview_every"), [0.0]
 
     def progress(p) -> None:
+        if every and (time.monotonic() - shown[0] >= every or p.iteration == p.iterations):
+            _write_preview(p.x, output)  # before the event: its reader finds the new picture
+            shown[0] = time.monotonic()
         if _PROGRESS is not None:
             _PROGRESS.put({"event": "iteration", "index": index, "iteration": p.iteration,
                            "iterations": p.iterations, "loss": p.loss})

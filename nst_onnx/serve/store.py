@@ -1,0 +1,113 @@
+"""The job queue of ``nst serve``: one SQLite database beside the outputs (WAL, the server
+process its one writer), so the queue, the gallery and every job's state outlive a restart —
+``kill -9`` included: a job found "running" at start was interrupted and is queued again
+(it resumes from its checkpoint)."""
+
+from __future__ import annotations
+
+import json
+import secrets
+import sqlite3
+import threading
+import time
+from pathlib import Path
+
+DATABASE = "jobs.sqlite"
+STATES = ("queued", "running", "done", "failed", "cancelled")
+ENDED = ("done", "failed", "cancelled")
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS jobs (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    id TEXT UNIQUE NOT NULL,
+    state TEXT NOT NULL,
+    request TEXT NOT NULL,
+    output TEXT NOT NULL,
+    created REAL NOT NULL,
+    started REAL,
+    finished REAL,
+    iteration INTEGER NOT NULL DEFAULT 0,
+    iterations INTEGER,
+    loss REAL,
+    cancel INTEGER NOT NULL DEFAULT 0,
+    record TEXT,
+    reason TEXT
+)"""
+_JSON = ("request", "record")
+
+
+class JobStore:
+    """Jobs by id, in submission order. Every method is one short transaction."""
+
+    def __init__(self, folder: Path):
+        self.path = folder / DATABASE
+        self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
+        self._db.row_factory = sqlite3.Row
+        self._lock = threading.Lock()
+        with self._lock:
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=NORMAL")
+            self._db.execute(_SCHEMA)
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+    def _run(self, sql: str, args=()) -> list[sqlite3.Row]:
+        with self._lock:
+            return self._db.execute(sql, args).fetchall()
+
+    def add(self, request: dict, output_name) -> dict:
+        """A new queued job; ``output_name(id)`` names its output file."""
+        job_id = secrets.token_hex(6)
+        self._run("INSERT INTO jobs (id, state, request, output, created) VALUES (?, ?, ?, ?, ?)",
+                  (job_id, "queued", json.dumps(request), output_name(job_id), time.time()))
+        return self.get(job_id)
+
+    def get(self, job_id: str) -> dict | None:
+        rows = self._run("SELECT * FROM jobs WHERE id = ?", (job_id,))
+        return _job(rows[0]) if rows else None
+
+    def all(self) -> list[dict]:
+        """Newest first."""
+        return [_job(r) for r in self._run("SELECT * FROM jobs ORDER BY seq DESC")]
+
+    def next_queued(self) -> dict | None:
+        rows = self._run("SELECT * FROM jobs WHERE state = 'queued' ORDER BY seq LIMIT 1")
+        return _job(rows[0]) if rows else None
+
+    def update(self, job_id: str, **fields) -> None:
+        for k in _JSON:
+            if k in fields:
+                fields[k] = json.dumps(fields[k])
+        cols = ", ".join(f"{k} = ?" for k in fields)
+        self._run(f"UPDATE jobs SET {cols} WHERE id = ?", (*fields.values(), job_id))
+
+    def cancel(self, job_id: str) -> str | None:
+        """Cancel a queued job at once, flag a running one (its worker stops it); the state
+        after, or None for an unknown id."""
+        with self._lock:
+            self._db.execute("UPDATE jobs SET state = 'cancelled', finished = ?, reason = "
+                             "'cancelled before it started' WHERE id = ? AND state = 'queued'",
+                             (time.time(), job_id))
+            self._db.execute("UPDATE jobs SET cancel = 1 WHERE id = ? AND state = 'running'",
+                             (job_id,))
+            rows = self._db.execute("SELECT state FROM jobs WHERE id = ?", (job_id,)).fetchall()
+        return rows[0]["state"] if rows else None
+
+    def requeue_interrupted(self) -> int:
+        """Jobs left running by a server that died: queued again, ahead of nothing (they keep
+        their place in submission order)."""
+        with self._lock:
+            return self._db.execute(
+                "UPDATE jobs SET state = CASE cancel WHEN 1 THEN 'cancelled' ELSE 'queued' END "
+                "WHERE state = 'running'").rowcount
+
+
+def _job(row: sqlite3.Row) -> dict:
+    d = dict(row)
+    for k in _JSON:
+        d[k] = json.loads(d[k]) if d[k] else None
+    d.pop("seq")
+    d["cancel"] = bool(d["cancel"])
+    return d
