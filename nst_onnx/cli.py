@@ -404,11 +404,6 @@ def serve(
         from .serve import serve as run_server
 
         _, _, engine, spec = from_options(shared)
-        engine.validate()
-        if not 0 < port < 65536:
-            raise BadInput("--port must be between 1 and 65535")
-        if not max_upload_mb > 0:
-            raise BadInput("--max-upload-mb must be > 0")
         run_server(ServeOptions(out, host, port, token, max_upload_mb, engine, spec),
                    open_browser, log=_log(False))
     _guard(go, shared["debug"])

@@ -264,6 +264,7 @@ def _finish(job: Job, fp: str, outcome, base: dict) -> dict:
                                                         "again to finish" if kept.exists()
                                                         else ""))}
     checkpoint_path(job.output).unlink(missing_ok=True)  # only now: the output is in place
+    preview_path(job.output).unlink(missing_ok=True)
     s = outcome["summary"]
     return base | {"status": "done", "fingerprint": fp, "output_sha256":
                    hashlib.sha256(outcome["data"]).hexdigest(),

@@ -9,14 +9,17 @@ import secrets
 from collections.abc import Callable
 
 from ..errors import BadInput
-from .app import LOOPBACK, ServeOptions
+from .options import LOOPBACK, ServeOptions
 
 __all__ = ["ServeOptions", "create_app", "serve"]
 
 
 def create_app(options: ServeOptions, start_runner: bool = True):
-    from .app import create_app as make
-
+    try:
+        from .app import create_app as make
+    except ImportError as e:
+        raise BadInput(f"nst serve needs its extra ({e.name} is missing): pip install "
+                       "'nst-onnx[serve]'") from None
     return make(options, start_runner)
 
 
@@ -24,13 +27,12 @@ def serve(options: ServeOptions, open_browser: bool = False,
           log: Callable[[str], None] = print) -> None:
     """Run the server until Ctrl-C; off loopback, a token is required (one is made and
     printed with the URL when none is given, as Jupyter does)."""
-    try:
-        import uvicorn
-    except ImportError:
-        raise BadInput("nst serve needs its extra: pip install 'nst-onnx[serve]'") from None
+    options.validate()
+    app = create_app(options)  # first: a missing extra is its one line
+    import uvicorn
+
     if options.host not in LOOPBACK and not options.token:
         options.token = secrets.token_urlsafe(24)
-    app = create_app(options)
     shown = "127.0.0.1" if options.host in ("0.0.0.0", "::") else options.host
     url = f"http://{'[' + shown + ']' if ':' in shown else shown}:{options.port}/" + (
         f"?token={options.token}" if options.token else "")

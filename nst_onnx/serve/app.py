@@ -19,7 +19,6 @@ import json
 import secrets
 import time
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -30,10 +29,11 @@ from starlette.routing import Route
 
 from ..batch import preview_path, row_settings
 from ..batch.workers import one_line
-from ..config import INITS, EngineOptions, LossSpec, LossWeights, RunOptions
+from ..config import INITS, LossWeights, RunOptions
 from ..errors import BadInput
 from ..io.atomic import write_bytes
 from ..io.images import EncodedImage, load_image
+from .options import ServeOptions
 from .runner import Runner
 from .store import ENDED, JobStore
 
@@ -41,7 +41,6 @@ STATIC = Path(__file__).with_name("static")
 PAGE_FILES = {"app.js": "text/javascript", "style.css": "text/css"}
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"  # a source checkout's
 EXAMPLE_NAMES = ("tubingen.jpg", "starry_night.jpg", "the_scream.jpg")
-LOOPBACK = ("127.0.0.1", "localhost", "::1")
 REFUSED_SETTINGS = {"max_image_pixels": "the server's upload limit decides it",
                     "checkpoint_every": "the server checkpoints every job"}
 KEEPALIVE = 15.0  # seconds between SSE comments on a quiet stream
@@ -51,26 +50,6 @@ class Refused(Exception):
     def __init__(self, status: int, message: str):
         super().__init__(message)
         self.status = status
-
-
-@dataclass
-class ServeOptions:
-    """What ``nst serve`` runs with (the CLI's options)."""
-
-    outdir: Path = Path("nst-serve")
-    host: str = "127.0.0.1"
-    port: int = 8000
-    token: str | None = None  # required off loopback (generated there when not given)
-    max_upload_mb: float = 50.0
-    engine: EngineOptions = field(default_factory=EngineOptions)
-    spec: LossSpec = field(default_factory=LossSpec)
-    allowed_hosts: tuple[str, ...] = ()  # more Host names to accept (a proxy's, tests')
-    checkpoint_every: float = 20.0  # seconds: what a job loses at most to a dying server
-
-    @property
-    def hosts(self) -> set[str]:
-        bound = () if self.host in ("0.0.0.0", "::") else (self.host,)
-        return {*LOOPBACK, *bound, *self.allowed_hosts}
 
 
 def _error(status: int, message: str) -> JSONResponse:
@@ -111,14 +90,13 @@ class Guard:
             await _error(e.status, str(e))(scope, receive, send)
 
     def _check(self, request: Request) -> tuple[int, str] | None:
-        host = urlsplit("//" + request.headers.get("host", "")).hostname or ""
-        if host not in self.options.hosts:
-            return 403, f"Host {host!r} is not this server's (DNS rebinding?)"
+        host = urlsplit("//" + request.headers.get("host", ""))
+        if (host.hostname or "") not in self.options.hosts:
+            return 403, f"Host {host.hostname or ''!r} is not this server's (DNS rebinding?)"
         origin = request.headers.get("origin")
         if origin and origin != "null":
             o = urlsplit(origin)
-            if o.hostname not in self.options.hosts or (o.port or 80) != (
-                    urlsplit("//" + request.headers["host"]).port or 80):
+            if o.hostname not in self.options.hosts or (o.port or 80) != (host.port or 80):
                 return 403, f"requests from {origin} are refused (another site)"
         token = self.options.token
         if token:
@@ -195,7 +173,7 @@ class Server:
         # identical requests share an output: batch answers the second from the first
         key = hashlib.sha256(json.dumps([contents, styles, settings, fmt],
                                         sort_keys=True).encode()).hexdigest()[:16]
-        job = self.store.add(request_, lambda job_id: f"{key}.{fmt}")
+        job = self.store.add(request_, f"{key}.{fmt}")
         self.runner.wake.set()
         return job
 
@@ -204,11 +182,8 @@ class Server:
         if isinstance(upload, str):
             raise BadInput(f"{what}: expected a file upload")
         data = await upload.read()
-        img = load_image(EncodedImage(_safe_name(upload.filename), data), what)
-        ext = {"JPEG": ".jpg", "PNG": ".png", "WEBP": ".webp", "TIFF": ".tif", "BMP": ".bmp",
-               "GIF": ".gif"}.get(getattr(img, "format", None) or "", ".img")
-        del img
-        path = self.uploads / (hashlib.sha256(data).hexdigest() + ext)
+        load_image(EncodedImage(_safe_name(upload.filename), data), what)  # refused, or safe
+        path = self.uploads / (hashlib.sha256(data).hexdigest() + ".img")  # decoded by content
         if not path.exists():
             write_bytes(path, data)
         return str(path.resolve())
@@ -375,6 +350,8 @@ def create_app(options: ServeOptions, start_runner: bool = True) -> Starlette:
     async def cancel(request):
         job = server.job(request.path_params["id"])
         state = server.store.cancel(job["id"])
+        if state == "running":
+            server.runner.cancel(job["id"])
         server.notify(job["id"], {"event": "state", "state": state})
         return JSONResponse(server.view(server.job(job["id"])), 202 if state == "running"
                             else 200)

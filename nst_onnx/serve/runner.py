@@ -22,7 +22,7 @@ from pathlib import Path
 from ..config import EngineOptions, LossSpec
 from .store import JobStore
 
-CANCEL_POLL = 0.25  # seconds between checks for a cancel of the running job
+CANCEL_POLL = 0.25  # seconds: how soon a cancel or a dead worker is seen
 PREVIEW_EVERY = 0.5  # seconds between a job's preview pictures
 
 
@@ -71,7 +71,7 @@ class Runner(threading.Thread):
         self.wake = threading.Event()
         self.stopping = threading.Event()
         self.process = None
-        self._ctx = None
+        self._cancel: str | None = None  # the running job's id, once a cancel asked for it
 
     def run(self) -> None:
         while not self.stopping.is_set():
@@ -100,13 +100,17 @@ class Runner(threading.Thread):
         if self.is_alive() and threading.current_thread() is not self:
             self.join(10)  # it records the stopped job as queued before the store closes
 
+    def cancel(self, job_id: str) -> None:
+        """Stop the running job ``job_id`` (the store has its cancel flag, for a restart)."""
+        self._cancel = job_id
+
     def _worker(self):
         import multiprocessing as mp
 
         if self.process is None or not self.process.is_alive():
-            self._ctx = mp.get_context("spawn")
-            self.jobs, self.events = self._ctx.Queue(), self._ctx.Queue()
-            self.process = self._ctx.Process(target=_worker_main, daemon=True,
+            ctx = mp.get_context("spawn")
+            self.jobs, self.events = ctx.Queue(), ctx.Queue()
+            self.process = ctx.Process(target=_worker_main, daemon=True,
                                              args=(self.jobs, self.events, os.getpid()))
             self.process.start()
         return self.process
@@ -118,14 +122,11 @@ class Runner(threading.Thread):
         worker = self._worker()
         self.jobs.put({"jobs_file": str(self._jobs_file(job)), "outdir": str(self.outdir),
                        "engine": self.engine, "spec": self.spec})
-        signalled, polled = 0.0, 0.0
+        signalled = 0.0
         while True:
-            now = time.monotonic()
-            if now - polled >= CANCEL_POLL:
-                polled = now
-                if (self.store.get(job_id) or {}).get("cancel") and now - signalled > 2:
-                    os.kill(worker.pid, signal.SIGINT)  # again, should the first miss
-                    signalled = now
+            if self._cancel == job_id and time.monotonic() - signalled > 2:
+                os.kill(worker.pid, signal.SIGINT)  # again, should the first miss
+                signalled = time.monotonic()
             try:
                 event = self.events.get(timeout=CANCEL_POLL)
             except queue.Empty:
@@ -156,7 +157,7 @@ class Runner(threading.Thread):
             return self._end(job_id, "failed", reason=event["error"])
         record = event["records"][0] if event["records"] else None
         if event["interrupted"] or record is None:
-            if (self.store.get(job_id) or {}).get("cancel"):
+            if self._cancel == job_id:
                 return self._end(job_id, "cancelled", reason="cancelled while running "
                                  "(its checkpoint is kept: submit it again to continue)")
             self.store.update(job_id, state="queued")  # the server is stopping

@@ -57,11 +57,11 @@ class JobStore:
         with self._lock:
             return self._db.execute(sql, args).fetchall()
 
-    def add(self, request: dict, output_name) -> dict:
-        """A new queued job; ``output_name(id)`` names its output file."""
+    def add(self, request: dict, output: str) -> dict:
+        """A new queued job writing ``output`` (a file name in the output folder)."""
         job_id = secrets.token_hex(6)
         self._run("INSERT INTO jobs (id, state, request, output, created) VALUES (?, ?, ?, ?, ?)",
-                  (job_id, "queued", json.dumps(request), output_name(job_id), time.time()))
+                  (job_id, "queued", json.dumps(request), output, time.time()))
         return self.get(job_id)
 
     def get(self, job_id: str) -> dict | None:
