@@ -12,6 +12,10 @@ prints a pass/fail table.
 * ``sigterm``: SIGTERM to the batch driver: exit 143 within 10 s, no process left, and a
   re-run finishes every job (resuming from the checkpoints the workers wrote);
 * ``orphans``: ``kill -9`` of the batch driver: its workers notice and leave;
+* ``serve``: 20 queued 64 px jobs on a real ``nst serve``, the server killed with ``kill -9``
+  twice mid-job and started again: all 20 finish, each once (one manifest line each), the
+  two interrupted jobs resume from their checkpoints (not from scratch), the killed servers'
+  workers leave, the database passes ``PRAGMA integrity_check``;
 * ``disk-full``: a small tmpfs (where this machine may mount one) filled while a run goes:
   the failed final save names the kept checkpoint, and ``--resume`` after freeing space
   finishes; without a checkpoint the image goes to the temporary folder.
@@ -313,7 +317,64 @@ def _disk_full(work: Path, mnt: Path) -> tuple[bool, str]:
         f"{again.returncode}, whole: {second}; without a checkpoint: image in TMPDIR: {ok3}")
 
 
-DRILLS = ("kill9", "final-save", "worker", "sigterm", "orphans", "disk-full")
+def drill_serve(work: Path, jobs: int = 20, iterations: int = 80) -> tuple[bool, str]:
+    import sqlite3
+
+    from _serve import Server
+
+    out = work / "out"
+    server = Server(out, threads=1).start()
+    ids = [server.submit({"size": 64, "iterations": iterations, "style_weight": 100 + i})["id"]
+           for i in range(jobs)]
+    killed, orphans = [], []
+    for done_before in (jobs // 5, jobs // 2):
+        def mid_job(done_before: int = done_before) -> bool:
+            listed = server.jobs()
+            running = [j for j in listed if j["state"] == "running" and j["iteration"] >= 10]
+            return sum(j["state"] == "done" for j in listed) >= done_before and bool(running)
+        if not wait_for(mid_job, 600, every=0.02):
+            server.stop()
+            return False, f"no job was running after {done_before} done"
+        victim = next(j for j in server.jobs() if j["state"] == "running")
+        workers = children(server.process.pid)
+        server.kill()
+        killed.append((victim["id"], victim["iteration"]))
+        orphans += workers
+        server.start()  # at once: its worker waits for the old one's checkpoint
+    finished = wait_for(lambda: all(j["state"] in ("done", "failed", "cancelled")
+                                    for j in server.jobs()), 900, every=0.5)
+    states = {j["id"]: j["state"] for j in server.jobs()}
+    server.stop()
+    recs = records(out)
+    by_output = {}
+    for r in recs:
+        by_output.setdefault(r["output"], []).append(r)
+    once = len(recs) == jobs and all(len(v) == 1 for v in by_output.values())
+    results = {j: server_result(out, j) for j, _ in killed}
+    resumed = all((results[j] or {}).get("resumed", {}).get("iterations_before", 0) >= 1
+                  for j, _ in killed)
+    with sqlite3.connect(out / "jobs.sqlite") as db:
+        integrity = db.execute("PRAGMA integrity_check").fetchone()[0]
+    gone = wait_for(lambda: not any(alive(p) for p in orphans), 90)
+    ok = finished and all(states[i] == "done" for i in ids) and once and resumed and \
+        integrity == "ok" and gone
+    return ok, (f"{sum(v == 'done' for v in states.values())}/{jobs} done; manifest lines "
+                f"{len(recs)} (one per job: {once}); killed mid-job at iterations "
+                f"{[it for _, it in killed]} → resumed from "
+                f"{[(results[j] or {}).get('resumed', {}).get('iterations_before') for j, _ in killed]}"
+                f"; killed servers' workers left: {gone}; integrity_check {integrity}")
+
+
+def server_result(out: Path, job_id: str) -> dict | None:
+    """The manifest line of a served job (its output name is in the database)."""
+    import sqlite3
+
+    with sqlite3.connect(out / "jobs.sqlite") as db:
+        row = db.execute("SELECT output FROM jobs WHERE id = ?", (job_id,)).fetchone()
+    return next((r for r in records(out) if row and Path(r["output"]).name == row[0]), None)
+
+
+DRILLS = ("kill9", "final-save", "worker", "sigterm", "orphans", "serve", "disk-full")
 
 
 def main() -> None:
@@ -332,7 +393,8 @@ def main() -> None:
                           drill_final_save(work) if name == "final-save" else
                           drill_worker(work) if name == "worker" else
                           drill_sigterm(work) if name == "sigterm" else
-                          drill_orphans(work) if name == "orphans" else drill_disk_full(work))
+                          drill_orphans(work) if name == "orphans" else
+                          drill_serve(work) if name == "serve" else drill_disk_full(work))
         except Exception as e:  # noqa: BLE001 - a drill that breaks is a failed drill
             ok, detail = False, f"{e.__class__.__name__}: {e}"
         finally:

@@ -20,20 +20,24 @@ from collections.abc import Callable
 from pathlib import Path
 
 from ..config import EngineOptions, LossSpec
-from .store import JobStore
+from .store import WORKER_LOCK, JobStore, hold_lock
 
 CANCEL_POLL = 0.25  # seconds: how soon a cancel or a dead worker is seen
 PREVIEW_EVERY = 0.5  # seconds between a job's preview pictures
 
 
-def _worker_main(jobs, events, parent: int) -> None:
+def _worker_main(jobs, events, parent: int, outdir: str) -> None:
     """The worker process: jobs in, batch events out. Signals outside a job are ignored
-    (``batch`` installs its own handlers while it runs); the worker leaves with its server."""
+    (``batch`` installs its own handlers while it runs); the worker leaves with its server.
+    It first waits for the folder's worker lock: the worker of a server killed with
+    ``kill -9`` is still writing its job's checkpoint, and the job must resume from it, not
+    run twice at once."""
     from ..batch import batch
     from ..batch.workers import one_line
 
     for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         signal.signal(s, signal.SIG_IGN)
+    hold_lock(Path(outdir) / WORKER_LOCK, wait=True)  # held until this process ends
     busy = threading.Event()
 
     def watch() -> None:
@@ -110,8 +114,8 @@ class Runner(threading.Thread):
         if self.process is None or not self.process.is_alive():
             ctx = mp.get_context("spawn")
             self.jobs, self.events = ctx.Queue(), ctx.Queue()
-            self.process = ctx.Process(target=_worker_main, daemon=True,
-                                             args=(self.jobs, self.events, os.getpid()))
+            self.process = ctx.Process(target=_worker_main, daemon=True, args=(
+                self.jobs, self.events, os.getpid(), str(self.outdir)))
             self.process.start()
         return self.process
 

@@ -6,13 +6,23 @@ process its one writer), so the queue, the gallery and every job's state outlive
 from __future__ import annotations
 
 import json
+import os
 import secrets
 import sqlite3
 import threading
 import time
 from pathlib import Path
 
+from ..errors import BadInput
+
+try:
+    import fcntl
+except ImportError:  # Windows: no advisory locks; one server per folder is then the user's rule
+    fcntl = None
+
 DATABASE = "jobs.sqlite"
+SERVER_LOCK = ".serve.lock"  # held by the one server of a folder
+WORKER_LOCK = ".worker.lock"  # held by the process running its jobs
 STATES = ("queued", "running", "done", "failed", "cancelled")
 ENDED = ("done", "failed", "cancelled")
 
@@ -36,10 +46,30 @@ CREATE TABLE IF NOT EXISTS jobs (
 _JSON = ("request", "record")
 
 
+def hold_lock(path: Path, wait: bool) -> int | None:
+    """An exclusive lock on ``path`` for as long as the returned descriptor stays open (the
+    kernel drops it when its process dies, ``kill -9`` included); None when another process
+    holds it and ``wait`` is false."""
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    if fcntl is None:
+        return fd
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+    except BlockingIOError:
+        os.close(fd)
+        return None
+    return fd
+
+
 class JobStore:
-    """Jobs by id, in submission order. Every method is one short transaction."""
+    """Jobs by id, in submission order. Every method is one short transaction. One server
+    owns a folder: a second is refused (two writers would run every job twice)."""
 
     def __init__(self, folder: Path):
+        self._lock_fd = hold_lock(folder / SERVER_LOCK, wait=False)
+        if self._lock_fd is None:
+            raise BadInput(f"another nst serve is using {folder}: stop it first, or give "
+                           "--out another folder")
         self.path = folder / DATABASE
         self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
         self._db.row_factory = sqlite3.Row
@@ -52,6 +82,9 @@ class JobStore:
     def close(self) -> None:
         with self._lock:
             self._db.close()
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)
+            self._lock_fd = None
 
     def _run(self, sql: str, args=()) -> list[sqlite3.Row]:
         with self._lock:

@@ -151,9 +151,17 @@ async function init() {
   for (const name of examples) {
     $("content_example").insertAdjacentHTML("beforeend", `<option>${name}</option>`);
     $("style_examples").insertAdjacentHTML("beforeend",
-      `<label><input type="checkbox" value="${name}"> ${name}</label>`);
+      `<label><input type="checkbox" value="${name}"><img class="thumb" alt=""
+        src="/api/examples/${name}"> ${name}</label>`);
   }
   if (examples.includes("tubingen.jpg")) $("content_example").value = "tubingen.jpg";
+  const thumb = () => {
+    const name = $("content_example").value;
+    $("content_thumb").hidden = !name;
+    if (name) $("content_thumb").src = `/api/examples/${name}`;
+  };
+  $("content_example").addEventListener("change", thumb);
+  thumb();
   $("job").addEventListener("submit", start);
   $("style").addEventListener("change", drawBlend);
   $("style_examples").addEventListener("change", drawBlend);
