@@ -78,6 +78,21 @@ def test_a_job_end_to_end_then_answered_from_the_gallery(models_dir, tmp_path):
         assert c.get(done["links"]["result"]).content == result.content
         listed = c.get("/api/jobs").json()["jobs"]
         assert [j["id"] for j in listed] == [again["id"], job["id"]]  # newest first
+    # the manifest is the record: without the database, the gallery still shows the result
+    for f in opts.outdir.glob("jobs.sqlite*"):
+        f.unlink()
+    app = create_app(opts, start_runner=False)
+    assert app.server.adopted == 1
+    with TestClient(app) as c:
+        shown, = c.get("/api/jobs").json()["jobs"]
+        assert shown["state"] == "done" and shown["names"] == {
+            "content": ["tubingen.jpg"], "styles": ["starry_night.jpg"]}
+        assert {"size": 48, "iterations": 8}.items() <= shown["settings"].items()
+        assert shown["result"]["iterations"] == 8
+        assert c.get(shown["links"]["result"]).content == result.content
+    app = create_app(opts, start_runner=False)
+    with TestClient(app):
+        assert app.server.adopted == 0  # once
 
 
 def test_cancel_a_queued_and_a_running_job_keeps_the_queue_order(models_dir, tmp_path):
@@ -191,3 +206,14 @@ def test_the_guards(models_dir, tmp_path):
             assert r.status_code == 404 and list(r.json()) == ["error"], path
         assert c.delete("/api/jobs/nope").status_code == 404
         assert c.get("/static/app.js").headers["content-type"].startswith("text/javascript")
+
+
+def test_a_second_server_on_the_same_folder_is_refused(models_dir, tmp_path):
+    from nst_onnx.errors import BadInput
+
+    opts = options(models_dir, tmp_path)
+    with TestClient(create_app(opts, start_runner=False)):
+        with pytest.raises(BadInput, match="another nst serve is using"):
+            create_app(opts, start_runner=False)
+    with TestClient(create_app(opts, start_runner=False)) as c:  # free again once it stopped
+        assert c.get("/api/jobs").status_code == 200

@@ -17,9 +17,10 @@ from ..io.atomic import regular_file
 MANIFEST = "manifest.jsonl"
 
 
-def read_manifest(outdir: Path, skipped: list[int] | None = None) -> dict[str, dict]:
-    """The last record per output file; lines that are not records are skipped (their count
-    appended to ``skipped`` when given)."""
+def read_manifest(outdir: Path, skipped: list[int] | None = None,
+                  status: str | None = None) -> dict[str, dict]:
+    """The last record per output file (of that ``status``, when given); lines that are not
+    records are skipped (their count appended to ``skipped`` when given)."""
     out: dict[str, dict] = {}
     path = outdir / MANIFEST
     try:
@@ -32,7 +33,8 @@ def read_manifest(outdir: Path, skipped: list[int] | None = None) -> dict[str, d
             continue
         try:
             rec = json.loads(line.decode("utf-8"))
-            out[str(rec["output"])] = rec
+            if status is None or rec.get("status") == status:
+                out[str(rec["output"])] = rec
         except (ValueError, KeyError, TypeError):
             bad += 1
     if skipped is not None:

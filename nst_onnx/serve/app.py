@@ -28,8 +28,9 @@ from starlette.responses import FileResponse, JSONResponse, Response, StreamingR
 from starlette.routing import Route
 
 from ..batch import preview_path, row_settings
+from ..batch.manifest import read_manifest
 from ..batch.workers import one_line
-from ..config import INITS, LossWeights, RunOptions
+from ..config import INITS, JOB_SETTINGS, LossWeights, RunOptions
 from ..errors import BadInput
 from ..io.atomic import write_bytes
 from ..io.images import EncodedImage, load_image
@@ -131,6 +132,7 @@ class Server:
         self.uploads.mkdir(parents=True, exist_ok=True)
         self.store = JobStore(self.outdir)
         self.requeued = self.store.requeue_interrupted()
+        self.adopted = self.adopt_manifest()
         self.subscribers: dict[str, set[asyncio.Queue]] = {}
         self.loop: asyncio.AbstractEventLoop | None = None
         self.runner = Runner(self.store, self.outdir, options.engine, options.spec,
@@ -142,6 +144,33 @@ class Server:
             return
         for q in list(self.subscribers.get(job_id, ())):
             self.loop.call_soon_threadsafe(q.put_nowait, event)
+
+    def adopt_manifest(self) -> int:
+        """The output folder's ``manifest.jsonl`` is the record of what was made; the database
+        is the queue. A finished result the database lacks (it was deleted, or ``nst batch
+        -o`` wrote into this folder) joins the gallery as a done job, with its settings."""
+        known, outdir, adopted = self.store.outputs(), self.outdir.resolve(), 0
+        for rec in read_manifest(self.outdir, status="done").values():
+            try:
+                out = Path(rec["output"])
+                if out.name in known or out.parent.resolve() != outdir or not out.is_file():
+                    continue
+                settings = {k: v for k, v in rec["settings"].items() if v is not None
+                            and k in JOB_SETTINGS and k not in REFUSED_SETTINGS}
+                names = {"content": [Path(rec["content"]).name],
+                         "styles": [Path(x).name for x in rec["styles"]]}
+                finished = out.stat().st_mtime
+                started = finished - float(rec.get("seconds") or 0)
+            except (KeyError, TypeError, ValueError, AttributeError, OSError):
+                continue  # a line of another shape: not a result we can show
+            self.store.add({"content": rec["content"], "styles": rec["styles"],
+                            "settings": settings, "names": names}, out.name, state="done",
+                           created=started, started=started, finished=finished, record=rec,
+                           iteration=rec.get("iterations") or 0,
+                           iterations=rec.get("iterations"), loss=rec.get("final_loss"))
+            known.add(out.name)
+            adopted += 1
+        return adopted
 
     # ------------------------------------------------------------------ submitting a job
 

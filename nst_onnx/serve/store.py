@@ -90,24 +90,32 @@ class JobStore:
         with self._lock:
             return self._db.execute(sql, args).fetchall()
 
-    def add(self, request: dict, output: str) -> dict:
-        """A new queued job writing ``output`` (a file name in the output folder)."""
-        job_id = secrets.token_hex(6)
-        self._run("INSERT INTO jobs (id, state, request, output, created) VALUES (?, ?, ?, ?, ?)",
-                  (job_id, "queued", json.dumps(request), output, time.time()))
-        return self.get(job_id)
+    def add(self, request: dict, output: str, **fields) -> dict:
+        """A new job writing ``output`` (a file name in the output folder): queued, unless
+        ``fields`` say otherwise (a finished job found in the manifest)."""
+        row = {"id": secrets.token_hex(6), "state": "queued", "request": request,
+               "output": output, "created": time.time(), **fields}
+        for k in _JSON:
+            if k in row:
+                row[k] = json.dumps(row[k])
+        self._run(f"INSERT INTO jobs ({', '.join(row)}) VALUES ({', '.join('?' * len(row))})",
+                  tuple(row.values()))
+        return self.get(row["id"])
 
     def get(self, job_id: str) -> dict | None:
         rows = self._run("SELECT * FROM jobs WHERE id = ?", (job_id,))
         return _job(rows[0]) if rows else None
 
     def all(self) -> list[dict]:
-        """Newest first."""
-        return [_job(r) for r in self._run("SELECT * FROM jobs ORDER BY seq DESC")]
+        """Newest first (by submission; a job found in the manifest by when it began)."""
+        return [_job(r) for r in self._run("SELECT * FROM jobs ORDER BY created DESC, seq DESC")]
 
     def next_queued(self) -> dict | None:
         rows = self._run("SELECT * FROM jobs WHERE state = 'queued' ORDER BY seq LIMIT 1")
         return _job(rows[0]) if rows else None
+
+    def outputs(self) -> set[str]:
+        return {r["output"] for r in self._run("SELECT output FROM jobs")}
 
     def update(self, job_id: str, **fields) -> None:
         for k in _JSON:
