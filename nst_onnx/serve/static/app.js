@@ -67,10 +67,12 @@ function show(job) {
   $("job_id").textContent = job.id;
   $("state").textContent = job.state;
   const it = job.iteration || 0, total = job.iterations;
-  const parts = [`iteration ${it}${total ? " / " + total : ""}`];
+  // without a fixed count the stop rule ends the job, often well before its budget
+  const atMost = job.settings && job.settings.iterations === undefined && job.state !== "done";
+  const parts = [`iteration ${it}${total ? (atMost ? " / at most " : " / ") + total : ""}`];
   if (job.loss != null) parts.push(`loss ${job.loss.toPrecision(4)}`);
   if (job.seconds_per_iteration) parts.push(`${job.seconds_per_iteration.toFixed(2)} s/iteration`);
-  if (job.eta_seconds != null) parts.push(`ETA ${Math.round(job.eta_seconds)} s`);
+  if (job.eta_seconds != null) parts.push(`ETA ${atMost ? "≤ " : ""}${Math.round(job.eta_seconds)} s`);
   if (job.reason) parts.push(job.reason);
   $("progress").textContent = parts.join(" · ");
   $("bar").value = total ? it / total : 0;
