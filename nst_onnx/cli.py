@@ -395,6 +395,9 @@ def serve(
                                                  "in MB.")] = 50.0,
     open_browser: Annotated[bool, typer.Option("--open", help="Open the page in a "
                                                "browser.")] = False,
+    workers: Annotated[int | None, typer.Option(
+        "--workers", help="Jobs running at once (default: one per two physical cores, "
+        "one on a GPU).")] = None,
     **shared,
 ) -> None:
     """A local web page: pick a photo and styles, watch the picture form, keep a gallery.
@@ -404,8 +407,8 @@ def serve(
         from .serve import serve as run_server
 
         _, _, engine, spec = from_options(shared)
-        run_server(ServeOptions(out, host, port, token, max_upload_mb, engine, spec),
-                   open_browser, log=_log(False))
+        run_server(ServeOptions(out, host, port, token, max_upload_mb, engine, spec,
+                                workers=workers), open_browser, log=_log(False))
     _guard(go, shared["debug"])
 
 

@@ -12,10 +12,11 @@ prints a pass/fail table.
 * ``sigterm``: SIGTERM to the batch driver: exit 143 within 10 s, no process left, and a
   re-run finishes every job (resuming from the checkpoints the workers wrote);
 * ``orphans``: ``kill -9`` of the batch driver: its workers notice and leave;
-* ``serve``: 20 queued 64 px jobs on a real ``nst serve``, the server killed with ``kill -9``
-  twice mid-job and started again: all 20 finish, each once (one manifest line each), the
-  two interrupted jobs resume from their checkpoints (not from scratch), the killed servers'
-  workers leave, the database passes ``PRAGMA integrity_check``;
+* ``serve``: 20 queued 64 px jobs on a real ``nst serve --threads 1`` (one job per core at
+  once), the server killed with ``kill -9`` twice mid-job and started again at once: all 20
+  finish, each once (one manifest line each), every job that had begun when killed resumes
+  from its checkpoint (not from scratch), the killed servers' workers leave, the database
+  passes ``PRAGMA integrity_check``;
 * ``disk-full``: a small tmpfs (where this machine may mount one) filled while a run goes:
   the failed final save names the kept checkpoint, and ``--resume`` after freeing space
   finishes; without a checkpoint the image goes to the temporary folder.
@@ -326,7 +327,7 @@ def drill_serve(work: Path, jobs: int = 20, iterations: int = 80) -> tuple[bool,
     server = Server(out, threads=1).start()
     ids = [server.submit({"size": 64, "iterations": iterations, "style_weight": 100 + i})["id"]
            for i in range(jobs)]
-    killed, orphans = [], []
+    killed, orphans = [], []  # (job id, iteration) of every job running at a kill
     for done_before in (jobs // 5, jobs // 2):
         def mid_job(done_before: int = done_before) -> bool:
             listed = server.jobs()
@@ -335,12 +336,11 @@ def drill_serve(work: Path, jobs: int = 20, iterations: int = 80) -> tuple[bool,
         if not wait_for(mid_job, 600, every=0.02):
             server.stop()
             return False, f"no job was running after {done_before} done"
-        victim = next(j for j in server.jobs() if j["state"] == "running")
         workers = children(server.process.pid)
         server.kill()
-        killed.append((victim["id"], victim["iteration"]))
+        killed += [(i, it) for i, state, it in server_jobs(out) if state == "running"]
         orphans += workers
-        server.start()  # at once: its worker waits for the old one's checkpoint
+        server.start()  # at once: its workers wait for the old ones to checkpoint and go
     finished = wait_for(lambda: all(j["state"] in ("done", "failed", "cancelled")
                                     for j in server.jobs()), 900, every=0.5)
     states = {j["id"]: j["state"] for j in server.jobs()}
@@ -351,18 +351,28 @@ def drill_serve(work: Path, jobs: int = 20, iterations: int = 80) -> tuple[bool,
         by_output.setdefault(r["output"], []).append(r)
     once = len(recs) == jobs and all(len(v) == 1 for v in by_output.values())
     results = {j: server_result(out, j) for j, _ in killed}
-    resumed = all((results[j] or {}).get("resumed", {}).get("iterations_before", 0) >= 1
-                  for j, _ in killed)
+    began = [(j, it) for j, it in killed if it >= 1]  # a job killed at 0 had nothing to keep
+    resumed = bool(began) and all(
+        (results[j] or {}).get("resumed", {}).get("iterations_before", 0) >= 1 for j, _ in began)
+    twice = {k: [r["status"] for r in v] for k, v in by_output.items() if len(v) > 1}
     with sqlite3.connect(out / "jobs.sqlite") as db:
         integrity = db.execute("PRAGMA integrity_check").fetchone()[0]
     gone = wait_for(lambda: not any(alive(p) for p in orphans), 90)
     ok = finished and all(states[i] == "done" for i in ids) and once and resumed and \
         integrity == "ok" and gone
     return ok, (f"{sum(v == 'done' for v in states.values())}/{jobs} done; manifest lines "
-                f"{len(recs)} (one per job: {once}); killed mid-job at iterations "
-                f"{[it for _, it in killed]} → resumed from "
+                f"{len(recs)} (one per job: {once}{'' if once else f', twice: {twice}'}); jobs "
+                f"running at the kills, at iterations {[it for _, it in killed]} → resumed from "
                 f"{[(results[j] or {}).get('resumed', {}).get('iterations_before') for j, _ in killed]}"
                 f"; killed servers' workers left: {gone}; integrity_check {integrity}")
+
+
+def server_jobs(out: Path) -> list[tuple[str, str, int]]:
+    """(id, state, iteration) of every job, from the database as a killed server left it."""
+    import sqlite3
+
+    with sqlite3.connect(out / "jobs.sqlite") as db:
+        return db.execute("SELECT id, state, iteration FROM jobs").fetchall()
 
 
 def server_result(out: Path, job_id: str) -> dict | None:

@@ -23,7 +23,8 @@ PAIR = {"content_example": "tubingen.jpg", "style_example": "starry_night.jpg"}
 
 def options(models_dir, tmp_path, **kw) -> ServeOptions:
     return ServeOptions(outdir=tmp_path / "serve", allowed_hosts=("testserver",),
-                        engine=EngineOptions(models_dir=str(models_dir), threads=1), **kw)
+                        engine=EngineOptions(models_dir=str(models_dir), threads=1),
+                        **{"workers": 1, **kw})
 
 
 def submit(client, settings: dict, files=None, **fields):
@@ -217,3 +218,17 @@ def test_a_second_server_on_the_same_folder_is_refused(models_dir, tmp_path):
             create_app(opts, start_runner=False)
     with TestClient(create_app(opts, start_runner=False)) as c:  # free again once it stopped
         assert c.get("/api/jobs").status_code == 200
+
+
+def test_two_workers_run_two_jobs_at_once_and_the_third_waits(models_dir, tmp_path):
+    opts = options(models_dir, tmp_path, workers=2)
+    with TestClient(create_app(opts)) as c:
+        a, b, x = (submit(c, {"size": 48, "iterations": n}).json() for n in (300, 301, 4))
+        wait(c, a["id"], lambda j: j["iteration"] >= 1)
+        wait(c, b["id"], lambda j: j["iteration"] >= 1)  # both at once
+        assert c.get(f"/api/jobs/{x['id']}").json()["state"] == "queued"
+        for j in (a, b):
+            c.delete(f"/api/jobs/{j['id']}")
+        x = wait(c, x["id"], lambda j: j["state"] == "done")
+        assert x["result"]["iterations"] == 4
+        assert {c.get(f"/api/jobs/{j['id']}").json()["state"] for j in (a, b)} == {"cancelled"}

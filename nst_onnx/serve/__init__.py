@@ -36,8 +36,9 @@ def serve(options: ServeOptions, open_browser: bool = False,
     shown = "127.0.0.1" if options.host in ("0.0.0.0", "::") else options.host
     url = f"http://{'[' + shown + ']' if ':' in shown else shown}:{options.port}/" + (
         f"?token={options.token}" if options.token else "")
-    log(f"nst serve: {url}  (jobs and results in {options.outdir}; Ctrl-C stops, queued "
-        "jobs wait for the next start)")
+    n = len(app.server.runner.slots)
+    log(f"nst serve: {url}  (jobs and results in {options.outdir}, {n} at a time; Ctrl-C "
+        "stops, queued jobs wait for the next start)")
     if app.server.requeued:
         log(f"nst serve: {app.server.requeued} interrupted job(s) queued again (they resume "
             "from their checkpoints)")

@@ -136,7 +136,7 @@ class Server:
         self.subscribers: dict[str, set[asyncio.Queue]] = {}
         self.loop: asyncio.AbstractEventLoop | None = None
         self.runner = Runner(self.store, self.outdir, options.engine, options.spec,
-                             self.notify)
+                             self.notify, options.worker_count())
 
     def notify(self, job_id: str, event: dict) -> None:
         """From the runner's thread to every stream of that job."""
@@ -203,7 +203,7 @@ class Server:
         key = hashlib.sha256(json.dumps([contents, styles, settings, fmt],
                                         sort_keys=True).encode()).hexdigest()[:16]
         job = self.store.add(request_, f"{key}.{fmt}")
-        self.runner.wake.set()
+        self.runner.wake()
         return job
 
     async def _image(self, upload, what: str) -> str:

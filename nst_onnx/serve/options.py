@@ -25,6 +25,7 @@ class ServeOptions:
     spec: LossSpec = field(default_factory=LossSpec)
     allowed_hosts: tuple[str, ...] = ()  # more Host names to accept (a proxy's, tests')
     checkpoint_every: float = 20.0  # seconds: what a job loses at most to a dying server
+    workers: int | None = None  # jobs running at once; None: worker_count()'s rule
 
     @property
     def hosts(self) -> set[str]:
@@ -37,3 +38,18 @@ class ServeOptions:
             raise BadInput("--port must be between 1 and 65535")
         if not self.max_upload_mb > 0:
             raise BadInput("--max-upload-mb must be > 0")
+        if self.workers is not None and self.workers < 1:
+            raise BadInput("--workers must be ≥ 1")
+
+    def worker_count(self) -> int:
+        """``--workers``, else ``nst batch``'s rule for the cores: one job per two physical
+        cores (``--threads`` each, when given), one on a GPU. The memory check of each job
+        is batch's, at its start."""
+        if self.workers:
+            return self.workers
+        from ..batch.workers import on_gpu
+        from ..run.sessions import physical_cores
+
+        if self.engine.threads:
+            return max(1, physical_cores() // self.engine.threads)
+        return 1 if on_gpu(self.engine) else max(1, physical_cores() // 2)

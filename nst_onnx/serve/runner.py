@@ -17,10 +17,11 @@ import signal
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 
 from ..config import EngineOptions, LossSpec
-from .store import WORKER_LOCK, JobStore, hold_lock
+from .store import WORKERS_LOCK, JobStore, hold_lock
 
 CANCEL_POLL = 0.25  # seconds: how soon a cancel or a dead worker is seen
 PREVIEW_EVERY = 0.5  # seconds between a job's preview pictures
@@ -29,15 +30,14 @@ PREVIEW_EVERY = 0.5  # seconds between a job's preview pictures
 def _worker_main(jobs, events, parent: int, outdir: str) -> None:
     """The worker process: jobs in, batch events out. Signals outside a job are ignored
     (``batch`` installs its own handlers while it runs); the worker leaves with its server.
-    It first waits for the folder's worker lock: the worker of a server killed with
-    ``kill -9`` is still writing its job's checkpoint, and the job must resume from it, not
-    run twice at once."""
+    It holds the folder's workers lock, shared with the other workers of its server, for as
+    long as it lives (see :meth:`Runner.start`)."""
     from ..batch import batch
     from ..batch.workers import one_line
 
     for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         signal.signal(s, signal.SIG_IGN)
-    hold_lock(Path(outdir) / WORKER_LOCK, wait=True)  # held until this process ends
+    hold_lock(Path(outdir) / WORKERS_LOCK, wait=True, shared=True)  # until this process ends
     busy = threading.Event()
 
     def watch() -> None:
@@ -63,26 +63,71 @@ def _worker_main(jobs, events, parent: int, outdir: str) -> None:
             busy.clear()
 
 
-class Runner(threading.Thread):
-    """Takes queued jobs in order, one at a time, to the worker process; records what it
-    reports in the store and tells ``notify(job_id, event)`` (the SSE streams)."""
+class Runner:
+    """Takes queued jobs in submission order to ``workers`` worker processes, each running
+    one job at a time (a slot: a thread of the server feeding its process); records what
+    they report in the store and tells ``notify(job_id, event)`` (the SSE streams)."""
 
     def __init__(self, store: JobStore, outdir: Path, engine: EngineOptions, spec: LossSpec,
-                 notify: Callable[[str, dict], None]):
-        super().__init__(daemon=True, name="nst-serve-runner")
-        self.store, self.outdir, self.engine, self.spec = store, outdir, engine, spec
-        self.notify = notify
-        self.wake = threading.Event()
+                 notify: Callable[[str, dict], None], workers: int = 1):
+        self.store, self.notify = store, notify
+        self.bell = threading.Condition()
         self.stopping = threading.Event()
+        self.cancelled: set[str] = set()  # running jobs a cancel asked to stop
+        if workers > 1 and not engine.threads:  # the cores shared out, as nst batch does
+            from ..run.sessions import physical_cores
+
+            engine = replace(engine, threads=max(1, physical_cores() // workers))
+        self.slots = [_Slot(self, k, outdir, engine, spec) for k in range(workers)]
+
+    def start(self) -> None:
+        """The slots start once the workers of an earlier server are gone: after a ``kill -9``
+        they notice within a second, checkpoint their jobs and leave, and those jobs (queued
+        again) must resume from those checkpoints, not run twice at once. Each worker holds
+        the workers lock shared; here it is taken exclusively, which waits for them."""
+        def gate() -> None:
+            fd = hold_lock(self.slots[0].outdir / WORKERS_LOCK, wait=True)
+            os.close(fd)
+            if not self.stopping.is_set():
+                for slot in self.slots:
+                    slot.start()
+        threading.Thread(target=gate, daemon=True, name="nst-serve-gate").start()
+
+    def wake(self) -> None:
+        """A job was queued."""
+        with self.bell:
+            self.bell.notify_all()
+
+    def stop(self) -> None:
+        """Stop taking jobs; the running ones checkpoint (they are queued again on restart)."""
+        self.stopping.set()
+        self.wake()
+        for slot in self.slots:
+            slot.interrupt()
+        for slot in self.slots:
+            slot.finish()
+
+    def cancel(self, job_id: str) -> None:
+        """Stop the running job ``job_id`` (the store has its cancel flag, for a restart)."""
+        self.cancelled.add(job_id)
+
+
+class _Slot(threading.Thread):
+    """One worker process and the thread that feeds it jobs, one at a time."""
+
+    def __init__(self, runner: Runner, index: int, outdir: Path, engine: EngineOptions,
+                 spec: LossSpec):
+        super().__init__(daemon=True, name=f"nst-serve-slot-{index}")
+        self.runner, self.store, self.notify = runner, runner.store, runner.notify
+        self.index, self.outdir, self.engine, self.spec = index, outdir, engine, spec
         self.process = None
-        self._cancel: str | None = None  # the running job's id, once a cancel asked for it
 
     def run(self) -> None:
-        while not self.stopping.is_set():
-            job = self.store.next_queued()
+        while not self.runner.stopping.is_set():
+            job = self.store.claim_next()
             if job is None:
-                self.wake.wait(1.0)
-                self.wake.clear()
+                with self.runner.bell:
+                    self.runner.bell.wait(1.0)
                 continue
             try:
                 self._run_job(job)
@@ -91,22 +136,18 @@ class Runner(threading.Thread):
 
                 self._end(job["id"], "failed", reason=one_line(e))
 
-    def stop(self) -> None:
-        """Stop taking jobs; the running one checkpoints (it is queued again on restart)."""
-        self.stopping.set()
-        self.wake.set()
+    def interrupt(self) -> None:
         if self.process is not None and self.process.is_alive():
             os.kill(self.process.pid, signal.SIGINT)
             self.jobs.put(None)  # after the job at hand, the worker leaves
+
+    def finish(self) -> None:
+        if self.process is not None:
             self.process.join(30)
             if self.process.is_alive():
                 self.process.kill()
         if self.is_alive() and threading.current_thread() is not self:
             self.join(10)  # it records the stopped job as queued before the store closes
-
-    def cancel(self, job_id: str) -> None:
-        """Stop the running job ``job_id`` (the store has its cancel flag, for a restart)."""
-        self._cancel = job_id
 
     def _worker(self):
         import multiprocessing as mp
@@ -121,14 +162,13 @@ class Runner(threading.Thread):
 
     def _run_job(self, job: dict) -> None:
         job_id = job["id"]
-        self.store.update(job_id, state="running", started=time.time())
         self.notify(job_id, {"event": "state", "state": "running"})
         worker = self._worker()
         self.jobs.put({"jobs_file": str(self._jobs_file(job)), "outdir": str(self.outdir),
                        "engine": self.engine, "spec": self.spec})
         signalled = 0.0
         while True:
-            if self._cancel == job_id and time.monotonic() - signalled > 2:
+            if job_id in self.runner.cancelled and time.monotonic() - signalled > 2:
                 os.kill(worker.pid, signal.SIGINT)  # again, should the first miss
                 signalled = time.monotonic()
             try:
@@ -161,7 +201,7 @@ class Runner(threading.Thread):
             return self._end(job_id, "failed", reason=event["error"])
         record = event["records"][0] if event["records"] else None
         if event["interrupted"] or record is None:
-            if self._cancel == job_id:
+            if job_id in self.runner.cancelled:
                 return self._end(job_id, "cancelled", reason="cancelled while running "
                                  "(its checkpoint is kept: submit it again to continue)")
             self.store.update(job_id, state="queued")  # the server is stopping

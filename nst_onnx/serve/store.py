@@ -22,7 +22,7 @@ except ImportError:  # Windows: no advisory locks; one server per folder is then
 
 DATABASE = "jobs.sqlite"
 SERVER_LOCK = ".serve.lock"  # held by the one server of a folder
-WORKER_LOCK = ".worker.lock"  # held by the process running its jobs
+WORKERS_LOCK = ".workers.lock"  # shared by a server's worker processes
 STATES = ("queued", "running", "done", "failed", "cancelled")
 ENDED = ("done", "failed", "cancelled")
 
@@ -46,15 +46,16 @@ CREATE TABLE IF NOT EXISTS jobs (
 _JSON = ("request", "record")
 
 
-def hold_lock(path: Path, wait: bool) -> int | None:
-    """An exclusive lock on ``path`` for as long as the returned descriptor stays open (the
-    kernel drops it when its process dies, ``kill -9`` included); None when another process
-    holds it and ``wait`` is false."""
+def hold_lock(path: Path, wait: bool, shared: bool = False) -> int | None:
+    """A lock on ``path`` (exclusive, or ``shared`` with other shared holders) for as long as
+    the returned descriptor stays open (the kernel drops it when its process dies, ``kill -9``
+    included); None when it is held otherwise and ``wait`` is false."""
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
     if fcntl is None:
         return fd
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+        fcntl.flock(fd, (fcntl.LOCK_SH if shared else fcntl.LOCK_EX) |
+                    (0 if wait else fcntl.LOCK_NB))
     except BlockingIOError:
         os.close(fd)
         return None
@@ -110,8 +111,12 @@ class JobStore:
         """Newest first (by submission; a job found in the manifest by when it began)."""
         return [_job(r) for r in self._run("SELECT * FROM jobs ORDER BY created DESC, seq DESC")]
 
-    def next_queued(self) -> dict | None:
-        rows = self._run("SELECT * FROM jobs WHERE state = 'queued' ORDER BY seq LIMIT 1")
+    def claim_next(self) -> dict | None:
+        """The first queued job, now running (one transaction: two workers never take one)."""
+        with self._lock:
+            rows = self._db.execute("UPDATE jobs SET state = 'running', started = ? WHERE seq = "
+                                    "(SELECT seq FROM jobs WHERE state = 'queued' ORDER BY seq "
+                                    "LIMIT 1) RETURNING *", (time.time(),)).fetchall()
         return _job(rows[0]) if rows else None
 
     def outputs(self) -> set[str]:
