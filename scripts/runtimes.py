@@ -10,8 +10,10 @@ Rows: onnxruntime CPU (the reference; once more with its graph optimisations off
 convolution kernels: how far two correct float32 evaluations differ at this size), CUDA
 and TensorRT (onnxruntime-gpu with a GPU; scripts/gpu_check.py runs this with them),
 OpenVINO (``pip install openvino``), onnxruntime-node and onnxruntime-web's WASM build
-in Node (examples/node/evaluate.js), and onnx's own reference evaluator (pure numpy,
-slow: at --reference-size).
+in Node (examples/node/evaluate.js), onnxruntime-web with WebGPU and with WASM in headless
+Chromium (examples/browser/evaluate.html, driven by Playwright; Chromium's WebGPU adapter
+without a GPU is SwiftShader, Vulkan on the CPU), and onnx's own reference evaluator (pure
+numpy, slow: at --reference-size).
 """
 
 from __future__ import annotations
@@ -114,11 +116,7 @@ def node_run(graph: Path, feeds: dict, backend: str, threads: int, repeats: int)
         return None, f"not installed: npm install --prefix {NODE_DIR.relative_to(ROOT)}"
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        listing = []
-        for name, v in feeds.items():
-            (tmp / f"{name}.bin").write_bytes(v.astype("<f4").tobytes())
-            listing.append({"name": name, "shape": list(v.shape), "file": f"{name}.bin"})
-        (tmp / "feeds.json").write_text(json.dumps(listing))
+        write_feeds(tmp, feeds)
         r = subprocess.run(["node", str(NODE_DIR / "evaluate.js"), str(graph), str(tmp),
                             str(tmp / "out"), backend, str(repeats), str(threads)],
                            capture_output=True, text=True)
@@ -129,6 +127,87 @@ def node_run(graph: Path, feeds: dict, backend: str, threads: int, repeats: int)
         out = {o["name"]: np.fromfile(tmp / "out" / f"{o['name']}.bin", "<f4").reshape(o["dims"])
                for o in meta["outputs"]}
     return (out, statistics.median(meta["seconds"]), meta["version"]), None
+
+
+def write_feeds(folder: Path, feeds: dict) -> None:
+    """The feeds as examples/node/evaluate.js and examples/browser/evaluate.html read them."""
+    listing = []
+    for name, v in feeds.items():
+        (folder / f"{name}.bin").write_bytes(v.astype("<f4").tobytes())
+        listing.append({"name": name, "shape": list(v.shape), "file": f"{name}.bin"})
+    (folder / "feeds.json").write_text(json.dumps(listing))
+
+
+def chromium() -> str | None:
+    import os
+
+    return os.environ.get("NST_CHROMIUM") or next(
+        (p for p in map(shutil.which, ("chromium", "chromium-browser", "google-chrome")) if p),
+        None)
+
+
+def browser_run(graph: Path, feeds: dict, backend: str, repeats: int):
+    """onnxruntime-web in headless Chromium (Playwright), on a loopback server that serves the
+    package's dist/ and the feeds with cross-origin isolation (threads for WASM)."""
+    import functools
+    import http.server
+    import threading
+
+    dist = NODE_DIR / "node_modules" / "onnxruntime-web" / "dist"
+    if not dist.exists():
+        return None, f"not installed: npm install --prefix {NODE_DIR.relative_to(ROOT)}"
+    if chromium() is None:
+        return None, "not installed: a Chromium (Debian: apt-get install chromium)"
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        return None, "not installed: pip install playwright"
+    page_dir = ROOT / "examples" / "browser"
+
+    class Files(http.server.SimpleHTTPRequestHandler):
+        extensions_map = {".mjs": "text/javascript", ".js": "text/javascript",
+                          ".wasm": "application/wasm", ".html": "text/html", "": "application/octet-stream"}
+
+        def translate_path(self, path):
+            path = path.split("?")[0]
+            for prefix, folder in (("/ort/", dist), ("/work/", work)):
+                if path.startswith(prefix):
+                    return str(folder / Path(path[len(prefix):]).name)
+            return str(page_dir / "evaluate.html")
+
+        def end_headers(self):
+            self.send_header("Cross-Origin-Opener-Policy", "same-origin")
+            self.send_header("Cross-Origin-Embedder-Policy", "require-corp")
+            super().end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        shutil.copyfile(graph, work / "graph.onnx")
+        write_feeds(work, feeds)
+        server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(Files))
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        try:
+            with sync_playwright() as pw:
+                b = pw.chromium.launch(executable_path=chromium(),
+                                       args=["--no-sandbox", "--enable-unsafe-webgpu"])
+                page = b.new_page()
+                page.goto(f"http://127.0.0.1:{server.server_port}/")
+                page.wait_for_function("window.ready === true")
+                try:
+                    r = page.evaluate("([b, n]) => window.evaluate(b, n)", [backend, repeats])
+                except Exception as e:  # noqa: BLE001 - the runtime's own refusal is the row
+                    return None, f"failed: {str(e).splitlines()[0][:150]}"
+                finally:
+                    b.close()
+        finally:
+            server.shutdown()
+    out = {k: np.asarray(v["data"], np.float32).reshape(v["dims"]) for k, v in r["outputs"].items()}
+    label = r["version"] + (f" ({r['adapter']})" if backend == "webgpu" and r["adapter"] else
+                            f" ({r['threads']} threads)" if backend == "wasm" else "")
+    return (out, statistics.median(r["seconds"]) if r["seconds"] else float("nan"), label), None
 
 
 def reference_run(graph: Path, feeds: dict):
@@ -183,6 +262,10 @@ def main() -> None:
                                                          a.repeats)))
     rows.append(("onnxruntime-web", "WASM (in Node)",
                  *node_run(graph, feeds, "wasm", a.threads, a.repeats)))
+    rows.append(("onnxruntime-web", "WebGPU (Chromium)",
+                 *browser_run(graph, feeds, "webgpu", a.repeats)))
+    rows.append(("onnxruntime-web", "WASM (Chromium)",
+                 *browser_run(graph, feeds, "wasm", a.repeats)))
     report = {"cpu": cpu_model(), "size": [int(h), int(w)], "threads": a.threads, "rows": []}
     for runtime, provider, res, note in rows:
         row = {"runtime": runtime, "provider": provider}

@@ -39,6 +39,25 @@ def test_node_evaluates_the_loss_graph_as_python_does(models_dir, backend, packa
     assert d["loss_rel"] < 1e-3 and d["term_rel_max"] < 1e-3 and d["grad_rel_l2"] < 2e-3, d
 
 
+def test_chromium_webgpu_runs_the_loss_graph_as_python_does(models_dir):
+    """onnxruntime-web's WebGPU provider in headless Chromium (examples/browser/evaluate.html):
+    the graphs that once needed MaxPool's Indices and ScatterElements, which it lacks, run
+    there. Without a GPU Chromium's adapter is SwiftShader (Vulkan on the CPU)."""
+    _node_with("onnxruntime-web")
+    pytest.importorskip("playwright.sync_api", reason="Playwright is not installed")
+    if runtimes.chromium() is None:
+        pytest.skip("no Chromium here (Debian: apt-get install chromium)")
+    graph, feeds = runtimes.problem(32, models_dir)
+    (ref, _, _), _ = runtimes.ort_run(graph, feeds, "CPUExecutionProvider", 2, 1)
+    res, note = runtimes.browser_run(graph, feeds, "webgpu", 0)
+    if res is None and "adapter" in note.lower():
+        pytest.skip(f"Chromium has no WebGPU adapter here: {note}")
+    assert res is not None, note
+    d = runtimes.compare(res[0], ref)
+    assert d["shapes_as_declared"] and set(res[0]) == set(ref)
+    assert d["loss_rel"] < 1e-3 and d["term_rel_max"] < 1e-3 and d["grad_rel_l2"] < 2e-3, d
+
+
 def _stylize_js(*args) -> subprocess.CompletedProcess:
     return subprocess.run(["node", str(runtimes.NODE_DIR / "stylize.js"), *map(str, args)],
                           capture_output=True, text=True, timeout=300)
