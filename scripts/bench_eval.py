@@ -7,11 +7,12 @@ median of the repeats is reported with the ratio onnx/torch and analytic GFLOP/s
     python scripts/bench_eval.py --sizes 256 512 --repeats 7 --threads 2
 
 PyTorch is optional and benchmark-only (`pip install torch==2.13.0`); without it only the
-onnxruntime side is measured. ``--against DIR`` adds a model directory exported elsewhere —
-by an older commit, say — timed in the same interleaved run (ratio: this tree's time over its):
+onnxruntime side is measured. ``--against TREE`` adds another checkout — an older commit,
+say — whose own code exports its graphs and evaluates them (its bench_eval.py's worker), timed
+in the same interleaved run (ratio: this tree's time over its; the graph format may differ):
 
-    git worktree add /tmp/old HEAD~3 && (cd /tmp/old && nst export --models /tmp/old-models)
-    python scripts/bench_eval.py --sizes 512 1024 --aspect 0.75 --against /tmp/old-models
+    git worktree add /tmp/old HEAD~3
+    python scripts/bench_eval.py --sizes 512 1024 --aspect 0.75 --against /tmp/old
 """
 
 from __future__ import annotations
@@ -59,11 +60,8 @@ def worker(kind: str, size: int, threads: int, weights_path: str | None,
         from nst_onnx.graphs.export import export_model
 
         quiet = lambda m: print(m, file=sys.stderr)  # noqa: E731  (stdout carries the protocol)
-        if "@" in kind:  # a model directory exported elsewhere
-            models = Path(kind.split("@", 1)[1])
-        else:
-            models = Path(tempfile.mkdtemp(prefix="nst-bench-"))
-            export_model(spec, models, weights=weights, log=quiet)
+        models = Path(tempfile.mkdtemp(prefix="nst-bench-"))
+        export_model(spec, models, weights=weights, log=quiet)
         st = StyleTransfer(device="cpu", threads=threads, models_dir=models, log=quiet)
         u8 = lambda a: a[0].transpose(1, 2, 0).astype(np.uint8)  # noqa: E731
         problem = st.prepare(u8(content), u8(style), size=size)
@@ -93,8 +91,8 @@ def main() -> None:
     ap.add_argument("--weights", default=None)
     ap.add_argument("--no-torch", action="store_true", help="measure onnxruntime only")
     ap.add_argument("--aspect", type=float, default=1.0, help="height / width (0.75: 4:3)")
-    ap.add_argument("--against", action="append", default=[], metavar="DIR",
-                    help="also time this exported model directory (repeatable)")
+    ap.add_argument("--against", action="append", default=[], metavar="TREE",
+                    help="also time another checkout's graphs, run by its own code (repeatable)")
     ap.add_argument("--worker", nargs=2, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.worker:
@@ -111,13 +109,14 @@ def main() -> None:
     except ImportError:
         print("(torch not installed: measuring onnxruntime only)")
         kinds = ["onnx"]
-    kinds += [f"onnx@{Path(d).resolve()}" for d in args.against]
+    kinds += [f"onnx@{Path(d).resolve()}" for d in args.against]  # run by TREE's bench_eval
     rows = []
     for size in args.sizes:
         procs = {}
         for k in kinds:
-            cmd = [sys.executable, __file__, "--worker", k, str(size), "--threads",
-                   str(args.threads), "--aspect", str(args.aspect)] + \
+            script = Path(k.split("@", 1)[1]) / "scripts" / "bench_eval.py" if "@" in k else __file__
+            cmd = [sys.executable, str(script), "--worker", k.split("@")[0], str(size),
+                   "--threads", str(args.threads), "--aspect", str(args.aspect)] + \
                 (["--weights", args.weights] if args.weights else [])
             procs[k] = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                         text=True, bufsize=1)
