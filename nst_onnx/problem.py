@@ -100,12 +100,21 @@ class Problem:
         if init == "content":
             return self.content[0].astype(np.float64)
         if init == "noise":
-            return np.random.default_rng(seed).uniform(0, 255, (3, h, w))
+            return self._as_optimised(np.random.default_rng(seed).uniform(0, 255, (3, h, w)))
         if init == "style":
             init = to_pil(self.styles[0])
         if not isinstance(init, Image.Image):
             raise TypeError(f"init {init!r}: content, noise, style, a PIL image or an array")
-        return to_nchw(init.convert("RGB").resize((w, h), Image.LANCZOS))[0].astype(np.float64)
+        x = to_nchw(init.convert("RGB").resize((w, h), Image.LANCZOS))[0].astype(np.float64)
+        return self._as_optimised(x)
+
+    def _as_optimised(self, x: np.ndarray) -> np.ndarray:
+        """A start in colour → what this problem optimises: luminance-only transfer works on
+        a grey image (its content and styles are grey), so a colour start (an ``--init``
+        image, noise, a video frame's warped start) is made grey, as ``finish`` would."""
+        if self.weights.preserve_colors != "luminance":
+            return x
+        return color.grey(color.luminance(x.transpose(1, 2, 0))).transpose(2, 0, 1)
 
 
 def listed(x) -> list:

@@ -38,3 +38,18 @@ def test_luminance_and_post_modes_keep_the_content_chroma(st, images, mode):
         assert np.allclose(p.content[0][0], p.content[0][1]) and \
             np.allclose(p.styles[0][0][0], p.styles[0][0][2])
 
+
+
+def test_luminance_mode_starts_grey_from_any_init(st, images):
+    """Luminance-only transfer optimises a grey image: an init image or noise in colour is
+    made grey (as the content and styles are) instead of leaving the optimiser to remove it."""
+    from PIL import Image
+
+    p = st.prepare(images["tubingen"], images["starry_night"], size=64,
+                   preserve_colors="luminance")
+    for init in (Image.open(images["starry_night"]), "noise"):
+        x = p.initial(init)
+        assert np.abs(x[0] - x[1]).max() == 0 and np.abs(x[1] - x[2]).max() == 0
+        assert x.std() > 10  # not flattened away
+    plain = st.prepare(images["tubingen"], images["starry_night"], size=64)
+    assert np.abs(plain.initial("noise")[0] - plain.initial("noise")[1]).mean() > 10

@@ -198,3 +198,36 @@ def test_long_term_frames_count_closest_first():
     c2 = np.maximum(blurred(reliability(still, still)) - c1, 0)
     both = 2 * (c1[..., None] * (x - near) + c2[..., None] * (x - far))
     np.testing.assert_allclose(2 * c.reliability[..., None] * (x - c.warped), both, atol=1e-3)
+
+
+@pytest.mark.parametrize("mode", ["masks", "luminance"])
+def test_the_temporal_term_with_masks_and_with_luminance(st, clip_dir, tmp_path, mode):
+    """Frames 2 and 3 carry the temporal term through the guided graph (two styles by masks)
+    and in luminance mode (which optimises a grey image: ω and the start are made grey too).
+    Each later frame starts from ω where it is trusted, so its first temporal term is near zero
+    against the loss; a start or an ω left in colour would make it large."""
+    from nst_onnx.video import stylize_video
+
+    styles = [EXAMPLES / "starry_night.jpg"] + ([EXAMPLES / "the_scream.jpg"] if mode == "masks"
+                                                else [])
+    masks = [EXAMPLES / "tubingen_ground.png", EXAMPLES / "tubingen_sky.png"] \
+        if mode == "masks" else None
+    firsts: list[dict] = []
+
+    def first_terms(p):
+        if p.iteration == 1:
+            firsts.append(dict(p.terms, loss=p.loss))
+    r = stylize_video(st.engine, clip_dir, styles, RunOptions(size=48, iterations=4,
+                      checkpoint_every=0), LossWeights(preserve_colors="luminance" if
+                      mode == "luminance" else "none"), VideoOptions(end=3),
+                      frames_dir=tmp_path / "frames", masks=masks, callback=first_terms)
+    assert [x["status"] for x in r.records] == ["done"] * 3
+    assert [x["temporal"] for x in r.records] == [False, True, True]
+    assert "temporal_loss" not in firsts[0]
+    for later in firsts[1:]:
+        # observed 7e-6 (masks) and 1.2e-4 (luminance); 1.7e-2 with luminance's start in colour
+        assert 0 < later["temporal_loss"] < 1e-3 * later["loss"], later
+    for x in r.records[1:]:
+        assert np.isfinite(x["final_terms"]["temporal_loss"])
+    with Image.open(tmp_path / "frames" / "frame_000003.png") as img:
+        assert img.size == SIZE and img.mode == "RGB"
