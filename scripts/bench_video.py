@@ -12,6 +12,9 @@ settings and the default stop rule, through `nst video --json` in a child proces
 * frames per minute.
 
     python scripts/bench_video.py --size 256 --frames 24 --json docs/measurements/video.json
+
+``--strip FILE.webp``: the first clip as an animated WebP, frame by frame (left) beside
+temporal (right), at most 160 px a side each (the README's).
 """
 
 from __future__ import annotations
@@ -53,9 +56,10 @@ def bench_clip(name: str, picture: Path, style: Path, args, work: Path) -> dict:
     frames = camera_clip(photo, args.frames, frame)
     for i, f in enumerate(frames, 1):
         Image.fromarray(f).save(clip / f"frame{i}.png")
-    modes = {}
+    modes, shown = {}, {}
     for label, weight in (("frame_by_frame", 0.0), ("temporal", args.temporal_weight)):
         m = one_mode(clip, style, work / f"{name}_{label}", weight, args)
+        shown[label] = m["frames"]
         m["warping_error"] = warping_error(m.pop("frames"), photo.size)
         modes[label] = m
         print(f"{name} {label}: warping error {m['warping_error']:.1f}, style loss mean "
@@ -63,11 +67,28 @@ def bench_clip(name: str, picture: Path, style: Path, args, work: Path) -> dict:
               f"later {m['later_iterations_mean']:.0f}, {m['frames_per_minute']:.2f} frames/min",
               flush=True)
     fbf, tmp = modes["frame_by_frame"], modes["temporal"]
+    if args.strip and not args.strip.exists():  # the first clip's
+        side_by_side(shown["frame_by_frame"], shown["temporal"], args.strip)
     return {"picture": picture.name, "style": style.name, **modes,
             "warping_error_ratio": tmp["warping_error"] / fbf["warping_error"],
             "style_loss_ratio": float(np.mean(np.asarray(tmp["style_loss"][1:])
                                               / np.asarray(fbf["style_loss"][1:]))),
             "content_warping_error": warping_error(frames, photo.size)}
+
+
+def side_by_side(left: list[np.ndarray], right: list[np.ndarray], path: Path) -> None:
+    """An animated WebP: each frame pair side by side (a seam of 4 px), 8 frames a second."""
+    pics = []
+    for a, b in zip(left, right):
+        a, b = Image.fromarray(a), Image.fromarray(b)
+        for im in (a, b):
+            im.thumbnail((160, 160))
+        pair = Image.new("RGB", (a.width + b.width + 4, max(a.height, b.height)), "white")
+        pair.paste(a, (0, 0))
+        pair.paste(b, (a.width + 4, 0))
+        pics.append(pair)
+    pics[0].save(path, save_all=True, append_images=pics[1:], duration=125, loop=0,
+                 quality=80, method=6)
 
 
 def main() -> None:
@@ -80,6 +101,8 @@ def main() -> None:
     ap.add_argument("--images", help="folder with tubingen.jpg and shipwreck.jpg (default: "
                     "examples/, where the second clip is made from the_scream.jpg)")
     ap.add_argument("--json", type=Path)
+    ap.add_argument("--strip", type=Path, help="the first clip, both modes side by side, as "
+                    "an animated WebP")
     args = ap.parse_args()
     pictures = images_dir(args.images)
     second = pictures / "shipwreck.jpg"
