@@ -273,23 +273,30 @@ def batch(
         "(host:port).")] = None,
     redo: Annotated[bool, typer.Option("--redo", help="Redo jobs that are already done.")]
     = False,
+    videos: Annotated[list[str] | None, typer.Option(
+        "--videos", help="Video files, globs of them, or folders of frames (each one clip): "
+        "each clip × --styles is one job (the video options apply).")] = None,
     quiet: QuietOpt = False,
     as_json: JsonOpt = False,
     **shared,
 ) -> None:
     """Stylise many pictures: every CONTENT × --styles pair (or --jobs-file), outputs in -o
     with a manifest.jsonl and a contact sheet; re-runs skip finished jobs and resume stopped
-    ones. Exit 0 when every job succeeded, 2 when any failed."""
+    ones. --videos: every clip as one job. Exit 0 when every job succeeded, 2 when any
+    failed."""
     def go():
         from .batch import batch as run_batch
 
-        if not jobs_file and not (contents and styles):
-            raise BadInput("give CONTENT... and --styles, or --jobs-file")
         if workers is not None and workers < 1:
             raise BadInput("--workers must be ≥ 1")
+        style_list = [v for item in styles or [] for v in item.split(",") if v.strip()]
+        if videos:
+            return _batch_videos(videos, contents, jobs_file, style_list, output, workers, ray,
+                                 quiet, as_json, shared)
+        if not jobs_file and not (contents and styles):
+            raise BadInput("give CONTENT... and --styles, or --jobs-file")
         run, loss_weights, engine, spec = from_options(shared)
         run.validate()
-        style_list = [v for item in styles or [] for v in item.split(",") if v.strip()]
         with _BatchProgress(quiet or as_json) as progress:
             result = run_batch(contents or [], style_list, output, run=run,
                                weights=loss_weights, engine=engine, spec=spec,
@@ -307,6 +314,33 @@ def batch(
         if not result.ok:
             raise typer.Exit(2)
     _guard(go, shared["debug"])
+
+
+def _batch_videos(videos, contents, jobs_file, styles, output, workers, ray, quiet, as_json,
+                  shared) -> None:
+    from .video.batch import batch_videos
+
+    if contents or jobs_file:
+        raise BadInput("--videos makes a batch of clips: give no CONTENT or --jobs-file with it")
+    if not styles:
+        raise BadInput("give --styles for the clips")
+    run, loss_weights, engine, spec = from_options(shared)
+    with _BatchProgress(quiet or as_json) as progress:
+        result = batch_videos([v for item in videos for v in item.split(",") if v.strip()],
+                              styles, output, run=run, weights=loss_weights,
+                              video=video_options(shared), engine=engine, spec=spec,
+                              workers=workers, ray=ray, log=_log(quiet or as_json),
+                              progress=progress)
+    if as_json:
+        typer.echo(json.dumps({"counts": result.counts, "seconds": result.seconds,
+                               "manifest": str(result.outdir / "manifest.jsonl"),
+                               "videos": result.records}, default=str))
+    elif not quiet:
+        typer.echo(result.summary_line(), err=True)
+    if result.interrupted is not None:
+        raise typer.Exit(result.interrupted.exit_code)
+    if not result.ok:
+        raise typer.Exit(2)
 
 
 @app.command()

@@ -415,7 +415,7 @@ class RunOptions:
             raise BadInput(f"--init {self.init!r}: not content, noise, style or an image file")
 
 
-VIDEO = ("video",)
+VIDEO = ("video", "batch")  # batch: with --videos
 
 
 @dataclass

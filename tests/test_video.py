@@ -231,3 +231,32 @@ def test_the_temporal_term_with_masks_and_with_luminance(st, clip_dir, tmp_path,
         assert np.isfinite(x["final_terms"]["temporal_loss"])
     with Image.open(tmp_path / "frames" / "frame_000003.png") as img:
         assert img.size == SIZE and img.mode == "RGB"
+
+
+def test_a_batch_of_clips_each_in_its_worker_failing_alone(models_dir, clip_dir, tmp_path):
+    """nst batch --videos: a folder of frames and a video file run in two worker processes;
+    an unreadable clip fails alone (exit 2); a re-run redoes no frame."""
+    clip = tmp_path / "pan.mp4"
+    w = cv2.VideoWriter(str(clip), cv2.VideoWriter_fourcc(*"mp4v"), 10, SIZE)
+    for i in range(1, 4):
+        w.write(cv2.cvtColor(np.asarray(Image.open(clip_dir / f"f{i}.png")), cv2.COLOR_RGB2BGR))
+    w.release()
+    (tmp_path / "broken.mp4").write_bytes(b"not a video")
+    out = tmp_path / "out"
+    args = ["batch", "--videos", f"{clip_dir},{clip},{tmp_path / 'broken.mp4'}", "--styles",
+            str(EXAMPLES / "starry_night.jpg"), "-o", str(out), "--size", "48",
+            "--iterations", "3", "--workers", "2", "--threads", "1", "--models",
+            str(models_dir), "--json"]
+    r = runner.invoke(app, args)
+    assert r.exit_code == 2, r.output
+    videos = json.loads(r.stdout.strip().splitlines()[-1])["videos"]
+    assert [v["status"] for v in videos] == ["done", "done", "failed"]
+    assert "cannot read" in videos[2]["reason"]
+    assert [v["frames_stylised"] for v in videos[:2]] == [4, 3]
+    for v in videos[:2]:
+        cap = cv2.VideoCapture(v["output"])
+        assert int(cap.get(cv2.CAP_PROP_FRAME_COUNT)) == v["frames"]
+    again = json.loads(runner.invoke(app, args).stdout.strip().splitlines()[-1])["videos"]
+    assert [(v["frames_stylised"], v["frames_kept"]) for v in again[:2]] == [(0, 4), (0, 3)]
+    lines = (out / "manifest.jsonl").read_text().splitlines()
+    assert len(lines) == 6 and all(json.loads(x)["video"] for x in lines)

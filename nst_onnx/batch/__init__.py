@@ -135,9 +135,9 @@ def batch(contents: list | None = None, styles: list | None = None, outdir: str 
         base = {"engine": dataclasses.asdict(engine), "spec": dataclasses.asdict(spec),
                 "models": str(model_dir.parent), "preview_every": preview_every}
         try:
-            with _signals_stop_the_batch():
-                for job, fp, outcome in _runner(pending, base, workers, ray_mod, model_dir,
-                                                model, engine, run, emit):
+            with signals_stop_the_batch():
+                for job, fp, outcome in run_jobs(pending, base, workers, ray_mod, model_dir,
+                                                 model, engine, run, emit):
                     record(_finish(job, fp, outcome, _base_record(job, model, model_sha)))
         except (Interrupted, KeyboardInterrupt) as e:
             interrupted = e if isinstance(e, Interrupted) else Interrupted(130)
@@ -147,12 +147,15 @@ def batch(contents: list | None = None, styles: list | None = None, outdir: str 
                        interrupted)
 
 
-def _runner(pending, base, workers, ray_mod, model_dir, model, engine, run, emit):
-    """Ray tasks, local worker processes, or this process."""
+def run_jobs(pending, base, workers, ray_mod, model_dir, model, engine, run, emit,
+             make=None):
+    """Ray tasks, local worker processes, or this process; ``make(job, fp, base, travel)``
+    is a job's payload (an image job's by default; ``nst batch --videos`` gives its own)."""
+    make = make or _payload
     if ray_mod is not None:
         base = base | {"engine": base["engine"] | {"threads": engine.threads or 2,
                                                    "models_dir": None}, "models": None}
-        return run_ray(ray_mod, pending, lambda job, fp: _payload(job, fp, base, travel=True),
+        return run_ray(ray_mod, pending, lambda job, fp: make(job, fp, base, True),
                        model_dir, model, engine)
     n = workers or default_workers(engine, run, len(pending))
     if n > 1:
@@ -160,11 +163,11 @@ def _runner(pending, base, workers, ray_mod, model_dir, model, engine, run, emit
 
         threads = engine.threads or max(1, physical_cores() // n)
         base = base | {"engine": base["engine"] | {"threads": threads}}
-        return run_pool(n, pending, lambda job, fp: _payload(job, fp, base), emit)
-    return run_here(pending, lambda job, fp: _payload(job, fp, base), emit)
+        return run_pool(n, pending, lambda job, fp: make(job, fp, base, False), emit)
+    return run_here(pending, lambda job, fp: make(job, fp, base, False), emit)
 
 
-class _signals_stop_the_batch:
+class signals_stop_the_batch:
     """SIGINT / SIGTERM raise :class:`Interrupted` in the driver: the job at hand (or the
     workers' jobs) checkpoint and stop, finished results are kept."""
 
