@@ -174,8 +174,6 @@ def prepare(engine: Engine, content, styles, size: int, masks=None,
     lw = weights or LossWeights()
     spec, log = engine.spec, engine.log
     check_tile_size(tile_size)
-    if tile_size is not None and masks is not None:
-        raise BadInput("tiled evaluation does not take masks yet: leave out the tile size")
     if tile_size is not None and temporal is not None:
         raise BadInput("tiled evaluation does not take the temporal term yet: use a smaller "
                        "--size for video")
@@ -199,16 +197,19 @@ def prepare(engine: Engine, content, styles, size: int, masks=None,
     guides = None if masks is None else _guides(masks, len(styles), content_img.size, lw,
                                                 max_image_pixels, log)
     h, w = x_content.shape[2:]
-    if tile_size is not None:
-        windows, window_loss = engine.window_sessions()
+    if tile_size is not None:  # the targets are plain features and Grams, tiled too
+        windows, _ = engine.window_sessions()
         content_feats, *style_feats = [tiled_features(windows, spec, x, tile_size)
                                        for x in (x_content, *style_arrays)]
-        fixed = _fixed_inputs(spec, lw, content_feats, style_feats, None, (h, w))
-        evaluator = TiledEvaluator(windows, window_loss, spec, fixed, (h, w), tile_size)
+    else:
+        content_feats, *style_feats = engine.features([x_content, *style_arrays])
+    spec = dataclasses.replace(spec, guided=guides is not None)
+    if tile_size is not None:
+        fixed = _fixed_inputs(spec, lw, content_feats, style_feats, guides, (h, w))
+        evaluator = TiledEvaluator(*engine.window_sessions(spec.guided), spec, fixed, (h, w),
+                                   tile_size)
         return Problem((h, w, 3), x_content, style_arrays, evaluator, lw,
                        engine.model(spec)[1], content_rgb)
-    content_feats, *style_feats = engine.features([x_content, *style_arrays])
-    spec = dataclasses.replace(spec, guided=guides is not None)
     fixed = _fixed_inputs(spec, lw, content_feats, style_feats, guides, (h, w))
     if temporal is not None:
         if temporal.reliability.shape != (h, w):

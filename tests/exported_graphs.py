@@ -26,13 +26,13 @@ def _graphs() -> list[tuple]:
         out.append((f"loss-{spec.key}", build_loss_graph(weights, spec, s), interface.loss_io(spec)))
         out.append((f"temporal-loss-{spec.key}", build_loss_graph(weights, spec, s, temporal=True),
                     interface.loss_io(spec, temporal=True)))
+        out += [(f"window-features-{spec.key}", build_window_features_graph(weights, spec, s),
+                 interface.window_features_io(spec)),
+                (f"window-loss-{spec.key}", build_window_loss_graph(weights, spec, s),
+                 interface.window_loss_io(spec))]
         if not spec.guided:
-            out += [(f"features-{spec.key}", build_features_graph(weights, spec, s),
-                     interface.features_io(spec)),
-                    (f"window-features-{spec.key}", build_window_features_graph(weights, spec, s),
-                     interface.window_features_io(spec)),
-                    (f"window-loss-{spec.key}", build_window_loss_graph(weights, spec, s),
-                     interface.window_loss_io(spec))]
+            out.append((f"features-{spec.key}", build_features_graph(weights, spec, s),
+                        interface.features_io(spec)))
     for name, (io, build) in STEP_GRAPHS.items():
         out.append((f"step-{name}", build(), io() if callable(io) else io))
     return out

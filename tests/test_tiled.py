@@ -1,9 +1,11 @@
 """Exact tiled evaluation (issue 19): window by window, the very objective of the whole image —
 its loss against a float64 evaluation of the untiled features, its gradient against the
 untiled graph's, its targets against the features graph's — at odd sizes, both poolings,
-two layer sets; the tiles partition every layer's positions."""
+two layer sets, with and without masks; the tiles partition every layer's positions."""
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
@@ -22,6 +24,7 @@ from nst_onnx.run.binding import Evaluator
 from nst_onnx.run.tiled import TiledEvaluator, plan_tiles, tiled_features
 from nst_onnx.vgg19 import channels, downsampling, halo
 
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 DEEP = LossSpec()  # relu4_2 / relu1_1 … relu5_1: halo 80
 SHALLOW = LossSpec(("relu2_2",), ("relu1_1", "relu2_1", "relu3_1"))  # halo 16
 
@@ -141,6 +144,21 @@ def test_a_tiled_problem_through_the_api(st, images):
         assert r.optimize.loss < r.optimize.initial_loss, optimizer
 
 
+def test_masks_in_tiles_through_the_api(st, images):
+    """prepare(masks=…, tile_size=…): the guided objective, tiled, is the untiled one."""
+    ground, sky = EXAMPLES / "tubingen_ground.png", EXAMPLES / "tubingen_sky.png"
+    pair = (images["tubingen"], [images["starry_night"], EXAMPLES / "the_scream.jpg"])
+    whole = st.prepare(*pair, 64, masks=[ground, sky])
+    tiled = st.prepare(*pair, 64, masks=[ground, sky], tile_size=32)
+    assert len(tiled.evaluator.tiles) == 4 and tiled.regions == 2
+    x = whole.content[0].transpose(1, 2, 0).astype(np.float64)
+    (lw, gw), (lt, gt) = whole.loss_and_grad(x), tiled.loss_and_grad(x)
+    assert lt == pytest.approx(lw, rel=1e-4)
+    assert np.linalg.norm(gt - gw) <= 1e-4 * np.linalg.norm(gw)
+    r = st.run(tiled, iterations=2)
+    assert r.optimize.loss < r.optimize.initial_loss
+
+
 @pytest.mark.parametrize("tile, near", [(100, 96), (0, 16), (-32, 16)])
 def test_a_tile_size_off_the_grid_names_the_nearest(st, images, tile, near):
     from nst_onnx.errors import BadInput
@@ -163,7 +181,7 @@ def test_auto_tiles_only_what_does_not_fit_and_refuses_what_even_tiles_cannot(mo
     budget = res.estimate_tiled_mb("cpu", DEEP, 3072, 4096, 1024, 0, run)
     monkeypatch.setattr(res, "available_mb", lambda: budget / res.HEADROOM + 1)
     assert res.choose_tile("cpu", DEEP, 3072, 4096, 0, 0, run) == 1024
-    assert res.choose_tile("cpu", DEEP, 3072, 4096, 0, 1, run) is None  # masks: not tiled
+    assert res.choose_tile("cpu", DEEP, 3072, 4096, 0, 1, run) is not None  # masks: tiled
     assert res.check_memory("cpu", DEEP, (384, 512), 0, 0, 4096, run, print)["tile_size"] == 1024
     monkeypatch.setattr(res, "available_mb", lambda: res.estimate_tiled_mb(
         "cpu", DEEP, 3072, 4096, 128, 0, run) / 2)
@@ -202,3 +220,56 @@ def test_a_default_history_too_large_for_the_picture_is_lowered_and_said(monkeyp
     with pytest.raises(BadInput, match="or pass --force"):
         res.check_memory("cpu", DEEP, (384, 512), 0, 0, 4096,
                          dataclasses.replace(run, history=20), print)
+
+
+@pytest.mark.parametrize("spec, shape, core", [
+    (LossSpec(("relu2_2",), ("relu1_1", "relu2_1", "relu3_1"), guided=True), (251, 333), 96),
+    (LossSpec(pooling="avg", guided=True), (197, 150), 64),
+], ids=["shallow-max-96", "deep-avg-64"])
+def test_tiled_with_masks_equals_untiled(real_weights, spec, shape, core):
+    """Guided Grams in tiles: each region's owned (F⊙T_r)(F⊙T_r)ᵀ summed over the windows,
+    normalised by the whole image's ΣT_r²; the gradient pass takes G_r − A_r."""
+    h, w = shape
+    scales = load_scales()[0] if spec.pooling == "avg" else None
+    loss, windows, window_loss = [_session(b(real_weights, spec, scales)) for b in (
+        build_loss_graph, build_window_features_graph, build_window_loss_graph)]
+    plain = LossSpec(spec.content_layers, spec.style_layers, spec.pooling)
+    features = _session(build_features_graph(real_weights, plain, scales))
+    rng = np.random.default_rng(1)
+    content = rng.uniform(0, 255, (1, 3, h, w)).astype(np.float32)
+    styles = [(rng.uniform(0, 255, (1, 3, h - 7, w + 5)) ** 2 / 255 * np.array(tint)[
+        None, :, None, None]).astype(np.float32) for tint in ([1, .6, .3], [.3, .6, 1])]
+    fc, fs = _features(features, content), [_features(features, s) for s in styles]
+    left = np.clip(np.linspace(1.4, -0.4, w), 0, 1)[None, None, None, :] * np.ones((1, 1, h, 1))
+    guides = np.concatenate([left, 1 - left]).astype(np.float32)  # soft, overlapping regions
+    fixed = _fixed(plain, fc, fs[0], h, w) | {"guides": guides, "inv_sizes": inv_sizes(
+        spec, h, w)} | {f"target_gram_{n}": np.stack([f[f"gram_{n}"] for f in fs])
+                        for n in spec.style_layers}
+    x = np.clip(content + rng.normal(0, 30, content.shape), 0, 255).astype(np.float32)
+    tiled = TiledEvaluator(windows, window_loss, spec, fixed, (h, w), core)
+    assert len(tiled.tiles) >= 4
+    got, untiled = tiled(x), Evaluator(loss, loss_io(spec), fixed)(x)
+    # the objective in float64 from the untiled feature maps of every layer
+    every = LossSpec(tuple(dict.fromkeys(spec.style_layers + spec.content_layers)),
+                     spec.style_layers, spec.pooling)
+    maps = _features(_session(build_features_graph(real_weights, every, scales)), x)
+    exact = _float64_loss(plain, fixed, {f"features_{n}": maps[f"features_{n}"]
+                                         for n in spec.content_layers} | {
+        f"gram_{n}": _guided_grams(maps[f"features_{n}"], guides, downsampling(n))
+        for n in spec.style_layers}, x)
+    assert got.loss == pytest.approx(exact, rel=1e-6)
+    assert untiled.loss == pytest.approx(exact, rel=1e-4)  # the untiled graph sums in float32
+    for k, v in untiled.terms.items():
+        assert got.terms[k] == pytest.approx(v, rel=1e-4, abs=1e-6 * untiled.loss), k
+    assert np.linalg.norm(got.grad - untiled.grad) <= 1e-5 * np.linalg.norm(untiled.grad)
+
+
+def _guided_grams(f: np.ndarray, guides: np.ndarray, d: int) -> np.ndarray:
+    """(F⊙T_r)(F⊙T_r)ᵀ/(C·ΣT_r²) in float64, the guides pooled d times (2×2 means, floored)."""
+    t = guides.astype(np.float64)
+    for _ in range(d):
+        r, _, h, w = t.shape
+        t = t[:, :, :h // 2 * 2, :w // 2 * 2].reshape(r, 1, h // 2, 2, w // 2, 2).mean((3, 5))
+    c = f.shape[1]
+    fr = (f.astype(np.float64) * t).reshape(len(t), c, -1)
+    return fr @ fr.transpose(0, 2, 1) / (c * np.sum(t * t, axis=(1, 2, 3)))[:, None, None]

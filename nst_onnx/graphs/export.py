@@ -58,14 +58,14 @@ from .weights import Weights, default_cache_dir, load_weights, weights_identity
 FORMAT = 5  # bump when graphs change incompatibly; older model directories are re-exported
 MODEL_GRAPHS = ((features_io, build_features_graph), (loss_io, build_loss_graph),
                 (temporal_loss_io, build_temporal_loss_graph))  # the last: nst video
-# tiled evaluation (nst_onnx.run.tiled), exported with the unguided model
+# tiled evaluation (nst_onnx.run.tiled); a guided model's take the masks
 WINDOW_GRAPHS = ((window_features_io, build_window_features_graph),
                  (window_loss_io, build_window_loss_graph))
 
 
 def model_graphs(spec: LossSpec) -> tuple:
     """(declare, build) of every graph a model of ``spec`` holds."""
-    return MODEL_GRAPHS + (() if spec.guided else WINDOW_GRAPHS)
+    return MODEL_GRAPHS + WINDOW_GRAPHS
 CHECKOUT = Path(__file__).resolve().parents[2]
 
 

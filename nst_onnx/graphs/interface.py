@@ -199,25 +199,39 @@ def window_features_io(spec) -> Interface:
     divided by the image's N: the image's Gram)."""
     outputs = [Tensor(f"features_{n}", _features_shape(n), f"{n} activations of the window",
                       "feature") for n in spec.content_layers]
-    outputs += [Tensor(f"gram_sum_{n}", (channels(n), channels(n)),
-                       f"Σ f·fᵀ over the owned positions of {n}", "feature")
+    r = ("R",) if spec.guided else ()
+    outputs += [Tensor(f"gram_sum_{n}", (*r, channels(n), channels(n)),
+                       f"Σ (f⊙T_r)(f⊙T_r)ᵀ per region over the owned positions of {n}"
+                       if spec.guided else f"Σ f·fᵀ over the owned positions of {n}", "feature")
                 for n in spec.style_layers]
     return Interface("nst_window_features", "window_features.onnx",
                      (_image("one window of the image: RGB, float32, 0..255, NCHW"),
-                      *_owned(spec, loss=False)), tuple(outputs))
+                      *_window_guides(spec), *_owned(spec, loss=False)), tuple(outputs))
+
+
+def _window_guides(spec) -> list[Tensor]:
+    return [Tensor("guides", ("R", 1, "H", "W"), "the masks over this window, 0..1", "guide")
+            ] if spec.guided else []
 
 
 def window_loss_io(spec) -> Interface:
     """One window's share of the loss and the gradient of the whole image's objective: the
     content and TV terms over its owned positions, the style gradient from the whole
     image's ``G − A``; the host adds the style values and sums the windows' gradients."""
-    inputs = [_image("one window of the image: RGB, float32, 0..255, NCHW")]
+    inputs = [_image("one window of the image: RGB, float32, 0..255, NCHW"),
+              *_window_guides(spec)]
     inputs += [Tensor(f"target_{n}", _features_shape(n),
                       f"the content target features_{n} over this window", "target")
                for n in spec.content_layers]
-    inputs += [Tensor(f"gram_diff_{n}", (channels(n), channels(n)),
-                      f"G − A of {n}: the whole image's Gram minus the style target", "target")
+    r = ("R",) if spec.guided else ()
+    inputs += [Tensor(f"gram_diff_{n}", (*r, channels(n), channels(n)),
+                      f"G − A of {n}: the whole image's Gram minus the style target"
+                      + (" (per region)" if spec.guided else ""), "target")
                for n in spec.style_layers]
+    if spec.guided:
+        inputs += [Tensor(f"inv_energy_{n}", ("R",), f"1/(C·ΣT_r²) of {n}'s guides over the "
+                          "whole image: each region's Gram normalisation", "size")
+                   for n in spec.style_layers]
     inputs += [
         Tensor("content_weights", (len(spec.content_layers),), "wc per content layer", "weight"),
         Tensor("style_weights", (len(spec.style_layers),), "ws per style layer", "weight"),

@@ -127,6 +127,43 @@ def owned_gram(g: GraphBuilder, f: str, c: int, owned: tuple[str, str]) -> str:
     return g.op("Gemm", fm, fm, transB=1, hint="ffT_owned")
 
 
+def owned_guided_gram(g: GraphBuilder, f: str, guide: str, c: int,
+                      owned: tuple[str, str]) -> str:
+    """``Σ_owned (F⊙T_r)(F⊙T_r)ᵀ`` per region, (R, C, C), not normalised: summed over the
+    windows and times the whole image's ``1/(C·ΣT_r²)``, the image's guided Gram."""
+    fr = g.op("Mul", g.op("Mul", f, owned_mask(g, owned)), guide, hint="f_guided_owned")
+    fm = g.op("Reshape", fr, g.ints(0, c, -1), hint="fmat_r_owned")
+    return g.op("MatMul", fm, g.op("Transpose", fm, perm=[0, 2, 1]), hint="ffT_r_owned")
+
+
+@dataclass(frozen=True)
+class GuidedStyleGradient:
+    """:class:`GuidedStyleLoss` for one window of a tiled evaluation: the whole image's
+    ``G_r − A_r`` and ``1/(C·ΣT_r²)`` (inputs, from the statistics pass) against the window's
+    owned, guided features. Its value is the host's (0 here), as :class:`StyleGradient`'s."""
+
+    gram_diff: str  # (R, C, C)
+    guide: str  # (R, 1, h, w): the window's guides at this layer
+    inv_energy: str  # (R,)
+    channels: int
+    owned: tuple[str, str]
+
+    def __call__(self, g: GraphBuilder, f: str) -> tuple[str, GradFn]:
+        c = self.channels
+        fr = g.op("Mul", g.op("Mul", f, owned_mask(g, self.owned)), self.guide,
+                  hint="f_guided_owned")
+        fm = g.op("Reshape", fr, g.ints(0, c, -1), hint="fmat_r_owned")
+
+        def grad(scale: str | None) -> str:
+            inv_n = g.op("Reshape", self.inv_energy, g.ints(-1, 1, 1))
+            coef = _times(g, g.op("Mul", inv_n, g.const(4.0 / (c * c))), scale)
+            scaled = g.op("Mul", self.gram_diff, coef, hint="gdiff_scaled")
+            per_region = g.op("Reshape", g.op("MatMul", scaled, fm), g.op("Shape", fr))
+            return g.op("ReduceMean", g.op("Mul", per_region, self.guide), axes=[0],
+                        keepdims=1, hint="sgrad")
+        return g.const(0.0), grad
+
+
 @dataclass(frozen=True)
 class GuidedStyleLoss:
     """Guided Grams (Gatys et al. 2017, "Controlling Perceptual Factors"): ``guide`` is

@@ -32,6 +32,7 @@ from .interface import (
 from .losses import (
     ContentLoss,
     GradFn,
+    GuidedStyleGradient,
     GuidedStyleLoss,
     LayerApply,
     Scale,
@@ -40,6 +41,7 @@ from .losses import (
     TemporalLoss,
     TotalVariation,
     owned_gram,
+    owned_guided_gram,
 )
 from .weights import LayerWeights, Weights
 
@@ -244,10 +246,12 @@ def window_terms(g: GraphBuilder, spec: LossSpec) -> list[tuple[str | None, obje
         terms.append((term_name("content", n), Scale(
             LayerApply(ContentLoss(f"target_{n}", inv_n[n], _owned(n)), n),
             g.scalar_at("content_weights", i))))
+    guides = _guides_per_layer(g, spec) if spec.guided else {}
     for i, n in enumerate(spec.style_layers):
-        terms.append((None, Scale(LayerApply(StyleGradient(f"gram_diff_{n}", inv_n[n],
-                                                           channels(n), _owned(n)), n),
-                                  g.scalar_at("style_weights", i))))
+        grad = (GuidedStyleGradient(f"gram_diff_{n}", guides[n], f"inv_energy_{n}",
+                                    channels(n), _owned(n)) if spec.guided else
+                StyleGradient(f"gram_diff_{n}", inv_n[n], channels(n), _owned(n)))
+        terms.append((None, Scale(LayerApply(grad, n), g.scalar_at("style_weights", i))))
     terms.append((term_name("tv"), Scale(LayerApply(TotalVariation(_owned("image")), "image"),
                                          "tv_weight")))
     return terms
@@ -261,9 +265,11 @@ def build_window_features_graph(weights: Weights, spec: LossSpec,
     acts, _ = _forward(g, weights, spec, need_backward=False, pool_scales=pool_scales)
     for n in spec.content_layers:
         g.op("Identity", acts[n], outputs=[f"features_{n}"])
+    guides = _guides_per_layer(g, spec) if spec.guided else {}
     for n in spec.style_layers:
-        g.op("Identity", owned_gram(g, acts[n], channels(n), _owned(n)),
-             outputs=[f"gram_sum_{n}"])
+        gram = (owned_guided_gram(g, acts[n], guides[n], channels(n), _owned(n))
+                if spec.guided else owned_gram(g, acts[n], channels(n), _owned(n)))
+        g.op("Identity", gram, outputs=[f"gram_sum_{n}"])
     return g.finish(window_features_io(spec))
 
 

@@ -54,7 +54,7 @@ class Engine:
         self._models: dict[LossSpec, tuple[Path, dict]] = {}
         self._loss_sessions: dict[tuple[LossSpec, bool], object] = {}
         self._features_session = None
-        self._window_sessions = None
+        self._window_sessions: dict[bool, tuple] = {}
         self._step_sessions: dict | None = None
         self.model_dir, self.manifest = self.model(spec)
         self.providers: list[str] = []  # what the loss session actually runs on
@@ -88,13 +88,15 @@ class Engine:
             self._loss_sessions[spec, temporal] = session
         return manifest, self._loss_sessions[spec, temporal]
 
-    def window_sessions(self) -> tuple[object, object]:
-        """(window-features, window-loss) sessions of this model (tiled evaluation), kept."""
-        if self._window_sessions is None:
-            model_dir, _ = self.model(self.spec)
-            self._window_sessions = tuple(self.session(model_dir / io(self.spec).file)
-                                          for io in (window_features_io, window_loss_io))
-        return self._window_sessions
+    def window_sessions(self, guided: bool = False) -> tuple[object, object]:
+        """(window-features, window-loss) sessions of this model or its guided twin (tiled
+        evaluation), kept."""
+        if guided not in self._window_sessions:
+            spec = dataclasses.replace(self.spec, guided=guided)
+            model_dir, _ = self.model(spec)
+            self._window_sessions[guided] = tuple(self.session(model_dir / io(spec).file)
+                                                  for io in (window_features_io, window_loss_io))
+        return self._window_sessions[guided]
 
     def features(self, images: list[np.ndarray]) -> list[dict[str, np.ndarray]]:
         """(1, 3, H, W) float32 images → [{'features_relu4_2': …, 'gram_relu1_1': …}, …].

@@ -173,18 +173,21 @@ def window_shape(h: int, w: int, tile: int, margin: int) -> tuple[int, int]:
 
 def estimate_tiled_mb(device: str, spec, h: int, w: int, tile: int, regions: int,
                       run: RunOptions) -> float:
-    """Peak memory of a tiled run: the network on the largest window, the image-sized
-    vectors and the optimiser's history on the whole image."""
+    """Peak memory of a tiled run: the network on the largest window (with masks, its
+    guided features too), the image-sized vectors, the masks and the optimiser's history on
+    the whole image."""
     from ..vgg19 import halo
 
     wh, ww = window_shape(h, w, tile, halo(list(spec.all_layers)))
     mpx, window_mpx = h * w / 1e6, wh * ww / 1e6
+    masks = 4 * regions * mpx  # the guides, float32, whole
     if device == "cuda":
         state = device_state_images(run.optimizer, run.pairs)
-        return estimate_gpu_mb(spec, wh, ww) + (state + 6) * 12 * h * w / 2 ** 20
+        return estimate_gpu_mb(dataclasses.replace(spec, guided=regions > 0), wh, ww, regions) \
+            + (state + 6) * 12 * h * w / 2 ** 20 + masks
     base, per, per_pair = CPU_MB[run.optimizer]
-    return base + (per - VECTOR_MB) * window_mpx + (VECTOR_MB + per_pair * run.pairs) * mpx \
-        + checkpoint_mb(run, mpx)
+    return base + (per - VECTOR_MB + REGION_MB * regions) * window_mpx \
+        + (VECTOR_MB + per_pair * run.pairs) * mpx + checkpoint_mb(run, mpx) + masks
 
 
 def checkpoint_mb(run: RunOptions, mpx: float) -> float:
@@ -217,12 +220,12 @@ _ASK = object()  # choose_tile's ``free`` when the caller has not read it alread
 
 def choose_tile(device: str, spec, h: int, w: int, style_pixels: int, regions: int,
                 run: RunOptions, free: float | None | object = _ASK) -> int | None:
-    """The tile side for an h×w run: none with ``--tile-size 0`` or masks, or where one tile
+    """The tile side for an h×w run: none with ``--tile-size 0``, or where one tile
     would hold the image; with ``auto`` none where the untiled run fits, else the largest of
     :data:`TILE_SIDES` below the image's side that fits (the smallest when none does: the
     check then refuses). ``free``: the free memory, MB, if the caller has read it."""
     tile = run.tile_size
-    if tile is None or regions:
+    if tile is None:
         return None
     if tile != "auto":
         return tile if max(h, w) > tile else None

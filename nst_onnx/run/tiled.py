@@ -118,6 +118,12 @@ def tiled_features(session, spec, image: np.ndarray, core: int) -> dict[str, np.
             **{f"gram_{n}": (g * inv[n]).astype(np.float32) for n, g in grams.items()}}
 
 
+def _guides_of(guides: np.ndarray | None, t: Tile) -> dict[str, np.ndarray]:
+    """The window's crop of the masks (R, 1, H, W): pooled inside the graph, it is the
+    whole image's pooled masks over the window, since the window starts on the grid."""
+    return {} if guides is None else {"guides": _window(guides, t)}
+
+
 def _keep_owned(full: np.ndarray, window: np.ndarray, t: Tile, d: int) -> None:
     """Copy the window's owned positions at level d into the whole image's array."""
     (cy0, cy1, cx0, cx1), (wy0, _, wx0, _) = t.core, t.window
@@ -137,10 +143,25 @@ def _inv_n(spec, h: int, w: int) -> dict[str, float]:
             for n in dict.fromkeys(spec.content_layers + spec.style_layers)}
 
 
+def _inv_energy(spec, guides: np.ndarray) -> dict[str, np.ndarray]:
+    """With masks: each region's Gram normalisation ``1/(C·ΣT_r²)`` at every style layer,
+    over the whole image — the guides pooled as the graph pools them (2×2 means, floored)."""
+    out, t, level = {}, guides.astype(np.float64), 0
+    for n in sorted(spec.style_layers, key=downsampling):
+        while level < downsampling(n):
+            r, _, h, w = t.shape
+            t = t[:, :, :h // 2 * 2, :w // 2 * 2].reshape(r, 1, h // 2, 2, w // 2, 2).mean((3, 5))
+            level += 1
+        energy = np.sum(t * t, axis=(1, 2, 3))
+        out[n] = (1.0 / np.maximum(energy * channels(n), 1e-6)).astype(np.float32)
+    return out
+
+
 class TiledEvaluator:
     """The loss graph's objective at an image of ``shape`` (H, W), evaluated in windows of
     ``core`` px cores: same targets and weights as :class:`~.binding.Evaluator`'s ``fixed``
-    (the style targets blended, unguided), same :class:`~.binding.Terms` out."""
+    (the style targets blended; or, with masks — a guided ``spec`` and its ``guides`` —
+    one per region), same :class:`~.binding.Terms` out."""
 
     def __init__(self, features_session, loss_session, spec, fixed: dict[str, np.ndarray],
                  shape: tuple[int, int], core: int):
@@ -156,8 +177,12 @@ class TiledEvaluator:
         stats, loss = owned_levels(spec, loss=False), owned_levels(spec, loss=True)
         weights = {k: self.fixed[k] for k in ("content_weights", "style_weights", "tv_weight",
                                               "inv_sizes")}  # inv_sizes: the whole image's
-        self.stat_inputs = [t.owned(stats) for t in self.tiles]
-        self.loss_inputs = [{**weights, **t.owned(loss),
+        guides = self.fixed.get("guides")
+        self.norm = _inv_energy(spec, guides) if spec.guided else \
+            {n: np.float32(self.inv[n]) for n in spec.style_layers}
+        energy = {f"inv_energy_{n}": v for n, v in self.norm.items()} if spec.guided else {}
+        self.stat_inputs = [t.owned(stats) | _guides_of(guides, t) for t in self.tiles]
+        self.loss_inputs = [{**weights, **energy, **t.owned(loss), **_guides_of(guides, t),
                              **{f"target_{n}": _at_level(self.fixed[f"target_{n}"], t,
                                                          downsampling(n))
                                 for n in spec.content_layers}} for t in self.tiles]
@@ -174,12 +199,15 @@ class TiledEvaluator:
                    for t in self.tiles)
 
     def grams(self, x: np.ndarray) -> dict[str, np.ndarray]:
-        """The statistics pass: every style layer's Gram of the whole image x (1, 3, H, W)."""
-        total = {n: np.zeros((channels(n),) * 2, np.float64) for n in self.spec.style_layers}
+        """The statistics pass: every style layer's Gram of the whole image x (1, 3, H, W)
+        (with masks, one per region: (R, C, C))."""
+        total = dict.fromkeys(self.spec.style_layers, 0.0)
         for t, fixed in zip(self.tiles, self.stat_inputs):
             out = self.features_session.run(self.stat_names, {"image": _window(x, t), **fixed})
             for n, g in zip(self.spec.style_layers, out):
-                total[n] += g
+                total[n] = total[n] + g.astype(np.float64)
+        if self.spec.guided:
+            return {n: g * self.norm[n][:, None, None] for n, g in total.items()}
         return {n: g * self.inv[n] for n, g in total.items()}
 
     def __call__(self, image: np.ndarray) -> Terms:
