@@ -273,3 +273,27 @@ def _guided_grams(f: np.ndarray, guides: np.ndarray, d: int) -> np.ndarray:
     c = f.shape[1]
     fr = (f.astype(np.float64) * t).reshape(len(t), c, -1)
     return fr @ fr.transpose(0, 2, 1) / (c * np.sum(t * t, axis=(1, 2, 3)))[:, None, None]
+
+
+def test_a_window_out_of_memory_keeps_the_best_image_and_names_the_remedy(st, images):
+    """onnxruntime's allocation failure in a window (as it reads on the CPU and on a GPU)
+    stops the run like any stop: the best image so far is the result, the error one line."""
+    from nst_onnx.run.cuda import DeviceOutOfMemory
+
+    tiled = st.prepare(images["tubingen"], images["starry_night"], 64, tile_size=32)
+    ev, calls = tiled.evaluator, {"n": 0}
+    real = ev.loss_session
+
+    class Failing:
+        def run(self, names, feeds):
+            calls["n"] += 1
+            if calls["n"] > 4 * 6:  # six evaluations of four windows, then no more memory
+                raise RuntimeError("[ONNXRuntimeError] : 6 : RUNTIME_EXCEPTION : Failed to "
+                                   "allocate memory for requested buffer of size 123456")
+            return real.run(names, feeds)
+    ev.loss_session = Failing()
+    r = st.run(tiled, iterations=50, optimizer="lbfgs")
+    e = r.optimize.error
+    assert isinstance(e, DeviceOutOfMemory) and "--tile-size" in str(e) and "\n" not in str(e)
+    assert r.optimize.loss < r.optimize.initial_loss  # the best image so far, not the start
+    assert r.image is not None

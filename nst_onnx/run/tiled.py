@@ -18,6 +18,7 @@ The result equals the untiled loss and gradient up to float32 summation order.
 
 from __future__ import annotations
 
+import contextlib
 import time
 from dataclasses import dataclass
 
@@ -33,6 +34,7 @@ from ..graphs.interface import (
 )
 from ..vgg19 import channels, downsampling, halo
 from .binding import Terms, to_device, to_host
+from .cuda import DeviceOutOfMemory, is_out_of_memory
 
 GRID = TILE_GRID  # core edges on the pooling grid keep every window's pooling aligned
 
@@ -164,9 +166,9 @@ class TiledEvaluator:
     one per region), same :class:`~.binding.Terms` out."""
 
     def __init__(self, features_session, loss_session, spec, fixed: dict[str, np.ndarray],
-                 shape: tuple[int, int], core: int):
+                 shape: tuple[int, int], core: int, device: str = "cpu"):
         self.features_session, self.loss_session, self.spec = features_session, loss_session, spec
-        self.shape, self.core = shape, core
+        self.shape, self.core, self.device = shape, core, device
         self.tiles = tiles_for(spec, *shape, core)
         self.fixed = {k: np.asarray(v, np.float32) for k, v in fixed.items()}
         self.inv = _inv_n(spec, *shape)
@@ -189,6 +191,22 @@ class TiledEvaluator:
         self.host_bytes = 0
         self.evaluations = 0
 
+    @contextlib.contextmanager
+    def _out_of_memory(self):
+        """A window that does not fit (onnxruntime's allocation failure, on the CPU or a GPU)
+        ends the run as any stop does — the best image so far is written — with one line
+        naming the remedy."""
+        try:
+            yield
+        except Exception as e:
+            if not is_out_of_memory(e):
+                raise
+            what = "GPU memory" if self.device == "cuda" else "memory"
+            raise DeviceOutOfMemory(
+                f"out of {what} in a window of the {self.core} px tiles: use a smaller "
+                "--tile-size or --size" + (", or raise --gpu-mem-limit" if self.device ==
+                                          "cuda" else "")) from None
+
     def device_graph(self, device: str, traffic) -> TiledGraph:
         return TiledGraph(self, device, traffic)
 
@@ -203,7 +221,9 @@ class TiledEvaluator:
         (with masks, one per region: (R, C, C))."""
         total = dict.fromkeys(self.spec.style_layers, 0.0)
         for t, fixed in zip(self.tiles, self.stat_inputs):
-            out = self.features_session.run(self.stat_names, {"image": _window(x, t), **fixed})
+            with self._out_of_memory():
+                out = self.features_session.run(self.stat_names,
+                                                {"image": _window(x, t), **fixed})
             for n, g in zip(self.spec.style_layers, out):
                 total[n] = total[n] + g.astype(np.float64)
         if self.spec.guided:
@@ -221,8 +241,9 @@ class TiledEvaluator:
         grad = np.zeros((1, 3, *self.shape), np.float32)
         gram_diff = {f"gram_diff_{n}": d.astype(np.float32) for n, d in diffs.items()}
         for t, fixed in zip(self.tiles, self.loss_inputs):
-            out = dict(zip(self.loss_names, self.loss_session.run(self.loss_names, {
-                "image": _window(x, t), **fixed, **gram_diff})))
+            with self._out_of_memory():
+                out = dict(zip(self.loss_names, self.loss_session.run(self.loss_names, {
+                    "image": _window(x, t), **fixed, **gram_diff})))
             y0, y1, x0, x1 = t.window
             grad[:, :, y0:y1, x0:x1] += out["grad"]
             for k in self.term_names:
