@@ -302,18 +302,23 @@ def batch(
                                weights=loss_weights, engine=engine, spec=spec,
                                jobs_file=jobs_file, template=name, workers=workers, ray=ray,
                                redo=redo, log=_log(quiet or as_json), progress=progress)
-        if as_json:
-            typer.echo(json.dumps({"counts": result.counts, "seconds": result.seconds,
-                                   "manifest": str(result.outdir / "manifest.jsonl"),
-                                   "contact_sheet": str(result.contact_sheet),
-                                   "jobs": result.records}, default=str))
-        elif not quiet:
-            typer.echo(result.summary_line(), err=True)
-        if result.interrupted is not None:
-            raise typer.Exit(result.interrupted.exit_code)
-        if not result.ok:
-            raise typer.Exit(2)
+        _batch_end(result, quiet, as_json, {"contact_sheet": str(result.contact_sheet),
+                                            "jobs": result.records})
     _guard(go, shared["debug"])
+
+
+def _batch_end(result, quiet: bool, as_json: bool, listing: dict) -> None:
+    """What a batch (of pictures or clips) says at its end, and its exit code."""
+    if as_json:
+        typer.echo(json.dumps({"counts": result.counts, "seconds": result.seconds,
+                               "manifest": str(result.outdir / "manifest.jsonl"), **listing},
+                              default=str))
+    elif not quiet:
+        typer.echo(result.summary_line(), err=True)
+    if result.interrupted is not None:
+        raise typer.Exit(result.interrupted.exit_code)
+    if not result.ok:
+        raise typer.Exit(2)
 
 
 def _batch_videos(videos, contents, jobs_file, styles, output, workers, ray, quiet, as_json,
@@ -331,16 +336,7 @@ def _batch_videos(videos, contents, jobs_file, styles, output, workers, ray, qui
                               video=video_options(shared), engine=engine, spec=spec,
                               workers=workers, ray=ray, log=_log(quiet or as_json),
                               progress=progress)
-    if as_json:
-        typer.echo(json.dumps({"counts": result.counts, "seconds": result.seconds,
-                               "manifest": str(result.outdir / "manifest.jsonl"),
-                               "videos": result.records}, default=str))
-    elif not quiet:
-        typer.echo(result.summary_line(), err=True)
-    if result.interrupted is not None:
-        raise typer.Exit(result.interrupted.exit_code)
-    if not result.ok:
-        raise typer.Exit(2)
+    _batch_end(result, quiet, as_json, {"videos": result.records})
 
 
 @app.command()
