@@ -149,7 +149,6 @@ def chromium() -> str | None:
 def browser_run(graph: Path, feeds: dict, backend: str, repeats: int):
     """onnxruntime-web in headless Chromium (Playwright), on a loopback server that serves the
     package's dist/ and the feeds with cross-origin isolation (threads for WASM)."""
-    import functools
     import http.server
     import threading
 
@@ -187,7 +186,7 @@ def browser_run(graph: Path, feeds: dict, backend: str, repeats: int):
         work = Path(tmp)
         shutil.copyfile(graph, work / "graph.onnx")
         write_feeds(work, feeds)
-        server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(Files))
+        server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Files)
         threading.Thread(target=server.serve_forever, daemon=True).start()
         try:
             with sync_playwright() as pw:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import shutil
 import sys
 import time
 from pathlib import Path
@@ -20,12 +19,12 @@ from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "scripts"))
+from runtimes import chromium  # noqa: E402  (NST_CHROMIUM, else the PATH's)
 
 playwright = pytest.importorskip("playwright.sync_api",
                                  reason="Playwright is not installed: pip install -e '.[dev]'")
 pytest.importorskip("starlette", reason="the [serve] extra is not installed")
-CHROMIUM = os.environ.get("NST_CHROMIUM") or next(
-    (p for p in map(shutil.which, ("chromium", "chromium-browser", "google-chrome")) if p), None)
+CHROMIUM = chromium()
 pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="no Chromium here (Debian: apt-get "
                                 "install chromium; or set NST_CHROMIUM)")
 ARTIFACTS = Path(os.environ.get("NST_TEST_ARTIFACTS") or ROOT / "build" / "test-artifacts")

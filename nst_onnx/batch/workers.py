@@ -180,25 +180,18 @@ def one_line(e: BaseException) -> str:
     return f"{e.__class__.__name__}: {text[-1] if text else ''}"[:300]
 
 
-def on_gpu(engine: EngineOptions) -> bool:
-    """Whether jobs run on a GPU: ``cuda``, or ``auto`` finding one."""
-    from ..run.devices import resolve_device
-
-    return engine.device == "cuda" or (engine.device == "auto" and
-                                       resolve_device("auto")[0] == "cuda")
-
-
 def default_workers(engine: EngineOptions, run: RunOptions, jobs: int) -> int:
     """One worker per two physical cores (each with two threads), as many as the memory
     estimate allows; one on a GPU (the device is shared: each worker would hold its own CUDA
     context and arena), also when ``auto`` finds one, or for a single job."""
     from ..run import resources
+    from ..run.devices import resolve_device
     from ..run.sessions import physical_cores
 
-    if engine.threads:
-        return max(1, min(jobs, physical_cores() // engine.threads))
-    if jobs < 2 or run.size == NATIVE or on_gpu(engine):  # native: print sizes
-        return 1
+    gpu = engine.device == "cuda" or (engine.device == "auto" and
+                                      resolve_device("auto")[0] == "cuda")
+    if gpu or jobs < 2 or engine.threads or run.size == NATIVE:  # native: print sizes
+        return 1 if not engine.threads else max(1, min(jobs, physical_cores() // engine.threads))
     by_cores = max(1, physical_cores() // 2)
     avail = resources.available_mb()
     mpx = run.output_size ** 2 * 0.75 / 1e6

@@ -157,13 +157,13 @@ class DeviceOutOfMemory(BadInput):
     """The GPU ran out of memory (exit 2; the best image so far is kept)."""
 
 @contextlib.contextmanager
-def out_of_memory_as(device: str, message: str):
-    """Inside: a CUDA out-of-memory error from onnxruntime becomes :class:`DeviceOutOfMemory`
-    with ``message`` (exit 2; ``{e}`` in it stands for onnxruntime's error); every other
-    error passes unchanged."""
+def out_of_memory_as(device: str, message: str, cpu_too: bool = False):
+    """Inside: a CUDA out-of-memory error from onnxruntime (and with ``cpu_too`` the CPU
+    provider's allocation failure) becomes :class:`DeviceOutOfMemory` with ``message`` (exit
+    2; ``{e}`` in it stands for onnxruntime's error); every other error passes unchanged."""
     try:
         yield
     except Exception as e:
-        if device == "cuda" and is_out_of_memory(e):
+        if (device == "cuda" or cpu_too) and is_out_of_memory(e):
             raise DeviceOutOfMemory(message.format(e=e)) from None
         raise

@@ -18,7 +18,6 @@ The result equals the untiled loss and gradient up to float32 summation order.
 
 from __future__ import annotations
 
-import contextlib
 import time
 from dataclasses import dataclass
 
@@ -34,7 +33,7 @@ from ..graphs.interface import (
 )
 from ..vgg19 import channels, downsampling, halo
 from .binding import Terms, to_device, to_host
-from .cuda import DeviceOutOfMemory, is_out_of_memory
+from .cuda import out_of_memory_as
 
 GRID = TILE_GRID  # core edges on the pooling grid keep every window's pooling aligned
 
@@ -180,32 +179,23 @@ class TiledEvaluator:
         weights = {k: self.fixed[k] for k in ("content_weights", "style_weights", "tv_weight",
                                               "inv_sizes")}  # inv_sizes: the whole image's
         guides = self.fixed.get("guides")
-        self.norm = _inv_energy(spec, guides) if spec.guided else \
-            {n: np.float32(self.inv[n]) for n in spec.style_layers}
-        energy = {f"inv_energy_{n}": v for n, v in self.norm.items()} if spec.guided else {}
-        self.stat_inputs = [t.owned(stats) | _guides_of(guides, t) for t in self.tiles]
-        self.loss_inputs = [{**weights, **energy, **t.owned(loss), **_guides_of(guides, t),
+        energy = _inv_energy(spec, guides) if spec.guided else {}
+        # what a window's Gram sum is multiplied by: 1/N, or per region 1/(C·ΣT_r²)
+        self.norm = {n: energy[n][:, None, None] if spec.guided else self.inv[n]
+                     for n in spec.style_layers}
+        crops = [_guides_of(guides, t) for t in self.tiles]
+        self.stat_inputs = [t.owned(stats) | c for t, c in zip(self.tiles, crops)]
+        self.loss_inputs = [{**weights, **{f"inv_energy_{n}": v for n, v in energy.items()},
+                             **t.owned(loss), **c,
                              **{f"target_{n}": _at_level(self.fixed[f"target_{n}"], t,
                                                          downsampling(n))
-                                for n in spec.content_layers}} for t in self.tiles]
+                                for n in spec.content_layers}} for t, c in zip(self.tiles, crops)]
+        cuda = device == "cuda"
+        self.out_of_memory = (  # a window that does not fit stops the run, the best image kept
+            f"out of {'GPU ' if cuda else ''}memory in a window of the {core} px tiles: use a "
+            "smaller --tile-size or --size" + (", or raise --gpu-mem-limit" if cuda else ""))
         self.host_bytes = 0
         self.evaluations = 0
-
-    @contextlib.contextmanager
-    def _out_of_memory(self):
-        """A window that does not fit (onnxruntime's allocation failure, on the CPU or a GPU)
-        ends the run as any stop does — the best image so far is written — with one line
-        naming the remedy."""
-        try:
-            yield
-        except Exception as e:
-            if not is_out_of_memory(e):
-                raise
-            what = "GPU memory" if self.device == "cuda" else "memory"
-            raise DeviceOutOfMemory(
-                f"out of {what} in a window of the {self.core} px tiles: use a smaller "
-                "--tile-size or --size" + (", or raise --gpu-mem-limit" if self.device ==
-                                          "cuda" else "")) from None
 
     def device_graph(self, device: str, traffic) -> TiledGraph:
         return TiledGraph(self, device, traffic)
@@ -221,14 +211,12 @@ class TiledEvaluator:
         (with masks, one per region: (R, C, C))."""
         total = dict.fromkeys(self.spec.style_layers, 0.0)
         for t, fixed in zip(self.tiles, self.stat_inputs):
-            with self._out_of_memory():
+            with out_of_memory_as(self.device, self.out_of_memory, cpu_too=True):
                 out = self.features_session.run(self.stat_names,
                                                 {"image": _window(x, t), **fixed})
             for n, g in zip(self.spec.style_layers, out):
                 total[n] = total[n] + g.astype(np.float64)
-        if self.spec.guided:
-            return {n: g * self.norm[n][:, None, None] for n, g in total.items()}
-        return {n: g * self.inv[n] for n, g in total.items()}
+        return {n: g * self.norm[n] for n, g in total.items()}
 
     def __call__(self, image: np.ndarray) -> Terms:
         x = np.asarray(image, np.float32).reshape(1, 3, *self.shape)
@@ -241,7 +229,7 @@ class TiledEvaluator:
         grad = np.zeros((1, 3, *self.shape), np.float32)
         gram_diff = {f"gram_diff_{n}": d.astype(np.float32) for n, d in diffs.items()}
         for t, fixed in zip(self.tiles, self.loss_inputs):
-            with self._out_of_memory():
+            with out_of_memory_as(self.device, self.out_of_memory, cpu_too=True):
                 out = dict(zip(self.loss_names, self.loss_session.run(self.loss_names, {
                     "image": _window(x, t), **fixed, **gram_diff})))
             y0, y1, x0, x1 = t.window

@@ -42,14 +42,13 @@ class ServeOptions:
             raise BadInput("--workers must be ≥ 1")
 
     def worker_count(self) -> int:
-        """``--workers``, else ``nst batch``'s rule for the cores: one job per two physical
-        cores (``--threads`` each, when given), one on a GPU. The memory check of each job
-        is batch's, at its start."""
+        """``--workers``, else ``nst batch``'s rule: one job per two physical cores (``--threads``
+        each, when given) as the memory allows at the default size, one on a GPU. Each job's
+        own memory check is batch's, at its start."""
         if self.workers:
             return self.workers
-        from ..batch.workers import on_gpu
+        from ..batch.workers import default_workers
+        from ..config import RunOptions
         from ..run.sessions import physical_cores
 
-        if self.engine.threads:
-            return max(1, physical_cores() // self.engine.threads)
-        return 1 if on_gpu(self.engine) else max(1, physical_cores() // 2)
+        return default_workers(self.engine, RunOptions(), jobs=physical_cores())

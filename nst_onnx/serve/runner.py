@@ -70,7 +70,7 @@ class Runner:
 
     def __init__(self, store: JobStore, outdir: Path, engine: EngineOptions, spec: LossSpec,
                  notify: Callable[[str, dict], None], workers: int = 1):
-        self.store, self.notify = store, notify
+        self.store, self.notify, self.outdir = store, notify, outdir
         self.bell = threading.Condition()
         self.stopping = threading.Event()
         self.cancelled: set[str] = set()  # running jobs a cancel asked to stop
@@ -86,7 +86,7 @@ class Runner:
         again) must resume from those checkpoints, not run twice at once. Each worker holds
         the workers lock shared; here it is taken exclusively, which waits for them."""
         def gate() -> None:
-            fd = hold_lock(self.slots[0].outdir / WORKERS_LOCK, wait=True)
+            fd = hold_lock(self.outdir / WORKERS_LOCK, wait=True)
             os.close(fd)
             if not self.stopping.is_set():
                 for slot in self.slots:

@@ -18,10 +18,10 @@ import dataclasses
 import glob
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
-from ..batch import run_jobs, signals_stop_the_batch
+from ..batch import BatchResult, run_jobs, signals_stop_the_batch
 from ..batch.manifest import append_record
 from ..batch.workers import one_line, ray_client
 from ..config import EngineOptions, LossSpec, LossWeights, RunOptions, VideoOptions
@@ -39,26 +39,11 @@ class VideoJob:
     output: Path
 
 
-@dataclass
-class VideosResult:
-    outdir: Path
-    records: list[dict] = field(default_factory=list)
-    seconds: float = 0.0
-    interrupted: Interrupted | None = None
-
-    @property
-    def ok(self) -> bool:
-        return all(r["status"] == "done" for r in self.records)
-
-    @property
-    def counts(self) -> dict[str, int]:
-        out: dict[str, int] = {}
-        for r in self.records:
-            out[r["status"]] = out.get(r["status"], 0) + 1
-        return out
+class VideosResult(BatchResult):
+    """What a batch of clips did: one record per clip (as in ``-o``'s ``manifest.jsonl``)."""
 
     def summary_line(self) -> str:
-        done = self.counts.get("done", 0)
+        done = self.counts["done"]
         frames = sum(r.get("frames_stylised", 0) for r in self.records)
         line = (f"{done}/{len(self.records)} videos done ({frames} frames stylised) in "
                 f"{self.seconds:.1f} s; manifest {self.outdir / 'manifest.jsonl'}")
@@ -109,8 +94,7 @@ def plan_videos(sources: list[Path], styles: list[Path], outdir: Path) -> list[V
 def batch_videos(videos: list[str], styles: list[str | Path], outdir: str | Path, *,
                  run: RunOptions, weights: LossWeights, video: VideoOptions,
                  engine: EngineOptions, spec: LossSpec, workers: int | None = None,
-                 ray: str | None = None, masks: list[Path] | None = None,
-                 log: Callable[[str], None] = print,
+                 ray: str | None = None, log: Callable[[str], None] = print,
                  progress: Callable[[dict], None] | None = None) -> VideosResult:
     """Stylise every clip in ``videos`` with ``styles``; everything the whole batch could be
     refused for is refused before the first frame; a clip that fails fails alone.
@@ -125,14 +109,14 @@ def batch_videos(videos: list[str], styles: list[str | Path], outdir: str | Path
     engine.validate()
     outdir = Path(outdir)
     styles = [Path(s) for s in styles]
-    for s in [*styles, *(masks or [])]:
+    for s in styles:
         if not s.is_file():
             raise BadInput(f"{s} not found")
     ray_mod = ray_client(ray) if ray else None
     jobs = plan_videos(video_sources(videos), styles, outdir)
     model_dir = model_for(engine, spec, log)
     model = read_model_manifest(model_dir)
-    result, start = VideosResult(outdir), time.perf_counter()
+    result, start = VideosResult([], outdir, 0.0), time.perf_counter()
     emit = progress or (lambda e: None)
     emit({"event": "start", "total": len(jobs)})
     pending = []
@@ -145,7 +129,7 @@ def batch_videos(videos: list[str], styles: list[str | Path], outdir: str | Path
             emit({"event": "job", "record": result.records[-1]})
     base = {"engine": dataclasses.asdict(engine), "spec": dataclasses.asdict(spec),
             "models": str(model_dir.parent), "job_fn": execute_video,
-            "styles": [str(s) for s in styles], "masks": [str(m) for m in masks or []] or None,
+            "styles": [str(s) for s in styles],
             "run": dataclasses.asdict(run), "weights": dataclasses.asdict(weights),
             "video": dataclasses.asdict(video)}
 
@@ -192,7 +176,7 @@ def execute_video(payload: dict) -> dict:
     r = stylize_video(st.engine, payload["source"], payload["styles"],
                       RunOptions(**payload["run"]), LossWeights(**payload["weights"]),
                       VideoOptions(**payload["video"]), output=Path(payload["output"]),
-                      masks=payload["masks"], on_frame=on_frame)
+                      on_frame=on_frame)
     if r.interrupted is not None:
         raise r.interrupted
     if r.stopped:
