@@ -38,11 +38,16 @@ QuietOpt = Annotated[bool, typer.Option("--quiet", help="No progress output.")]
 
 
 def _parameter(f, o) -> inspect.Parameter:
-    """A setting's :class:`~nst_onnx.config.Option` → the keyword parameter Typer reads."""
-    default = f.default if o.shown is None else o.shown
+    """A setting's :class:`~nst_onnx.config.Option` → the keyword parameter Typer reads.
+    A field whose default is None ("not given": e.g. ``--history``, which the memory check
+    may lower only when the user did not set it) stays None and only shows ``shown``; one
+    whose default Typer cannot take (a tuple of layers) gets ``shown`` as its text."""
+    default = f.default if o.shown is None or f.default is None else o.shown
     kind = o.cli if default is not None or o.cli is bool else o.cli | None
+    text = o.help if default is not None or o.shown is None else \
+        f"{o.help}  [default: {o.shown}]"
     return inspect.Parameter(f.name, inspect.Parameter.KEYWORD_ONLY, default=default,
-                             annotation=Annotated[kind, typer.Option(o.flag, help=o.help)])
+                             annotation=Annotated[kind, typer.Option(o.flag, help=text)])
 
 
 def _with_options(name: str):
