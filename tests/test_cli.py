@@ -255,6 +255,27 @@ def test_a_history_too_large_for_the_memory_is_refused(models_dir, images, tmp_p
     assert len(r.output.strip().splitlines()) == 1
 
 
+def test_settings_left_out_reach_the_run_as_not_given(models_dir, images, tmp_path,
+                                                    monkeypatch):
+    """--history and --size left out arrive as None, not as the defaults the help shows:
+    the memory check may lower only a history the user did not give (with 20 passed, a
+    4096 px run was refused instead of running with 10 pairs)."""
+    import nst_onnx.run.resources as res
+    from nst_onnx.errors import BadInput
+
+    seen = []
+
+    def check(device, spec, shape, style_pixels, regions, final, run, log, scale=1.0):
+        seen.append((run.history, run.size, final))
+        raise BadInput("checked")
+    monkeypatch.setattr(res, "check_memory", check)
+    args = ["stylize", str(images["tubingen"]), str(images["starry_night"]), "-o",
+            str(tmp_path / "h.png"), "--iterations", "1"]
+    assert nst(models_dir, *args).exit_code == 2
+    assert nst(models_dir, *args, "--history", "20", "--size", "64").exit_code == 2
+    assert seen == [(None, None, 512), (20, 64, 64)]
+
+
 def test_bench_profile_is_refused_on_cuda():
     """On CUDA the profiler records kernel launches, not GPU time (an H200 showed 3.4 ms of
     'kernels' for a 14.6 ms evaluation): refused in one line instead of a wrong split."""
