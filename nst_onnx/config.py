@@ -337,7 +337,8 @@ class RunOptions:
     # seconds of work between checkpoints (when the job has a checkpoint file); 0: never
     checkpoint_every: float = setting(CHECKPOINT_EVERY, Option(
         "--checkpoint-every", "Keep the run's state beside the output (.OUT.ckpt.npz) every N "
-        "seconds of work; 0: never.", float), result=False)
+        "seconds of work (longer where a save takes over 5% of that); 0: never.", float),
+        result=False)
     # tiles: the objective evaluated window by window (nst_onnx.run.tiled), the same result
     tile_size: int | str | None = setting("auto", Option(
         "--tile-size", "Evaluate in tiles that own N px a side (a multiple of 16; a halo "

@@ -322,7 +322,7 @@ class _Scales:
         def on_progress(p) -> None:
             self.latest = (p, index, first + p.iteration, offset + p.iteration)
             if self.timer.due():
-                self.save()
+                self.timer.timed(self.save)
             if self.callback:
                 self.callback(dataclasses.replace(p, iteration=offset + p.iteration,
                                                   iterations=total,

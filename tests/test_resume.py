@@ -265,3 +265,28 @@ def test_a_checkpoint_that_cannot_be_written_is_a_warning(st, images, tmp_path, 
         st.log = log
     assert r.optimize.iterations == 4 and r.optimize.error is None
     assert any("could not write the checkpoint" in n for n in notes)
+
+
+def test_a_checkpoint_that_takes_long_to_save_is_written_less_often():
+    """Saving costs at most 5% of the run: after a save of 10 s the next waits 200 s of
+    work, not the 60 s asked for; a quick save keeps the asked interval."""
+    from nst_onnx.run.progress import CheckpointTimer
+
+    now = [0.0]
+    timer = CheckpointTimer(60.0, clock=lambda: now[0])
+    now[0] = 59.0
+    assert not timer.due()
+    now[0] = 60.0
+    assert timer.due()
+
+    def save():
+        now[0] += 10.0
+    timer.timed(save)
+    now[0] += 199.0
+    assert not timer.due()
+    now[0] += 1.0
+    assert timer.due()
+    timer.timed(lambda: None)
+    now[0] += 60.0
+    assert timer.due()
+    assert not CheckpointTimer(0.0, clock=lambda: now[0]).due()

@@ -135,17 +135,29 @@ class StopRule:
 
 class CheckpointTimer:
     """Says when ``every`` seconds of work have passed since the last checkpoint (0: never);
-    one per job, so the clock runs on across its scales."""
+    one per job, so the clock runs on across its scales. At print sizes a checkpoint is
+    gigabytes (the L-BFGS history): the wait grows to ``1 / SAVE_SHARE`` times what the last
+    save took, so saving never costs more than that share of the run."""
+
+    SAVE_SHARE = 0.05
 
     def __init__(self, every: float, clock: Callable[[], float] = time.perf_counter):
         self.every, self.clock = every, clock
-        self.last = clock()
+        self.last, self.cost = clock(), 0.0
 
     def due(self) -> bool:
-        if not (self.every > 0 and self.clock() - self.last >= self.every):
+        wait = max(self.every, self.cost / self.SAVE_SHARE)
+        if not (self.every > 0 and self.clock() - self.last >= wait):
             return False
         self.last = self.clock()
         return True
+
+    def timed(self, save: Callable[[], None]) -> None:
+        """Run ``save``; its time is not work, and sets the next wait."""
+        start = self.clock()
+        save()
+        self.last = self.clock()
+        self.cost = self.last - start
 
 
 def chain(*hooks: Callback | None) -> Callback | None:
