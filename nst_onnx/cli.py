@@ -201,16 +201,17 @@ def stylize(
         log = _log(quiet or as_json)
         st = StyleTransfer(engine, spec, log=log)
 
+        progress = _Progress(quiet or as_json)
+
         def before_run(problem, sizes, its):
+            progress.plan = (sizes, its)
             plan = "" if len(sizes) == 1 else \
                 f", coarse-to-fine {'→'.join(map(str, sizes))} px × {'/'.join(map(str, its))}"
-            tiles = getattr(problem.evaluator, "tiles", None)
-            if tiles:
-                plan += f", {len(tiles)} tiles of {problem.evaluator.core} px"
+            if problem.tiling:
+                plan += ", {} tiles of {} px".format(*problem.tiling)
             log(f"{content.name} + {', '.join(s.name for s in styles)} → {output} "
                 f"({sizes[-1]} px, {sum(its)} iterations{plan}, {run.optimizer}, "
                 f"{st.device}, {st.threads} threads)")
-        progress = _Progress(quiet or as_json)
 
         def callback(p):
             progress(p)
@@ -391,7 +392,7 @@ def video(
             what = "kept (done before)" if r["status"] == "skipped" else \
                 (f"{r['iterations']} iterations, loss {r['final_loss']:.4g}, "
                  f"{r['seconds']:.1f} s" + ("" if r["temporal"] else ", no temporal term"))
-            left = "" if eta is None else f", ETA {int(eta) // 60}:{int(eta) % 60:02d}"
+            left = "" if eta is None else f", ETA {_clock(eta)}"
             log(f"frame {event['index']}/{event['total']}: {what}{left}")
 
         with _signals_stop_the_run():
@@ -605,41 +606,74 @@ def _unsaved(output: Path, image, ckpt: Path | None, e: OSError) -> NstError:
     return NstError(f"{why}: the image was written to {spare} instead")
 
 
-class _Progress:
-    """One status line on stderr: iteration, loss and its terms, s/iteration, ETA.
+def _clock(seconds: float) -> str:
+    """m:ss, or h:mm:ss from an hour on (a print-size run's ETA)."""
+    m, s = divmod(int(seconds), 60)
+    return f"{m // 60}:{m % 60:02d}:{s:02d}" if m >= 60 else f"{m}:{s:02d}"
 
-    The rate is wall time from the first report on, so the warm-up (session start, the
-    first evaluation) does not inflate the ETA, and coarse-to-fine scales count as they go."""
+
+class _Progress:
+    """One status line on stderr: iteration, loss and its terms, s/iteration, ETA; with
+    coarse-to-fine or tiles, the scale at hand (and its tiles).
+
+    The rate is the scale at hand's, timed from its first report on, so neither the warm-up
+    nor a scale's preparation inflates it. The ETA counts each later scale of ``plan`` at
+    that rate times its pixels over this scale's: time per iteration grows with the pixels
+    (tiles add their halos and statistics pass on top, so a tiled scale's first report
+    raises it)."""
 
     def __init__(self, quiet: bool):
         self.quiet = quiet
         self.tty = sys.stderr.isatty()
         self.last = 0.0
-        self.first: tuple[int, float] | None = None  # (iteration, clock) at the first report
+        self.first: tuple[int, float, int] | None = None  # (iteration, clock, scale) at the
+        #                                                   scale's first report
+        self.plan: tuple[list[int], list[int]] | None = None  # (sizes, iterations) per scale
+        self.rate: tuple[float, int] | None = None  # (s/it, scale) as last measured
         self.shown = False
+
+    def seconds_per_iteration(self, p, now: float) -> float:
+        if self.first is None or self.first[2] != p.scale:
+            self.first = (p.iteration, now, p.scale)
+        it0, t0, _ = self.first
+        if p.iteration > it0:
+            self.rate = ((now - t0) / (p.iteration - it0), p.scale)
+        elif self.rate and self.rate[1] and p.scale:  # a new scale: the last one's, grown
+            return self.rate[0] * (p.scale / self.rate[1]) ** 2
+        else:
+            return p.seconds / max(p.iteration, 1)
+        return self.rate[0]
+
+    def eta(self, p, spi: float) -> float:
+        sizes, its = self.plan or ([], [])
+        if p.scale not in sizes:
+            return spi * (p.iterations - p.iteration)
+        k = sizes.index(p.scale)
+        later = sum(n * (s / p.scale) ** 2 for s, n in zip(sizes[k + 1:], its[k + 1:]))
+        return spi * (sum(its[:k + 1]) - p.iteration + later)
 
     def __call__(self, p) -> None:
         if self.quiet:
             return
         now = time.perf_counter()
-        if self.first is None:
-            self.first = (p.iteration, now)
+        spi = self.seconds_per_iteration(p, now)
         final = p.iteration == p.iterations
         if not final and now - self.last < (0.2 if self.tty else 5.0):
             return
         self.last = now
-        it0, t0 = self.first
-        spi = (now - t0) / (p.iteration - it0) if p.iteration > it0 else \
-            p.seconds / max(p.iteration, 1)
-        eta = spi * (p.iterations - p.iteration)
+        eta = self.eta(p, spi)
         t = p.groups
         bar_w = 20
         filled = int(bar_w * p.iteration / max(p.iterations, 1))
-        line = (f"[{'#' * filled}{'.' * (bar_w - filled)}] {p.iteration}/{p.iterations} "
+        where = ""
+        if p.scale and (p.tiles or len(self.plan[0] if self.plan else []) > 1):
+            where = f" at {p.scale} px" + (" ({} tiles of {} px)".format(*p.tiles)
+                                           if p.tiles else "")
+        line = (f"[{'#' * filled}{'.' * (bar_w - filled)}] {p.iteration}/{p.iterations}{where} "
                 f"loss {p.loss:.4g} (content {t['content']:.3g}, style {t['style']:.3g}, "
                 f"tv {t['tv']:.3g}" + (f", temporal {t['temporal']:.3g}" if "temporal" in t
                                        else "")
-                + f") {spi:.2f} s/it ETA {int(eta) // 60}:{int(eta) % 60:02d}")
+                + f") {spi:.2f} s/it ETA {_clock(eta)}")
         sys.stderr.write(("\r" + line + "\033[K") if self.tty else line + "\n")
         sys.stderr.flush()
         self.shown = True

@@ -318,6 +318,7 @@ class _Scales:
         """Progress at this scale → where the job stands, its checkpoint timer, and the
         caller's callback with the job's iteration count (x as the output will look)."""
         total = sum(self.its)
+        where = dict(scale=self.sizes[index], tiles=problem.tiling)
 
         def on_progress(p) -> None:
             self.latest = (p, index, first + p.iteration, offset + p.iteration)
@@ -325,7 +326,7 @@ class _Scales:
                 self.timer.timed(self.save)
             if self.callback:
                 self.callback(dataclasses.replace(p, iteration=offset + p.iteration,
-                                                  iterations=total,
+                                                  iterations=total, **where,
                                                   fetch=lambda: problem.finish(p.x)))
         return on_progress
 
@@ -347,10 +348,9 @@ class _Scales:
         else:
             result = optimize(self.engine, problem, run,
                               self._hook(problem, index, first, done + first), state)
-        tiles = getattr(problem.evaluator, "tiles", None)
+        tiles = problem.tiling
         self.per_scale.append({"size": self.sizes[index], "shape": list(problem.shape[:2]),
-                               **({"tile_size": problem.evaluator.core, "tiles": len(tiles)}
-                                  if tiles else {}),
+                               **({"tile_size": tiles[1], "tiles": tiles[0]} if tiles else {}),
                                **scale_summary(result.optimize),
                                **({"resumed_at": first} if here else {})})
         return result

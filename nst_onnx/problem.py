@@ -67,6 +67,12 @@ class Problem:
         """Pixels of the largest style image as used (its features are computed too)."""
         return max(s.shape[2] * s.shape[3] for s in self.styles)
 
+    @property
+    def tiling(self) -> tuple[int, int] | None:
+        """(how many tiles, their core side in px) where the objective is tiled; else None."""
+        tiles = getattr(self.evaluator, "tiles", None)
+        return (len(tiles), self.evaluator.core) if tiles else None
+
     def finish(self, x_chw: np.ndarray) -> np.ndarray:
         """The optimised image → the output: recombined with the content's chroma where the
         colour mode asks (luminance-only transfer, post-hoc chroma swap)."""

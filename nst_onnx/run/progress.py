@@ -42,6 +42,8 @@ class Progress:
     fetch: Callable[[], np.ndarray] = field(repr=False)
     state: Callable[[], dict[str, np.ndarray]] = field(default=lambda: {}, repr=False)
     """The optimiser's state beyond x, to resume it (fetched only when called)."""
+    scale: int = 0  # a job's: the side (px) of the scale at hand (0: one problem's run)
+    tiles: tuple[int, int] | None = None  # … and, when it is tiled, (tiles, their core px)
 
     @functools.cached_property
     def x(self) -> np.ndarray:
