@@ -290,3 +290,33 @@ def test_a_checkpoint_that_takes_long_to_save_is_written_less_often():
     now[0] += 60.0
     assert timer.due()
     assert not CheckpointTimer(0.0, clock=lambda: now[0]).due()
+
+
+def test_a_lazy_state_is_written_one_array_at_a_time(tmp_path):
+    """At print sizes S and Y are gigabytes each: the checkpoint fetches one, writes it and
+    lets it go before fetching the next, and reads back as np.savez's layout did."""
+    import gc
+    import weakref
+
+    from nst_onnx.io.checkpoint import Checkpoint, load_checkpoint
+    from nst_onnx.run.progress import Lazy
+
+    alive = []
+
+    def fetch(value):
+        def get():
+            gc.collect()
+            assert not any(r() is not None for r in alive), "an earlier array is still held"
+            a = np.full((2, 60), value, np.float32)
+            alive.append(weakref.ref(a))
+            return a
+        return get
+    x = np.full((3, 4, 5), 7.0, np.float32)
+    state = Lazy(S=fetch(1.0), Y=fetch(2.0), hist_sy=np.eye(2), hist_yy=np.eye(2),
+                 gamma=np.array(0.5))
+    path = tmp_path / ".o.png.ckpt.npz"
+    Checkpoint("fp", 0, 3, 3, "lbfgs-onnx", x, state).save(path)
+    back = load_checkpoint(path, "fp")
+    assert back.iteration == 3 and np.array_equal(back.x, x)
+    assert (back.state["S"] == 1).all() and (back.state["Y"] == 2).all()
+    assert float(back.state["gamma"]) == 0.5 and len(alive) == 2

@@ -158,7 +158,7 @@ def test_history_rows_are_fixed_and_resume_from_either_layout():
     x, state = states[-1]
     k = len(state["hist_sy"])
     assert state["S"].shape[0] == 8 and 0 < k < 8 and not state["S"][:8 - k].any()
-    trimmed = state | {"S": state["S"][8 - k:], "Y": state["Y"][8 - k:]}
+    trimmed = {**state, "S": state["S"][8 - k:], "Y": state["Y"][8 - k:]}
     full = lbfgs_onnx(quadratic_loop(b, c, Traffic()), x, iterations=5, history=8, state=state)
     old = lbfgs_onnx(quadratic_loop(b, c, Traffic()), x, iterations=5, history=8, state=trimmed)
     np.testing.assert_array_equal(full.x, old.x)

@@ -64,10 +64,18 @@ class Checkpoint:
         meta = {"format": FORMAT, "fingerprint": self.fingerprint, "scale": self.scale,
                 "iteration": self.iteration, "done": self.done, "optimizer": self.optimizer,
                 **({"stop_reason": self.stop_reason} if self.stop_reason else {})}
-        with atomic_path(path) as tmp, open(tmp, "wb") as f:  # streamed: at print sizes
-            np.savez(f, meta=np.array(json.dumps(meta)),        # the state is gigabytes,
-                     x=np.asarray(self.x, np.float32),           # never held twice
-                     **{f"state_{k}": np.asarray(v) for k, v in self.state.items()})
+        # np.savez's layout, one member at a time: at print sizes the state is gigabytes,
+        # and a lazy state (run.progress.Lazy) is fetched array by array as it is written
+        with atomic_path(path) as tmp, zipfile.ZipFile(tmp, "w", allowZip64=True) as z:
+            _write(z, "meta", np.array(json.dumps(meta)))
+            _write(z, "x", np.asarray(self.x, np.float32))
+            for k in self.state:
+                _write(z, f"state_{k}", np.asarray(self.state[k]))
+
+
+def _write(z: zipfile.ZipFile, name: str, a: np.ndarray) -> None:
+    with z.open(f"{name}.npy", "w", force_zip64=True) as f:
+        np.lib.format.write_array(f, a, allow_pickle=False)
 
 
 def size_bound(side: int, history: int) -> int:

@@ -34,7 +34,16 @@ from ..config import ADAM_MOMENTS
 from ..errors import Interrupted
 from ..graphs.steps import ADAM_STEP, CURVATURE, LBFGS_DIRECTION, LBFGS_PROJECT, LBFGS_UPDATE, PROJECT_STEP
 from .binding import DeviceGraph, Traffic, to_device, to_host
-from .progress import LINE_SEARCH_FAILED, MAX_RESTARTS, Best, Callback, Ending, OptimizeResult, Progress
+from .progress import (
+    LINE_SEARCH_FAILED,
+    MAX_RESTARTS,
+    Best,
+    Callback,
+    Ending,
+    Lazy,
+    OptimizeResult,
+    Progress,
+)
 
 ARMIJO = 1e-4
 WOLFE = 0.9  # curvature: a step is long enough once the slope has eased to 0.9× its start
@@ -209,8 +218,8 @@ class _Pairs:
         holds no copy)."""
         s, y, traffic = self.S, self.Y, self.loop.traffic
         sy, yy, gamma = self.hist.sy, self.hist.yy, self.hist.gamma
-        return lambda: {"S": to_host(s, traffic), "Y": to_host(y, traffic),
-                        "hist_sy": sy.copy(), "hist_yy": yy.copy(), "gamma": np.array(gamma)}
+        return lambda: Lazy(S=lambda: to_host(s, traffic), Y=lambda: to_host(y, traffic),
+                            hist_sy=sy.copy(), hist_yy=yy.copy(), gamma=np.array(gamma))
 
 
 def lbfgs_onnx(loop: Loop, x0: np.ndarray, iterations: int, history: int,

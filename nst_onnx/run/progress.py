@@ -13,7 +13,7 @@ from __future__ import annotations
 import functools
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -40,7 +40,7 @@ class Progress:
     terms: dict[str, float]
     seconds: float
     fetch: Callable[[], np.ndarray] = field(repr=False)
-    state: Callable[[], dict[str, np.ndarray]] = field(default=lambda: {}, repr=False)
+    state: Callable[[], Mapping[str, np.ndarray]] = field(default=lambda: {}, repr=False)
     """The optimiser's state beyond x, to resume it (fetched only when called)."""
     scale: int = 0  # a job's: the side (px) of the scale at hand (0: one problem's run)
     tiles: tuple[int, int] | None = None  # … and, when it is tiled, (tiles, their core px)
@@ -57,6 +57,24 @@ class Progress:
 
 
 Callback = Callable[[Progress], None]
+
+
+class Lazy(Mapping):
+    """A state whose arrays are fetched when read, each time: a checkpoint then brings a
+    gigabyte history home one array at a time instead of all of it at once."""
+
+    def __init__(self, **values):
+        self.values = values  # an array, or a function that fetches it
+
+    def __getitem__(self, key: str) -> np.ndarray:
+        v = self.values[key]
+        return v() if callable(v) else v
+
+    def __iter__(self):
+        return iter(self.values)
+
+    def __len__(self) -> int:
+        return len(self.values)
 
 
 @dataclass

@@ -192,10 +192,11 @@ def estimate_tiled_mb(device: str, spec, h: int, w: int, tile: int, regions: int
 
 def checkpoint_mb(run: RunOptions, mpx: float) -> float:
     """What writing a checkpoint holds on the host besides the run: the image and the
-    optimiser's state brought home (float32; at print sizes the history is gigabytes)."""
+    optimiser's state brought home (float32; at print sizes the history is gigabytes) —
+    L-BFGS's S, then Y, each ``history`` image-sized rows, written one after the other."""
     if not run.checkpoint_every:
         return 0.0
-    vectors = {"lbfgs-onnx": 2 * run.pairs + 1, "adam": 3}.get(run.optimizer, 1)
+    vectors = {"lbfgs-onnx": run.pairs + 1, "adam": 3}.get(run.optimizer, 1)
     return 12 * vectors * mpx
 
 
