@@ -159,6 +159,11 @@ def gpu_memory_mb() -> tuple[float, float] | None:
 # --------------------------------------------------------------------------- tiles
 
 TILE_SIDES = (2048, 1536, 1024, 768, 512, 384, 256, 128)  # what ``--tile-size auto`` tries
+SMALL_TILE = 1024  # below it the halos cost over 20% more pixels: the default history is
+#                   lowered before tiles get this small
+TILE_COST_SLACK = 1.1  # auto takes the smallest tile whose passes cost at most this much
+#                        more than the cheapest that fits: at 4096×3072 on 24 GB, 1024 px
+#                        tiles (1.23× the pixels, ~14.5 GB) over 1536 (1.13×, ~18.4 GB)
 VECTOR_MB = 200.0  # per megapixel: what a tiled run still keeps image-sized (the image, its
 #                    gradient, the content target, the optimiser's vectors besides its
 #                    history) — an estimate, not yet fitted like CPU_MB: a 2048×1536 run in
@@ -222,9 +227,12 @@ _ASK = object()  # choose_tile's ``free`` when the caller has not read it alread
 def choose_tile(device: str, spec, h: int, w: int, style_pixels: int, regions: int,
                 run: RunOptions, free: float | None | object = _ASK) -> int | None:
     """The tile side for an h×w run: none with ``--tile-size 0``, or where one tile
-    would hold the image; with ``auto`` none where the untiled run fits, else the largest of
-    :data:`TILE_SIDES` below the image's side that fits (the smallest when none does: the
-    check then refuses). ``free``: the free memory, MB, if the caller has read it."""
+    would hold the image; with ``auto`` none where the untiled run fits, else, of the
+    :data:`TILE_SIDES` below the image's side that fit, the smallest whose windows cost at
+    most :data:`TILE_COST_SLACK` times the cheapest's and not below :data:`SMALL_TILE`
+    unless the largest that fits is (memory to spare where it costs little time; the
+    smallest side when none fits: the check then refuses). ``free``: the
+    free memory, MB, if the caller has read it."""
     tile = run.tile_size
     if tile is None:
         return None
@@ -238,8 +246,20 @@ def choose_tile(device: str, spec, h: int, w: int, style_pixels: int, regions: i
     sides = [t for t in TILE_SIDES if t < max(h, w)]
     if not sides:  # one tile would hold the whole image: tiles cannot help
         return None
-    return next((t for t in sides if estimate_tiled_mb(device, spec, h, w, t, regions, run)
-                 <= HEADROOM * free), sides[-1])
+    fits = [t for t in sides if estimate_tiled_mb(device, spec, h, w, t, regions, run)
+            <= HEADROOM * free]
+    if not fits:
+        return sides[-1]
+    cost = {t: window_share(spec, h, w, t) for t in fits}
+    return min(t for t in fits if cost[t] <= TILE_COST_SLACK * min(cost.values())
+               and (t >= SMALL_TILE or t == fits[0]))
+
+
+def window_share(spec, h: int, w: int, tile: int) -> float:
+    """Σ window pixels / image pixels: what each pass of a tiled evaluation costs."""
+    from .tiled import tiles_for, window_pixels
+
+    return window_pixels(tiles_for(spec, h, w, tile)) / (h * w)
 
 
 def what_of(device: str) -> str:
@@ -265,18 +285,21 @@ def check_memory(device: str, spec, shape: tuple[int, int], style_pixels: int, r
         tile = choose_tile(device, spec, fh, fw, style_final, regions, run, avail)
         return tile, (estimate_tiled_mb(device, spec, fh, fw, tile, regions, run) if tile
                       else _untiled_mb(device, spec, fh, fw, style_final, regions, run))
+    def comfortable(tile: int | None, est: float) -> bool:
+        return est <= HEADROOM * avail and (not tile or tile >= SMALL_TILE)
     tile, est = plan(run)
     pairs = None
-    if avail is not None and est > HEADROOM * avail and run.history is None \
+    if avail is not None and not comfortable(tile, est) and run.history is None \
             and run.optimizer != "adam":  # the history may be what does not fit
-        for fewer in FEWER_HISTORY:
-            t, e = plan(dataclasses.replace(run, history=fewer))
-            if e <= HEADROOM * avail:
-                tile, est, pairs = t, e, fewer
-                log(f"note: L-BFGS history {fewer} (not {DEFAULT_HISTORY}): at {fw}×{fh} "
-                    f"{DEFAULT_HISTORY} pairs would not fit in the free {what_of(device)}; "
-                    "--history sets it")
-                break
+        fewer = [(n, *plan(dataclasses.replace(run, history=n))) for n in FEWER_HISTORY]
+        fewer = [f for f in fewer if comfortable(*f[1:])] or \
+            [f for f in fewer if f[2] <= HEADROOM * avail and est > HEADROOM * avail]
+        if fewer:
+            pairs, tile, est = fewer[0]
+            log(f"note: L-BFGS history {pairs} (not {DEFAULT_HISTORY}): at {fw}×{fh} "
+                f"{DEFAULT_HISTORY} pairs would not fit in the free {what_of(device)}"
+                + (f" beside tiles of {SMALL_TILE} px or more" if tile else "")
+                + "; --history sets it")
     what = what_of(device)
     if device == "cuda":
         info = {"pixels": fh * fw, "estimated_gpu_mb": round(est),

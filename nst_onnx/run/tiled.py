@@ -84,6 +84,11 @@ def tiles_for(spec, h: int, w: int, core: int) -> list[Tile]:
     return plan_tiles(h, w, core, halo(list(spec.all_layers), GRID))
 
 
+def window_pixels(tiles: list[Tile]) -> int:
+    """Σ window areas: what one pass evaluates (the image's pixels plus the halos)."""
+    return sum((t.window[1] - t.window[0]) * (t.window[3] - t.window[2]) for t in tiles)
+
+
 def _window(x: np.ndarray, t: Tile) -> np.ndarray:
     y0, y1, x0, x1 = t.window
     return np.ascontiguousarray(x[:, :, y0:y1, x0:x1], dtype=np.float32)
@@ -202,9 +207,7 @@ class TiledEvaluator:
 
     @property
     def window_pixels(self) -> int:
-        """Σ window areas: what one pass evaluates (the image's pixels plus the halos)."""
-        return sum((t.window[1] - t.window[0]) * (t.window[3] - t.window[2])
-                   for t in self.tiles)
+        return window_pixels(self.tiles)
 
     def grams(self, x: np.ndarray) -> dict[str, np.ndarray]:
         """The statistics pass: every style layer's Gram of the whole image x (1, 3, H, W)
