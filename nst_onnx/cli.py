@@ -640,8 +640,10 @@ class _Progress:
             self.rate = ((now - t0) / (p.iteration - it0), p.scale)
         elif self.rate and self.rate[1] and p.scale:  # a new scale: the last one's, grown
             return self.rate[0] * (p.scale / self.rate[1]) ** 2
-        else:
-            return p.seconds / max(p.iteration, 1)
+        else:  # the optimiser's own clock, over the iterations it ran at this scale
+            sizes, its = self.plan or ([], [])
+            before = sum(its[:sizes.index(p.scale)]) if p.scale in sizes else 0
+            return p.seconds / max(p.iteration - before, 1)
         return self.rate[0]
 
     def eta(self, p, spi: float) -> float:

@@ -327,7 +327,8 @@ def test_the_eta_counts_later_scales_by_their_pixels():
 
     def at(iteration, scale):
         return SimpleNamespace(iteration=iteration, iterations=190, scale=scale, seconds=1.0)
-    progress.seconds_per_iteration(at(121, 1024), now=100.0)  # the scale's clock starts
+    # the scale's clock starts; until it has a rate, the optimiser's seconds at this scale
+    assert progress.seconds_per_iteration(at(121, 1024), now=100.0) == pytest.approx(1.0)
     spi = progress.seconds_per_iteration(at(131, 1024), now=120.0)
     assert spi == pytest.approx(2.0)
     assert progress.eta(at(131, 1024), spi) == pytest.approx(2.0 * (155 - 131 + 35 * 4))
