@@ -49,3 +49,17 @@ def test_stop_rule_ends_a_default_run_and_iterations_mean_exactly(st, images):
     r = st.transfer(*args, size=32, iterations=400, stop_tolerance=0.05)
     assert r.summary()["iterations"] < 400
 
+
+
+def test_a_finer_scale_starts_with_the_coarser_ones_step_scale(st, images):
+    """L-BFGS's γ comes along to the next scale (grown with its pixels), so that scale's
+    first iteration takes the quasi-Newton step at once: 2 evaluations (the start and the
+    accepted step) where a fresh unit step needs ~5 extrapolations."""
+    from nst_onnx.config import LossWeights, RunOptions
+
+    seen = []
+    st.transfer(images["tubingen"], images["starry_night"],
+                RunOptions(size=128, scales=[64, 128], iterations=[15, 3], checkpoint_every=0),
+                LossWeights(), callback=lambda p: seen.append((p.scale, p.evaluations)))
+    first = {scale: evaluations for scale, evaluations in reversed(seen)}
+    assert first[64] >= 4 and first[128] <= 3, first

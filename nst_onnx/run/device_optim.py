@@ -191,14 +191,18 @@ class _Pairs:
             self.hist.sy = state["hist_sy"].astype(np.float64)
             self.hist.yy = state["hist_yy"].astype(np.float64)
             self.hist.gamma = float(state["gamma"])
+            self.carried = False
         else:
             self.reset()
+            if state and "gamma" in state and "S" not in state:  # a coarser scale's
+                self.hist.gamma, self.carried = float(state["gamma"]), True
 
     def reset(self) -> None:
         """An empty history (a fresh start: steepest descent next)."""
         self.S = to_device(np.zeros((self.m, self.n), np.float32), self.loop.device)
         self.Y = to_device(np.zeros((self.m, self.n), np.float32), self.loop.device)
         self.hist = _History(self.m)
+        self.carried = False  # γ brought from a coarser scale: the first step is γ·g
 
     def update(self, x, x_t, g, g_t) -> None:
         """Append the pair (x_t − x, g_t − g) unless it fails the curvature test (then H
@@ -253,7 +257,9 @@ def lbfgs_onnx(loop: Loop, x0: np.ndarray, iterations: int, history: int,
             if not float(dr["gd"]) < 0:  # rounding spoilt H: steepest descent, fresh history
                 pairs.reset()
                 continue
-            t = 1.0 if len(pairs.hist) else 1.0 / math.sqrt(float(pr["gg"]))
+            # a first step of unit length takes ~5 extrapolations to grow; with a coarser
+            # scale's γ the quasi-Newton step γ·g is the right size from the start
+            t = 1.0 if len(pairs.hist) or pairs.carried else 1.0 / math.sqrt(float(pr["gg"]))
             accepted = _line_search(loop, x, f, g, dr["d"], t, best)
             if accepted is None:  # restart from the best point with an empty history
                 failures += 1
@@ -273,7 +279,9 @@ def lbfgs_onnx(loop: Loop, x0: np.ndarray, iterations: int, history: int,
                 callback(Progress(done, iterations, loop.evaluations, f, terms,
                                   time.perf_counter() - start, lambda v=x: loop.fetch(v),
                                   pairs.snapshot()))
-    return _result(loop, x0, best, first, done, end, start, restarts, loop.traffic.bytes - once)
+    res = _result(loop, x0, best, first, done, end, start, restarts, loop.traffic.bytes - once)
+    res.gamma = pairs.hist.gamma if len(pairs.hist) else None
+    return res
 
 
 def adam_onnx(loop: Loop, x0: np.ndarray, iterations: int, lr: float,

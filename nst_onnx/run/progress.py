@@ -93,6 +93,7 @@ class OptimizeResult:
     host_bytes: int = 0  # crossed between host arrays and the sessions (set by the caller)
     interrupted: Interrupted | None = field(default=None, repr=False)
     error: NstError | None = field(default=None, repr=False)  # stopped the run (e.g. GPU memory)
+    gamma: float | None = None  # L-BFGS's last s·y/y·y: the next scale's first step (job.py)
 
 
 class Best:
