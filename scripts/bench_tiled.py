@@ -9,6 +9,7 @@ evaluation).
 
     python scripts/bench_tiled.py                       # 1024×768 / 512 and 2048×1536 / 1024
     python scripts/bench_tiled.py --only 1024x768:512 --memory 1024x768:256
+    python scripts/bench_tiled.py --only --memory --tiled-only 4096x3072:1024 --repeat 2
 """
 
 from __future__ import annotations
@@ -60,6 +61,25 @@ def time_case(st, w: int, h: int, tile: int, repeat: int) -> dict:
             "within": t_tiled / t_loss <= bound}
 
 
+def tiled_only_case(st, w: int, h: int, tile: int, repeat: int) -> dict:
+    """Where the untiled run does not fit (print sizes): the tiled problem alone — its
+    preparation (targets in tiles), one evaluation and its statistics pass, peak RSS."""
+    from nst_onnx.run.resources import peak_rss_mb
+
+    t = time.perf_counter()
+    tiled = _problem(st, w, h, tile)
+    t_prepare = time.perf_counter() - t
+    x = tiled.content[0]
+    ev = tiled.evaluator
+    image = x.astype("float32").reshape(1, 3, h, w)
+    return {"size": f"{w}x{h}", "tile": tile, "tiles": len(ev.tiles),
+            "window_over_image": round(ev.window_pixels / (w * h), 3),
+            "t_prepare_s": round(t_prepare, 1),
+            "t_statistics_s": round(_median(lambda: ev.grams(image), repeat), 1),
+            "t_tiled_s": round(_median(lambda: tiled.evaluate(x), repeat), 1),
+            "peak_mb": round(peak_rss_mb() or 0)}
+
+
 def _child(w: int, h: int, tile: int | None, threads: int) -> None:
     """One variant's memory: prepare and evaluate once (run in its own process)."""
     from nst_onnx import StyleTransfer
@@ -96,6 +116,8 @@ def main() -> None:
     ap.add_argument("--only", nargs="*", default=["1024x768:512", "2048x1536:1024"],
                     help="WxH:TILE time cases")
     ap.add_argument("--memory", nargs="*", default=["1024x768:256"], help="WxH:TILE RSS cases")
+    ap.add_argument("--tiled-only", nargs="*", default=[], metavar="WxH:TILE",
+                    help="print sizes: the tiled problem alone (e.g. 4096x3072:1024)")
     ap.add_argument("--repeat", type=int, default=5)
     ap.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     ap.add_argument("--child", help=argparse.SUPPRESS)
@@ -112,6 +134,8 @@ def main() -> None:
         print(json.dumps(time_case(st, *_case(case), a.repeat)), flush=True)
     for case in a.memory:
         print(json.dumps(memory_case(*_case(case), a.threads)), flush=True)
+    for case in a.tiled_only:
+        print(json.dumps(tiled_only_case(st, *_case(case), a.repeat)), flush=True)
 
 
 if __name__ == "__main__":
