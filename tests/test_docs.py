@@ -25,8 +25,14 @@ def readme_options() -> dict[frozenset[str], str]:
 
 
 def help_options() -> dict[frozenset[str], object]:
+    """{option names: default}; where the option's value is None when not given (the run
+    decides: --size, --history), the default its help shows."""
     cmd = typer.main.get_command(app).commands["stylize"]
-    return {frozenset(p.opts + p.secondary_opts): p.default for p in cmd.params
+
+    def default(p):
+        shown = re.search(r"\[default: ([^\]]+)\]$", p.help or "")
+        return p.default if p.default is not None or not shown else shown.group(1)
+    return {frozenset(p.opts + p.secondary_opts): default(p) for p in cmd.params
             if p.param_type_name == "option"}
 
 
