@@ -266,6 +266,36 @@ def what_of(device: str) -> str:
     return "GPU memory" if device == "cuda" else "memory"
 
 
+def _plan(device: str, spec, hw: tuple[int, int], style_pixels: int, regions: int,
+          run: RunOptions, avail: float | None, log) -> tuple[int | None, float, int | None]:
+    """(tile, estimate MB, the history if lowered) of a run at its final size ``hw``: the
+    default history is lowered (said in one line) where it would not fit, or only beside
+    tiles under :data:`SMALL_TILE` px."""
+    fh, fw = hw
+
+    def plan(run: RunOptions) -> tuple[int | None, float]:
+        tile = choose_tile(device, spec, fh, fw, style_pixels, regions, run, avail)
+        return tile, (estimate_tiled_mb(device, spec, fh, fw, tile, regions, run) if tile
+                      else _untiled_mb(device, spec, fh, fw, style_pixels, regions, run))
+
+    def comfortable(tile: int | None, est: float) -> bool:
+        return est <= HEADROOM * avail and (not tile or tile >= SMALL_TILE)
+    tile, est = plan(run)
+    if avail is None or comfortable(tile, est) or run.history is not None \
+            or run.optimizer == "adam":  # adam keeps no history
+        return tile, est, None
+    fewer = [(n, *plan(dataclasses.replace(run, history=n))) for n in FEWER_HISTORY]
+    fewer = [f for f in fewer if comfortable(*f[1:])] or \
+        [f for f in fewer if f[2] <= HEADROOM * avail and est > HEADROOM * avail]
+    if not fewer:
+        return tile, est, None
+    pairs, tile, est = fewer[0]
+    log(f"note: L-BFGS history {pairs} (not {DEFAULT_HISTORY}): at {fw}×{fh} "
+        f"{DEFAULT_HISTORY} pairs would not fit in the free {what_of(device)}"
+        + (f" beside tiles of {SMALL_TILE} px or more" if tile else "") + "; --history sets it")
+    return tile, est, pairs
+
+
 def check_memory(device: str, spec, shape: tuple[int, int], style_pixels: int, regions: int,
                  final_size: int, run: RunOptions, log, style_scale: float = 1.0) -> dict:
     """Estimate a run's peak memory at its final size — host memory on the CPU, device
@@ -281,25 +311,7 @@ def check_memory(device: str, spec, shape: tuple[int, int], style_pixels: int, r
     style_final = round(style_pixels * grow)
     avail = _free_mb(device)  # read once (on a GPU it runs nvidia-smi)
 
-    def plan(run: RunOptions) -> tuple[int | None, float]:
-        tile = choose_tile(device, spec, fh, fw, style_final, regions, run, avail)
-        return tile, (estimate_tiled_mb(device, spec, fh, fw, tile, regions, run) if tile
-                      else _untiled_mb(device, spec, fh, fw, style_final, regions, run))
-    def comfortable(tile: int | None, est: float) -> bool:
-        return est <= HEADROOM * avail and (not tile or tile >= SMALL_TILE)
-    tile, est = plan(run)
-    pairs = None
-    if avail is not None and not comfortable(tile, est) and run.history is None \
-            and run.optimizer != "adam":  # the history may be what does not fit
-        fewer = [(n, *plan(dataclasses.replace(run, history=n))) for n in FEWER_HISTORY]
-        fewer = [f for f in fewer if comfortable(*f[1:])] or \
-            [f for f in fewer if f[2] <= HEADROOM * avail and est > HEADROOM * avail]
-        if fewer:
-            pairs, tile, est = fewer[0]
-            log(f"note: L-BFGS history {pairs} (not {DEFAULT_HISTORY}): at {fw}×{fh} "
-                f"{DEFAULT_HISTORY} pairs would not fit in the free {what_of(device)}"
-                + (f" beside tiles of {SMALL_TILE} px or more" if tile else "")
-                + "; --history sets it")
+    tile, est, pairs = _plan(device, spec, (fh, fw), style_final, regions, run, avail, log)
     what = what_of(device)
     if device == "cuda":
         info = {"pixels": fh * fw, "estimated_gpu_mb": round(est),
