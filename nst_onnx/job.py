@@ -382,8 +382,13 @@ class _Scales:
                 e.log, self.weights.style_scale)
             if "history" in self.memory:  # the history that fits, for every scale
                 self.run = dataclasses.replace(self.run, history=self.memory["history"])
+        # the free memory as the job began: later, this process's own arena (which the
+        # next scale reuses) would look taken, and a 4096 px scale after an untiled
+        # 2048 px one got tiles of 512 px (48 windows) where the plan had 1024
+        free = self.memory.get("available_mb", self.memory.get("gpu_free_mb"))
         tile = None if self.temporal is not None else \
-            resources.choose_tile(e.device, e.spec, *shape, style_pixels, regions, self.run)
+            resources.choose_tile(e.device, e.spec, *shape, style_pixels, regions, self.run,
+                                  free)
         return prepare(e, i.content, i.styles, self.sizes[index], i.masks, self.weights,
                        self.run.max_image_pixels, tile, self.temporal)
 
