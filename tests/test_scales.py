@@ -63,3 +63,25 @@ def test_a_finer_scale_starts_with_the_coarser_ones_step_scale(st, images):
                 LossWeights(), callback=lambda p: seen.append((p.scale, p.evaluations)))
     first = {scale: evaluations for scale, evaluations in reversed(seen)}
     assert first[64] >= 4 and first[128] <= 3, first
+
+
+def test_every_scale_tiles_by_the_memory_free_as_the_job_began(st, images, monkeypatch):
+    """Later scales see this process's own arena as taken; their tiles are chosen with the
+    free memory read once, as the job began (a 4096 px scale after an untiled 2048 px one
+    got 48 tiles of 512 px where the plan had 1024)."""
+    from nst_onnx.config import LossWeights, RunOptions
+    from nst_onnx.run import resources
+
+    free = iter(range(64000, 0, -8000))  # MB, less at every read
+    monkeypatch.setattr(resources, "available_mb", lambda: float(next(free)))
+    seen = []
+    choose = resources.choose_tile
+
+    def spy(*args, **kwargs):
+        seen.append(args[7] if len(args) > 7 else kwargs.get("free"))
+        return choose(*args, **kwargs)
+    monkeypatch.setattr(resources, "choose_tile", spy)
+    st.transfer(images["tubingen"], images["starry_night"],
+                RunOptions(size=96, scales=[48, 96], iterations=[2, 1], checkpoint_every=0),
+                LossWeights())
+    assert len(seen) >= 3 and set(seen[-2:]) == {64000}, seen
