@@ -59,10 +59,10 @@ def test_a_finer_scale_starts_with_the_coarser_ones_step_scale(st, images):
 
     seen = []
     st.transfer(images["tubingen"], images["starry_night"],
-                RunOptions(size=128, scales=[64, 128], iterations=[15, 3], checkpoint_every=0),
+                RunOptions(size=96, scales=[48, 96], iterations=[6, 2], checkpoint_every=0),
                 LossWeights(), callback=lambda p: seen.append((p.scale, p.evaluations)))
     first = {scale: evaluations for scale, evaluations in reversed(seen)}
-    assert first[64] >= 4 and first[128] <= 3, first
+    assert first[48] >= 4 and first[96] <= 3, first
 
 
 def test_every_scale_tiles_by_the_memory_free_as_the_job_began(st, images, monkeypatch):
