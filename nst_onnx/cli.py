@@ -641,16 +641,21 @@ class _Progress:
         elif self.rate and self.rate[1] and p.scale:  # a new scale: the last one's, grown
             return self.rate[0] * (p.scale / self.rate[1]) ** 2
         else:  # the optimiser's own clock, over the iterations it ran at this scale
-            sizes, its = self.plan or ([], [])
-            before = sum(its[:sizes.index(p.scale)]) if p.scale in sizes else 0
+            k = self._index(p)
+            before = sum(self.plan[1][:k]) if k is not None else 0
             return p.seconds / max(p.iteration - before, 1)
         return self.rate[0]
 
+    def _index(self, p) -> int | None:
+        """Where the scale at hand is in ``plan`` (None: no plan, or not in it)."""
+        sizes = self.plan[0] if self.plan else []
+        return sizes.index(p.scale) if p.scale in sizes else None
+
     def eta(self, p, spi: float) -> float:
-        sizes, its = self.plan or ([], [])
-        if p.scale not in sizes:
+        k = self._index(p)
+        if k is None:
             return spi * (p.iterations - p.iteration)
-        k = sizes.index(p.scale)
+        sizes, its = self.plan
         later = sum(n * (s / p.scale) ** 2 for s, n in zip(sizes[k + 1:], its[k + 1:]))
         return spi * (sum(its[:k + 1]) - p.iteration + later)
 
@@ -667,8 +672,8 @@ class _Progress:
         t = p.groups
         bar_w = 20
         filled = int(bar_w * p.iteration / max(p.iterations, 1))
-        where = ""
-        if p.scale and (p.tiles or len(self.plan[0] if self.plan else []) > 1):
+        where = ""  # the scale, where there are several or it is tiled
+        if p.tiles or (self.plan and len(self.plan[0]) > 1 and p.scale):
             where = f" at {p.scale} px" + (" ({} tiles of {} px)".format(*p.tiles)
                                            if p.tiles else "")
         line = (f"[{'#' * filled}{'.' * (bar_w - filled)}] {p.iteration}/{p.iterations}{where} "

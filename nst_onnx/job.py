@@ -382,9 +382,7 @@ class _Scales:
                 e.log, self.weights.style_scale)
             if "history" in self.memory:  # the history that fits, for every scale
                 self.run = dataclasses.replace(self.run, history=self.memory["history"])
-        # the free memory as the job began: later, this process's own arena (which the
-        # next scale reuses) would look taken, and a 4096 px scale after an untiled
-        # 2048 px one got tiles of 512 px (48 windows) where the plan had 1024
+        # the free memory the memory check read as the job began (resources.choose_tile)
         free = self.memory.get("available_mb", self.memory.get("gpu_free_mb"))
         tile = None if self.temporal is not None else \
             resources.choose_tile(e.device, e.spec, *shape, style_pixels, regions, self.run,

@@ -33,16 +33,15 @@ def read_rgb(path: Path) -> np.ndarray:
 
 
 def boundaries(n: int, core: int) -> list[int]:
-    """Where one core ends and the next begins along a side of n px (the tiler's own cuts)."""
-    from nst_onnx.run.tiled import _cuts
+    """Where one core ends and the next begins along a side of n px (the tiler's own plan)."""
+    from nst_onnx.run.tiled import plan_tiles
 
-    return [b for _, b in _cuts(n, core)][:-1]
+    return [t.core[1] for t in plan_tiles(n, 1, core, 0)][:-1]
 
 
 def steps(img: np.ndarray, axis: int) -> np.ndarray:
     """Mean absolute difference between neighbouring columns (axis 1) or rows (axis 0)."""
-    d = np.abs(np.diff(img, axis=axis)).mean(axis=(2, 1 - axis))
-    return d
+    return np.abs(np.diff(img, axis=axis)).mean(axis=(2, 1 - axis))
 
 
 def main() -> None:

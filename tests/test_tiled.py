@@ -177,11 +177,12 @@ def test_auto_tiles_only_what_does_not_fit_and_refuses_what_even_tiles_cannot(mo
     run = RunOptions()
     untiled = res._untiled_mb("cpu", DEEP, 3072, 4096, 0, 0, run)
     monkeypatch.setattr(res, "available_mb", lambda: untiled / res.HEADROOM + 1)
-    assert res.choose_tile("cpu", DEEP, 3072, 4096, 0, 0, run) is None
+    assert res.choose_tile("cpu", DEEP, 3072, 4096, 0, 0, run, res.available_mb()) is None
     budget = res.estimate_tiled_mb("cpu", DEEP, 3072, 4096, 1024, 0, run)
     monkeypatch.setattr(res, "available_mb", lambda: budget / res.HEADROOM + 1)
-    assert res.choose_tile("cpu", DEEP, 3072, 4096, 0, 0, run) == 1024
-    assert res.choose_tile("cpu", DEEP, 3072, 4096, 0, 1, run) is not None  # masks: tiled
+    free = res.available_mb()
+    assert res.choose_tile("cpu", DEEP, 3072, 4096, 0, 0, run, free) == 1024
+    assert res.choose_tile("cpu", DEEP, 3072, 4096, 0, 1, run, free) is not None  # masks: tiled
     assert res.check_memory("cpu", DEEP, (384, 512), 0, 0, 4096, run, print)["tile_size"] == 1024
     monkeypatch.setattr(res, "available_mb", lambda: res.estimate_tiled_mb(
         "cpu", DEEP, 3072, 4096, 128, 0, run) / 2)

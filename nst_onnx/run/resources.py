@@ -223,25 +223,21 @@ def _free_mb(device: str) -> float | None:
     return available_mb()
 
 
-_ASK = object()  # choose_tile's ``free`` when the caller has not read it already
-
-
 def choose_tile(device: str, spec, h: int, w: int, style_pixels: int, regions: int,
-                run: RunOptions, free: float | None | object = _ASK) -> int | None:
+                run: RunOptions, free: float | None) -> int | None:
     """The tile side for an h×w run: none with ``--tile-size 0``, or where one tile
     would hold the image; with ``auto`` none where the untiled run fits, else, of the
     :data:`TILE_SIDES` below the image's side that fit, the smallest whose windows cost at
     most :data:`TILE_COST_SLACK` times the cheapest's and not below :data:`SMALL_TILE`
     unless the largest that fits is (memory to spare where it costs little time; the
-    smallest side when none fits: the check then refuses). ``free``: the
-    free memory, MB, if the caller has read it."""
+    smallest side when none fits: the check then refuses). ``free``: the free memory, MB,
+    as the job began (None: unknown, so untiled) — read once by the caller: this process's
+    own arena, which a later scale reuses, must not look taken."""
     tile = run.tile_size
     if tile is None:
         return None
     if tile != "auto":
         return tile if max(h, w) > tile else None
-    if free is _ASK:
-        free = _free_mb(device)
     if free is None or _untiled_mb(device, spec, h, w, style_pixels, regions, run) \
             <= HEADROOM * free:
         return None
@@ -281,14 +277,17 @@ def _plan(device: str, spec, hw: tuple[int, int], style_pixels: int, regions: in
                       else _untiled_mb(device, spec, fh, fw, style_pixels, regions, run))
 
     def comfortable(tile: int | None, est: float) -> bool:
-        return est <= HEADROOM * avail and (not tile or tile >= SMALL_TILE)
+        return est <= budget and (not tile or tile >= SMALL_TILE)
     tile, est = plan(run)
-    if avail is None or comfortable(tile, est) or run.history is not None \
+    budget = HEADROOM * avail if avail is not None else math.inf
+    if comfortable(tile, est) or run.history is not None \
             or run.optimizer == "adam":  # adam keeps no history
         return tile, est, None
-    fewer = [(n, *plan(dataclasses.replace(run, history=n))) for n in FEWER_HISTORY]
-    fewer = [f for f in fewer if comfortable(*f[1:])] or \
-        [f for f in fewer if f[2] <= HEADROOM * avail and est > HEADROOM * avail]
+    fits = [(n, *plan(dataclasses.replace(run, history=n))) for n in FEWER_HISTORY]
+    fits = [f for f in fits if f[2] <= budget]
+    # tiles of SMALL_TILE px or more with fewer pairs; else, only where the default does
+    # not fit at all, the first history that fits in any tiles
+    fewer = [f for f in fits if comfortable(*f[1:])] or (fits if est > budget else [])
     if not fewer:
         return tile, est, None
     pairs, tile, est = fewer[0]
