@@ -90,8 +90,10 @@ class DeviceGraph:
     DEVICE_ROLES = ("state", "grad", "image")
 
     def __init__(self, session: ort.InferenceSession, io: Interface, device: str,
-                 traffic: Traffic, fixed: dict[str, np.ndarray] | None = None):
+                 traffic: Traffic, fixed: dict[str, np.ndarray] | None = None,
+                 run_options: ort.RunOptions | None = None):
         self.session, self.io, self.device, self.traffic = session, io, device, traffic
+        self.run_options = run_options
         self.seconds = 0.0
         self.fixed = {k: v if isinstance(v, ort.OrtValue) else to_device(v, device)
                       for k, v in (fixed or {}).items()}
@@ -114,7 +116,7 @@ class DeviceGraph:
         start = time.perf_counter()
         with out_of_memory_as(self.device, "the GPU ran out of memory: use a smaller --size "
                               "or --history, or raise --gpu-mem-limit"):
-            self.session.run_with_iobinding(b)
+            self.session.run_with_iobinding(b, self.run_options)
         self.seconds += time.perf_counter() - start
         out = {}
         for t, v in zip(self.io.outputs, b.get_outputs()):

@@ -23,7 +23,7 @@ from .binding import DeviceGraph, Evaluator, Traffic
 from .cuda import out_of_memory_as
 from .device_optim import Loop
 from .devices import resolve_device
-from .sessions import make_session, physical_cores, release_free_memory
+from .sessions import make_session, physical_cores, release_free_memory, shrinking
 
 
 def model_for(engine: EngineOptions, spec: LossSpec, log: Callable[[str], None] = print,
@@ -127,7 +127,8 @@ class Engine:
                 name: (io(), self.session(self.model_dir / io().file, spinning=False))
                 for name, (io, _) in STEP_GRAPHS.items()}
         traffic = Traffic()
-        steps = {name: DeviceGraph(session, io, self.device, traffic)
+        steps = {name: DeviceGraph(session, io, self.device, traffic,
+                                   run_options=shrinking(self.device))
                  for name, (io, session) in self._step_sessions.items()}
         loss = evaluator.device_graph(self.device, traffic)
         return Loop(loss, steps, self.device, traffic, (1, 3, *shape))

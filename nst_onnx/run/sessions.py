@@ -153,6 +153,20 @@ def _register_cuda_arena(options: dict) -> bool:
     return bool(_CUDA_ARENA) and \
         _CUDA_ARENA.get("gpu_mem_limit") == options.get("gpu_mem_limit")
 
+def shrinking(device: str) -> ort.RunOptions | None:
+    """Run options for the optimiser's step graphs on the CPU: the shared arena hands its
+    wholly free regions back to the OS after each step. Their tensors are image-sized (the
+    L-BFGS update makes new (m, n) histories while the old ones are held), and kept, the
+    arena's regions of those sizes sat beside the tiled windows' activations, splitting
+    into each other's leftovers: a peak of both plus the gaps. The windows then take their
+    pages again once per evaluation, not once per window. None on a GPU, where freeing
+    and taking device memory back each step costs more than it saves."""
+    if device != "cpu":
+        return None
+    options = ort.RunOptions()
+    options.add_run_config_entry("memory.enable_memory_arena_shrinkage", "cpu:0")
+    return options
+
 def release_free_memory() -> None:
     """Hand freed heap pages back to the OS (glibc only; a no-op elsewhere).
 
