@@ -17,8 +17,8 @@ from scipy.optimize import minimize
 from nst_onnx.graphs.builder import GraphBuilder
 from nst_onnx.graphs.interface import Interface, Tensor
 from nst_onnx.graphs.steps import STEP_GRAPHS
-from nst_onnx.run.binding import DeviceGraph, Traffic, to_device
-from nst_onnx.run.device_optim import Loop, _History, adam_onnx, lbfgs_onnx
+from nst_onnx.run.binding import DeviceGraph, Traffic, row, to_device
+from nst_onnx.run.device_optim import Loop, _History, _Pairs, adam_onnx, lbfgs_onnx
 from nst_onnx.run.sessions import make_session
 
 SHAPE = (1, 3, 4, 5)
@@ -50,6 +50,9 @@ def two_loop(g: np.ndarray, s: list, y: list) -> np.ndarray:
 
 
 def test_direction_is_the_two_loop_recursion():
+    """Seven pairs into a memory of five: the ring wraps (the two oldest rows are reused in
+    place), and the direction from the rows and the host's products is still numpy's
+    two-loop recursion over the last five pairs; a checkpoint reads them oldest first."""
     rng = np.random.default_rng(0)
     a = rng.standard_normal((N, N))
     hess = a @ a.T / N + np.eye(N)  # SPD: every pair satisfies s·y > 0
@@ -57,31 +60,53 @@ def test_direction_is_the_two_loop_recursion():
     x = rng.uniform(50, 200, N)  # interior: every variable is free
     g = rng.standard_normal(N)
     s_list, y_list = [], []
-    s_hist = y_hist = to_device(np.zeros((5, N)), "cpu")  # all rows from the start, unfilled 0
-    hist = _History(5)
+    pairs = _Pairs(Loop(None, st, "cpu", Traffic(), SHAPE), 5)
+    rows = pairs.S.numpy()  # the device rows themselves (the CPU shares them)
     x_prev, g_prev = x.copy(), g.copy()
     for _ in range(7):  # more pairs than the memory: the oldest are dropped
         s = rng.standard_normal(N)
         x_new, g_new = x_prev + s, g_prev + hess @ s
-        up = st["lbfgs_update"](x=ov(x_prev), x_t=ov(x_new), g=ov(g_prev), g_t=ov(g_new),
-                                S=s_hist, Y=y_hist)
-        assert float(up["sy"]) == pytest.approx(s @ (hess @ s), rel=1e-4)
-        s_row = up["S_new"].numpy()[-1].astype(np.float64)  # float32 x_new − x_prev
+        pairs.update(ov(x_prev), ov(x_new), ov(g_prev), ov(g_new))
+        s_row = rows[pairs.hist.slots[-1]].astype(np.float64)  # float32 x_new − x_prev
         np.testing.assert_allclose(s_row, s, atol=1e-4)
-        s_hist, y_hist = up["S_new"], up["Y_new"]
-        hist.push(up["Sy"], up["Yy"], float(up["sy"]), float(up["yy"]))
+        assert pairs.hist.sy[-1, -1] == pytest.approx(s @ (hess @ s), rel=1e-4)
         s_list = (s_list + [s_row])[-5:]
-        y_list = (y_list + [up["Y_new"].numpy()[-1].astype(np.float64)])[-5:]
+        y_list = (y_list + [pairs.Y.numpy()[pairs.hist.slots[-1]].astype(np.float64)])[-5:]
         x_prev, g_prev = x_new, g_new
-    assert s_hist.numpy().shape == (5, N) and len(hist) == 5
-    pr = st["lbfgs_project"](x=ov(x), g=ov(g), S=s_hist, Y=y_hist)
-    p, q = hist.coefficients(pr["sg"], pr["yg"])
-    dr = st["lbfgs_direction"](x=ov(x), g=ov(g), gf=pr["gf"], S=s_hist, Y=y_hist, p=p, q=q,
-                               gamma=np.float32(hist.gamma))
+    assert pairs.hist.slots == (2, 3, 4, 0, 1)
+    pr = st["lbfgs_project"](x=ov(x), g=ov(g), S=pairs.S, Y=pairs.Y)
+    p, q = pairs.hist.coefficients(pr["sg"], pr["yg"])
+    dr = st["lbfgs_direction"](x=ov(x), g=ov(g), gf=pr["gf"], S=pairs.S, Y=pairs.Y, p=p, q=q,
+                               gamma=np.float32(pairs.hist.gamma))
     want = -two_loop(g, s_list, y_list)
     np.testing.assert_allclose(dr["d"].numpy().ravel(), want, rtol=2e-3,
                                atol=2e-3 * np.abs(want).max())
     assert float(dr["gd"]) == pytest.approx(g @ want, rel=1e-3)
+    saved = pairs.snapshot()()
+    np.testing.assert_array_equal(saved["S"], np.asarray(s_list, np.float32))
+
+
+def test_the_update_writes_only_the_row_it_is_given():
+    """The update graph's outputs bound to row k of S and Y: that row becomes (s, y), no
+    other row moves, and S·y, Y·y are the products with every row (row k's own: s·y, y·y,
+    or the old row's — the host replaces it)."""
+    rng = np.random.default_rng(5)
+    st = steps(Traffic())
+    S, Y = rng.standard_normal((2, 4, N)).astype(np.float32)
+    before = S.copy(), Y.copy()
+    sv, yv = to_device(S, "cpu"), to_device(Y, "cpu")
+    x, x_t, g, g_t = rng.standard_normal((4, N))
+    up = st["lbfgs_update"](x=ov(x), x_t=ov(x_t), g=ov(g), g_t=ov(g_t), S=sv, Y=yv,
+                            into={"s": row(sv, 2, SHAPE), "y": row(yv, 2, SHAPE)})
+    s, y = sv.numpy(), yv.numpy()
+    np.testing.assert_allclose(s[2], (x_t - x).astype(np.float32), atol=1e-6)
+    np.testing.assert_allclose(y[2], (g_t - g).astype(np.float32), atol=1e-6)
+    for k in (0, 1, 3):
+        assert (s[k] == before[0][k]).all() and (y[k] == before[1][k]).all()
+        assert up["Sy"][k] == pytest.approx(before[0][k] @ (g_t - g), rel=1e-4)
+        assert up["Yy"][k] == pytest.approx(before[1][k] @ (g_t - g), rel=1e-4)
+    with pytest.raises(ValueError):
+        row(sv, 4, SHAPE)
 
 
 def test_bounds_hold_variables_and_trial_points_are_projected():
@@ -169,32 +194,37 @@ def test_history_rows_are_fixed_and_resume_from_either_layout():
 
 
 def test_pairs_failing_the_curvature_condition_are_skipped():
-    """A pair with s·y ≤ 0 would make H indefinite: it must not enter the history. The line
-    search's own curvature test keeps most such pairs away, so one is made here: the third
-    update reports negative curvature; every other pair is kept, and the run goes on."""
-    traffic = Traffic()
+    """A pair with s·y ≤ 0 would make H indefinite: it must not enter the history, nor
+    take a row. The line search's own curvature test keeps most such pairs away, so one is
+    made here: in the third update the curvature reads negative; every other pair is kept,
+    and the run goes on."""
     b, c = bounded_quadratic(4)
-    loop = quadratic_loop(b, c, traffic)
+    loop = quadratic_loop(b, c, Traffic())
     calls, kept = [], []
-    update, push = loop.steps["lbfgs_update"], _History.push
+    update, with_pair, curvature = _Pairs.update, _History.with_pair, loop.steps["curvature"]
 
-    def spoiled_update(**kw):
-        out = update(**kw)
+    def spoiled(**kw):
+        out = curvature(**kw)
+        return {**out, "sy": -abs(out["sy"])}
+
+    def counted_update(self, *args):
         calls.append(1)
-        if len(calls) == 3:
-            out["sy"] = -abs(out["sy"])
-        return out
+        loop.steps["curvature"] = spoiled if len(calls) == 3 else curvature
+        try:
+            update(self, *args)
+        finally:
+            loop.steps["curvature"] = curvature
 
-    def recording_push(self, col_sy, col_yy, sy, yy):
-        kept.append(sy)
-        push(self, col_sy, col_yy, sy, yy)
-    loop.steps["lbfgs_update"] = spoiled_update
-    _History.push = recording_push
+    def recording(self, slot, col_sy, col_yy, sy, yy):
+        kept.append((slot, sy))
+        return with_pair(self, slot, col_sy, col_yy, sy, yy)
+    _Pairs.update, _History.with_pair = counted_update, recording
     try:
         res = lbfgs_onnx(loop, np.full(SHAPE[1:], 128.0), iterations=6, history=5)
     finally:
-        _History.push = push
-    assert len(calls) == 6 and len(kept) == 5 and all(sy > 0 for sy in kept)
+        _Pairs.update, _History.with_pair = update, with_pair
+    assert len(calls) == 6 and len(kept) == 5 and all(sy > 0 for _, sy in kept)
+    assert [slot for slot, _ in kept] == [0, 1, 2, 3, 4]  # the refused pair took no row
     assert res.loss < 0.1 * res.initial_loss
 
 

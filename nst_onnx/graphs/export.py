@@ -55,7 +55,7 @@ from .networks import (
 from .steps import STEP_GRAPHS
 from .weights import Weights, default_cache_dir, load_weights, weights_identity
 
-FORMAT = 5  # bump when graphs change incompatibly; older model directories are re-exported
+FORMAT = 6  # bump when graphs change incompatibly; older model directories are re-exported
 MODEL_GRAPHS = ((features_io, build_features_graph), (loss_io, build_loss_graph),
                 (temporal_loss_io, build_temporal_loss_graph))  # the last: nst video
 # tiled evaluation (nst_onnx.run.tiled); a guided model's take the masks

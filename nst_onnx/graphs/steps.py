@@ -9,12 +9,12 @@ Hessian, ``H g = γ g + S p + Y q``, where the host solves for the 2m coefficien
 from m×m matrices in float64; trial points are projected, ``clip(x + t·d)``.
 
 Each graph is built by a pure function next to its declared interface. Vectors are images
-(1, 3, H, W); the history S, Y is (M, N) with N = 3·H·W, one pair per row, oldest first.
+(1, 3, H, W); the history S, Y is (M, N) with N = 3·H·W, one pair per row, in the order
+the host's ring puts them (it keeps which row holds which pair).
 """
 
 from __future__ import annotations
 
-import numpy as np
 import onnx
 
 from ..config import HIGH, LOW
@@ -154,28 +154,24 @@ def lbfgs_update_io() -> Interface:
         _vec("x", "previous image"), _vec("x_t", "accepted image"), _vec("g", "gradient at x"),
         _vec("g_t", "gradient at x_t"), _history("S", "steps"), _history("Y", "gradient changes"),
     ), (
-        _history("S_new", "S without its oldest row, s = x_t − x appended"),
-        _history("Y_new", "Y without its oldest row, y = g_t − g appended"),
-        _scalar("sy", "s·y (the curvature condition wants it > 0)"), _scalar("yy", "y·y"),
-        Tensor("Sy", ("M",), "S_new·y: the new column of R (s_iᵀy)", "scalar"),
-        Tensor("Yy", ("M",), "Y_new·y: the new row of YᵀY", "scalar"),
+        _vec("s", "x_t − x, the new pair's step: bound by the host to a free row of S"),
+        _vec("y", "g_t − g: bound to the same row of Y"),
+        Tensor("Sy", ("M",), "S·y, one entry per row (the new row's own entry is replaced by "
+                             "s·y on the host)", "scalar"),
+        Tensor("Yy", ("M",), "Y·y, one entry per row (the new row's: y·y)", "scalar"),
     ))
 
 
 def build_lbfgs_update() -> onnx.ModelProto:
+    """The history written in place: the host binds ``s`` and ``y`` to a row of S and Y that
+    its history does not use (the oldest, once all are filled), so no (M, N) tensor is made
+    per update. That row's own products may be read before or after the write; the host
+    replaces them with s·y and y·y from the curvature graph."""
     g = GraphBuilder()
-    s = g.op("Sub", "x_t", "x")
-    y = g.op("Sub", "g_t", "g")
-    end = g.ints(np.iinfo(np.int64).max)
-    row = g.ints(1, -1)
-    s_new = g.op("Concat", g.op("Slice", "S", g.ints(1), end, g.ints(0)),
-                 g.op("Reshape", s, row), axis=0, outputs=["S_new"])
-    y_new = g.op("Concat", g.op("Slice", "Y", g.ints(1), end, g.ints(0)),
-                 g.op("Reshape", y, row), axis=0, outputs=["Y_new"])
-    g.op("Identity", _dot(g, s, y), outputs=["sy"])
-    g.op("Identity", _dot(g, y, y), outputs=["yy"])
-    g.op("Identity", _rows_dot(g, s_new, y), outputs=["Sy"])
-    g.op("Identity", _rows_dot(g, y_new, y), outputs=["Yy"])
+    g.op("Sub", "x_t", "x", outputs=["s"])
+    y = g.op("Sub", "g_t", "g", outputs=["y"])
+    g.op("Identity", _rows_dot(g, "S", y), outputs=["Sy"])
+    g.op("Identity", _rows_dot(g, "Y", y), outputs=["Yy"])
     return g.finish(lbfgs_update_io())
 
 

@@ -99,7 +99,10 @@ class DeviceGraph:
                       for k, v in (fixed or {}).items()}
         self._dtypes = {t.name: np.dtype(t.dtype) for t in io.inputs}
 
-    def __call__(self, **inputs) -> dict:
+    def __call__(self, into: dict[str, tuple[int, tuple[int, ...]]] | None = None,
+                 **inputs) -> dict:
+        """Run on ``inputs``; ``into``: outputs written where the caller says, as (address,
+        shape) on this device — a row of a history kept in place (see :func:`row`)."""
         import time
 
         b = self.session.io_binding()
@@ -111,8 +114,13 @@ class DeviceGraph:
                 arr = np.asarray(v, dtype=self._dtypes[t.name], order="C")
                 self.traffic.bytes += arr.nbytes
                 b.bind_cpu_input(t.name, arr)
+        into = into or {}
         for t in self.io.outputs:
-            b.bind_output(t.name, self.device if t.role in self.DEVICE_ROLES else "cpu")
+            if t.name in into:
+                ptr, shape = into[t.name]
+                b.bind_output(t.name, self.device, 0, np.float32, list(shape), ptr)
+            else:
+                b.bind_output(t.name, self.device if t.role in self.DEVICE_ROLES else "cpu")
         start = time.perf_counter()
         with out_of_memory_as(self.device, "the GPU ran out of memory: use a smaller --size "
                               "or --history, or raise --gpu-mem-limit"):
@@ -130,6 +138,15 @@ class DeviceGraph:
 
 def to_device(arr: np.ndarray, device: str) -> ort.OrtValue:
     return ort.OrtValue.ortvalue_from_numpy(np.asarray(arr, np.float32, order="C"), device, 0)
+
+
+def row(value: ort.OrtValue, k: int, shape: tuple[int, ...]) -> tuple[int, tuple[int, ...]]:
+    """Row ``k`` of a float32 (M, N) OrtValue as an output target for
+    :meth:`DeviceGraph.__call__`'s ``into``, seen as ``shape`` (N elements)."""
+    n = value.shape()[1]
+    if int(np.prod(shape)) != n or not 0 <= k < value.shape()[0]:
+        raise ValueError(f"row {k} of {value.shape()} is not {shape}")
+    return value.data_ptr() + k * n * 4, tuple(shape)
 
 
 def to_host(value: ort.OrtValue, traffic: Traffic) -> np.ndarray:

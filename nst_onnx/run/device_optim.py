@@ -25,7 +25,8 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 from scipy.linalg import solve_triangular
@@ -33,7 +34,7 @@ from scipy.linalg import solve_triangular
 from ..config import ADAM_MOMENTS
 from ..errors import Interrupted
 from ..graphs.steps import ADAM_STEP, CURVATURE, LBFGS_DIRECTION, LBFGS_PROJECT, LBFGS_UPDATE, PROJECT_STEP
-from .binding import DeviceGraph, Traffic, to_device, to_host
+from .binding import DeviceGraph, Traffic, row, to_device, to_host
 from .progress import (
     LINE_SEARCH_FAILED,
     MAX_RESTARTS,
@@ -93,47 +94,57 @@ def _result(loop: Loop, x0: np.ndarray, best: Best, first: tuple[float, dict], d
     return res
 
 
+@dataclass(frozen=True)
 class _History:
     """The host's side of the compact form: k×k matrices of s_iᵀy_j and y_iᵀy_j, float64,
-    for the k filled rows of S and Y — their last k (the device keeps all m rows)."""
+    for the k filled rows of S and Y, which ``slots`` names in age order (oldest first).
+    Immutable: an update makes a new one, assigned in one step, so an interrupt never finds
+    products that disagree with the rows."""
 
-    def __init__(self, m: int):
-        self.m = m
-        self.sy = np.zeros((0, 0))
-        self.yy = np.zeros((0, 0))
-        self.gamma = 1.0
+    m: int
+    slots: tuple[int, ...] = ()
+    sy: np.ndarray = field(default_factory=lambda: np.zeros((0, 0)))
+    yy: np.ndarray = field(default_factory=lambda: np.zeros((0, 0)))
+    gamma: float = 1.0
 
     def __len__(self) -> int:
-        return self.sy.shape[0]
+        return len(self.slots)
 
-    def push(self, col_sy: np.ndarray, col_yy: np.ndarray, sy: float, yy: float) -> None:
-        """Append a pair given S_new·y and Y_new·y, one entry per row of S_new (the new
-        pair's own last)."""
-        k = min(len(self) + 1, self.m)
-        col_sy, col_yy = col_sy[-k:], col_yy[-k:]
-        if len(self) == self.m:
-            self.sy, self.yy = self.sy[1:, 1:], self.yy[1:, 1:]
-        k = len(self) + 1
+    def without_oldest(self) -> _History:
+        return replace(self, slots=self.slots[1:], sy=self.sy[1:, 1:], yy=self.yy[1:, 1:])
+
+    def free_slot(self) -> int:
+        """The row the next pair goes to: the first that no pair uses."""
+        return min(set(range(self.m)) - set(self.slots))
+
+    def with_pair(self, slot: int, col_sy: np.ndarray, col_yy: np.ndarray, sy: float,
+                  yy: float) -> _History:
+        """This history with the pair just written to row ``slot`` appended, given S·y and
+        Y·y over all rows of S and Y (that row's own entries are s·y and y·y)."""
+        slots = (*self.slots, slot)
+        col_sy = np.asarray(col_sy, np.float64)[list(slots)]
+        col_yy = np.asarray(col_yy, np.float64)[list(slots)]
+        col_sy[-1], col_yy[-1] = sy, yy
+        k = len(slots)
         sy_m, yy_m = np.zeros((k, k)), np.zeros((k, k))
         sy_m[:-1, :-1], yy_m[:-1, :-1] = self.sy, self.yy
         sy_m[:, -1] = col_sy  # R's new column: s_iᵀ y_k for i ≤ k (the lower part is unused)
         yy_m[:, -1] = yy_m[-1, :] = col_yy
-        self.sy, self.yy = sy_m, yy_m
-        self.gamma = sy / yy
+        return _History(self.m, slots, sy_m, yy_m, sy / yy)
 
     def coefficients(self, sg: np.ndarray, yg: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(p, q) with H·g = γg + Sᵀp + Yᵀq, from u = S·g and w = Y·g (Byrd, Nocedal &
         Schnabel 1994, eq. 3.1): p = R⁻ᵀ((D + γYᵀY)R⁻¹u − γw), q = −γR⁻¹u; one entry per
-        row of S, zero for the unfilled ones."""
-        p, q, k = np.zeros(len(sg)), np.zeros(len(sg)), len(self)
-        if not k:
+        row of S, zero for the rows no pair uses."""
+        p, q, rows = np.zeros(len(sg)), np.zeros(len(sg)), list(self.slots)
+        if not rows:
             return p, q
         r = np.triu(self.sy)
         d = np.diag(np.diag(self.sy))
-        r_inv_u = solve_triangular(r, sg[-k:].astype(np.float64))
-        p[-k:] = solve_triangular(r, (d + self.gamma * self.yy) @ r_inv_u
-                                  - self.gamma * yg[-k:].astype(np.float64), trans="T")
-        q[-k:] = -self.gamma * r_inv_u
+        r_inv_u = solve_triangular(r, np.asarray(sg, np.float64)[rows])
+        p[rows] = solve_triangular(r, (d + self.gamma * self.yy) @ r_inv_u
+                                   - self.gamma * np.asarray(yg, np.float64)[rows], trans="T")
+        q[rows] = -self.gamma * r_inv_u
         return p, q
 
 
@@ -172,58 +183,72 @@ def _line_search(loop: Loop, x, f: float, g, d, t: float, best: Best) -> tuple |
 
 
 class _Pairs:
-    """The history on both sides: S and Y on the device with ``m`` rows from the start, the
-    unfilled (oldest) ones zero — the update then always makes tensors of one size, which
-    the arena reuses (growing them row by row left a block of every size behind) — and the
-    host's :class:`_History` of their products."""
+    """The history on both sides: S and Y on the device, ``m`` rows each made once and
+    written in place — each new pair goes to a row no pair uses (the oldest one's, once all
+    are filled), through the update graph's outputs bound to that row — and the host's
+    :class:`_History`, which knows which row holds which pair. A new (M, N) pair of tensors
+    per update would hold the history twice at every update (3 GB more at 4096 px with 10
+    pairs). Rows the current history names are never written: a pair's row is dropped from
+    it before it is reused."""
 
-    def __init__(self, loop: Loop, m: int, state: dict[str, np.ndarray] | None = None):
+    def __init__(self, loop: Loop, m: int, state: Mapping[str, np.ndarray] | None = None):
         self.loop, self.m = loop, m
         self.n = n = int(np.prod(loop.shape))
-        self.hist = _History(m)
+        rows = {name: np.zeros((m, n), np.float32) for name in ("S", "Y")}
+        self.hist, self.carried = _History(m), False
         if state and "S" in state and 0 < len(state["hist_sy"]) <= m:
             k = len(state["hist_sy"])
-            rows = {}
-            for name in ("S", "Y"):  # the filled rows, last; earlier checkpoints kept only those
-                rows[name] = np.zeros((m, n), np.float32)
+            for name in rows:  # the filled rows, last; earlier checkpoints kept only those
                 rows[name][m - k:] = state[name][-k:]
-            self.S, self.Y = to_device(rows["S"], loop.device), to_device(rows["Y"], loop.device)
-            self.hist.sy = state["hist_sy"].astype(np.float64)
-            self.hist.yy = state["hist_yy"].astype(np.float64)
-            self.hist.gamma = float(state["gamma"])
-            self.carried = False
-        else:
-            self.reset()
-            if state and "gamma" in state and "S" not in state:  # a coarser scale's
-                self.hist.gamma, self.carried = float(state["gamma"]), True
+            self.hist = _History(m, tuple(range(m - k, m)),
+                                 state["hist_sy"].astype(np.float64),
+                                 state["hist_yy"].astype(np.float64), float(state["gamma"]))
+        elif state and "gamma" in state and "S" not in state:  # a coarser scale's γ
+            # the first step is then γ·g
+            self.hist, self.carried = _History(m, gamma=float(state["gamma"])), True
+        self.S, self.Y = to_device(rows["S"], loop.device), to_device(rows["Y"], loop.device)
 
     def reset(self) -> None:
-        """An empty history (a fresh start: steepest descent next)."""
-        self.S = to_device(np.zeros((self.m, self.n), np.float32), self.loop.device)
-        self.Y = to_device(np.zeros((self.m, self.n), np.float32), self.loop.device)
-        self.hist = _History(self.m)
-        self.carried = False  # γ brought from a coarser scale: the first step is γ·g
+        """An empty history (a fresh start: steepest descent next); the rows keep what they
+        hold, which no coefficient reaches."""
+        self.hist, self.carried = _History(self.m), False
 
     def update(self, x, x_t, g, g_t) -> None:
         """Append the pair (x_t − x, g_t − g) unless it fails the curvature test (then H
         stays positive definite)."""
-        up = self.loop.steps[LBFGS_UPDATE](x=x, x_t=x_t, g=g, g_t=g_t, S=self.S, Y=self.Y)
-        sy, yy = float(up["sy"]), float(up["yy"])
+        st = self.loop.steps
+        cv = st[CURVATURE](x=x, x_t=x_t, g=g, g_t=g_t)
+        sy, yy = float(cv["sy"]), float(cv["yy"])
         if not (math.isfinite(sy) and math.isfinite(yy)):
             raise FloatingPointError("the gradient is not finite")
-        if sy > CURVATURE_FLOOR * yy:
-            self.S, self.Y = up["S_new"], up["Y_new"]
-            self.hist.push(up["Sy"], up["Yy"], sy, yy)
+        if not sy > CURVATURE_FLOOR * yy:
+            return
+        if len(self.hist) == self.m:
+            self.hist = self.hist.without_oldest()
+        k = self.hist.free_slot()
+        shape = self.loop.shape
+        up = st[LBFGS_UPDATE](x=x, x_t=x_t, g=g, g_t=g_t, S=self.S, Y=self.Y,
+                              into={"s": row(self.S, k, shape), "y": row(self.Y, k, shape)})
+        self.hist = self.hist.with_pair(k, up["Sy"], up["Yy"], sy, yy)
 
-    def snapshot(self) -> Callable[[], dict]:
-        """The state as it is now, brought home only when called (a checkpoint). Taken
-        apart now: an interrupt may come after the next update, and S, Y and their
-        products must stay one consistent set (the update makes new arrays, so this
-        holds no copy)."""
-        s, y, traffic = self.S, self.Y, self.loop.traffic
-        sy, yy, gamma = self.hist.sy, self.hist.yy, self.hist.gamma
-        return lambda: Lazy(S=lambda: to_host(s, traffic), Y=lambda: to_host(y, traffic),
-                            hist_sy=sy.copy(), hist_yy=yy.copy(), gamma=np.array(gamma))
+    def snapshot(self) -> Callable[[], Mapping]:
+        """The state, read when called (a checkpoint): the history then and the rows it
+        names, in age order after the unfilled rows (zero) — the layout a resume reads. Not
+        read now: an interrupt may come during the next update, after a row this history
+        names was handed to a new pair."""
+        def state() -> Lazy:
+            hist = self.hist
+            return Lazy(S=lambda: self._in_order(self.S, hist),
+                        Y=lambda: self._in_order(self.Y, hist),
+                        hist_sy=hist.sy.copy(), hist_yy=hist.yy.copy(),
+                        gamma=np.array(hist.gamma))
+        return state
+
+    def _in_order(self, value, hist: _History) -> np.ndarray:
+        rows = to_host(value, self.loop.traffic)  # on the CPU: the rows themselves, no copy
+        out = np.zeros((self.m, self.n), np.float32)
+        np.take(rows, list(hist.slots), axis=0, out=out[self.m - len(hist):])
+        return out
 
 
 def lbfgs_onnx(loop: Loop, x0: np.ndarray, iterations: int, history: int,

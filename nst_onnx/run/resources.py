@@ -89,9 +89,10 @@ GPU_STEPS_MB = 800.0  # the device optimiser's step sessions (handles, workspace
 
 def device_state_images(optimizer: str, history: int) -> int:
     """Image-sized float32 tensors a device optimiser holds at its peak (fitted above):
-    lbfgs-onnx ~3 per history pair (S, Y and the copies its update makes) and ~34 for the
+    lbfgs-onnx 2 per history pair (S and Y, written in place; the fit had 3, when the
+    update made new copies — one less is derived, not re-measured on a GPU) and ~34 for the
     step graphs' intermediates; adam its moments, iterate and gradient; scipy none."""
-    return {"lbfgs-onnx": 34 + 3 * history, "adam": 6}.get(optimizer, 0)
+    return {"lbfgs-onnx": 34 + 2 * history, "adam": 6}.get(optimizer, 0)
 
 
 def estimate_gpu_mb(spec, h: int, w: int, regions: int = 0, state_images: int = 0) -> float:
