@@ -320,3 +320,26 @@ def test_a_lazy_state_is_written_one_array_at_a_time(tmp_path):
     assert back.iteration == 3 and np.array_equal(back.x, x)
     assert (back.state["S"] == 1).all() and (back.state["Y"] == 2).all()
     assert float(back.state["gamma"]) == 0.5 and len(alive) == 2
+
+
+def test_a_ring_history_is_written_row_by_row_oldest_first(tmp_path, monkeypatch):
+    """S and Y kept as a ring (rows in the order the pairs came) go to the checkpoint row by
+    row, oldest first after the unfilled rows, never gathered into a copy; they read back
+    as one array in the layout a resume expects."""
+    from nst_onnx.io.checkpoint import Checkpoint, load_checkpoint
+    from nst_onnx.run.progress import Lazy, Rows
+
+    ring = np.arange(4 * 6, dtype=np.float32).reshape(4, 6)
+    want = np.zeros((4, 6), np.float32)
+    want[1:] = ring[[2, 3, 0]]  # three pairs, the oldest in row 2
+
+    def gathered(*_, **__):
+        raise AssertionError("the ring was gathered into a copy")
+    state = Lazy(S=lambda: Rows(ring, [2, 3, 0], 4), Y=lambda: Rows(2 * ring, [2, 3, 0], 4),
+                 hist_sy=np.eye(3), hist_yy=np.eye(3), gamma=np.array(0.5))
+    monkeypatch.setattr(Rows, "__array__", gathered)
+    path = tmp_path / ".o.png.ckpt.npz"
+    Checkpoint("fp", 0, 3, 3, "lbfgs-onnx", np.full((3, 2, 1), 7.0), state).save(path)
+    back = load_checkpoint(path, "fp")
+    np.testing.assert_array_equal(back.state["S"], want)
+    np.testing.assert_array_equal(back.state["Y"], 2 * want)

@@ -69,13 +69,22 @@ class Checkpoint:
         with atomic_path(path) as tmp, zipfile.ZipFile(tmp, "w", allowZip64=True) as z:
             _write(z, "meta", np.array(json.dumps(meta)))
             _write(z, "x", np.asarray(self.x, np.float32))
-            for k in self.state:
-                _write(z, f"state_{k}", np.asarray(self.state[k]))
+            for k in self.state:  # each let go before the next is fetched
+                _write(z, f"state_{k}", self.state[k])
 
 
-def _write(z: zipfile.ZipFile, name: str, a: np.ndarray) -> None:
+def _write(z: zipfile.ZipFile, name: str, a) -> None:
+    """One member in np.save's format; ``a`` an array, or an array given by its rows
+    (run.progress.Rows: a history kept as a ring, written without gathering it)."""
     with z.open(f"{name}.npy", "w", force_zip64=True) as f:
-        np.lib.format.write_array(f, a, allow_pickle=False)
+        if not hasattr(a, "rows"):
+            np.lib.format.write_array(f, np.asarray(a), allow_pickle=False)
+            return
+        np.lib.format.write_array_header_1_0(f, {
+            "descr": np.lib.format.dtype_to_descr(a.dtype), "fortran_order": False,
+            "shape": a.shape})
+        for r in a.rows():
+            f.write(memoryview(r).cast("B"))
 
 
 def size_bound(side: int, history: int) -> int:

@@ -44,6 +44,7 @@ from .progress import (
     Lazy,
     OptimizeResult,
     Progress,
+    Rows,
 )
 
 ARMIJO = 1e-4
@@ -244,11 +245,9 @@ class _Pairs:
                         gamma=np.array(hist.gamma))
         return state
 
-    def _in_order(self, value, hist: _History) -> np.ndarray:
-        rows = to_host(value, self.loop.traffic)  # on the CPU: the rows themselves, no copy
-        out = np.zeros((self.m, self.n), np.float32)
-        np.take(rows, list(hist.slots), axis=0, out=out[self.m - len(hist):])
-        return out
+    def _in_order(self, value, hist: _History) -> Rows:
+        # on the CPU to_host gives the rows themselves: the checkpoint writes them, no copy
+        return Rows(to_host(value, self.loop.traffic), list(hist.slots), self.m)
 
 
 def lbfgs_onnx(loop: Loop, x0: np.ndarray, iterations: int, history: int,

@@ -77,6 +77,36 @@ class Lazy(Mapping):
         return len(self.values)
 
 
+class Rows:
+    """An (M, N) float32 array made of zero rows, then rows of ``source`` in the order
+    given: a history kept as a ring, oldest first, without gathering it into a copy — a
+    checkpoint writes it row by row (io.checkpoint); ``np.asarray`` gathers it."""
+
+    def __init__(self, source: np.ndarray, order: list[int], total: int):
+        self.source, self.order = source, list(order)
+        self.shape = (total, source.shape[1])
+        self.dtype = np.dtype(np.float32)
+
+    def rows(self):
+        zero = np.zeros(self.shape[1], self.dtype)
+        for _ in range(self.shape[0] - len(self.order)):
+            yield zero
+        for k in self.order:
+            yield np.ascontiguousarray(self.source[k], self.dtype)
+
+    def __array__(self, dtype=None, copy=None) -> np.ndarray:
+        out = np.zeros(self.shape, self.dtype)
+        if self.order:
+            np.take(self.source, self.order, axis=0, out=out[self.shape[0] - len(self.order):])
+        return out if dtype is None else out.astype(dtype)
+
+    def __getitem__(self, index):
+        return np.asarray(self)[index]
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+
 @dataclass
 class OptimizeResult:
     x: np.ndarray
