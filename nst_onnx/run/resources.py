@@ -165,13 +165,15 @@ SMALL_TILE = 1024  # below it the halos cost over 20% more pixels: the default h
 TILE_COST_SLACK = 1.1  # auto takes the smallest tile whose passes cost at most this much
 #                        more than the cheapest that fits: at 4096×3072 on 24 GB, 1024 px
 #                        tiles (1.23× the pixels, ~14.5 GB) over 1536 (1.13×, ~18.4 GB)
-VECTOR_MB = 750.0  # per megapixel: what a tiled run still keeps image-sized (the image, its
+VECTOR_MB = 550.0  # per megapixel: what a tiled run still keeps image-sized (the image, its
 #                    gradient, the content target, the optimiser's vectors besides its
 #                    history, the step graphs' intermediates); the larger of two runs (the
-#                    safe side), not a fit like CPU_MB's: 4096×3072 in 12 tiles of 1024
-#                    with 10 pairs peaked at 21.4 GB (Intel Xeon; 200 MB/Mpx had estimated
-#                    14.5 GB, ~750 MB/Mpx is what the rest implies), 2048×1536 in tiles of
-#                    1024 at 8.9 GB besides its checkpoint copies (AMD EPYC; ~550 MB/Mpx)
+#                    safe side), not a fit like CPU_MB's: 2048×1536 in tiles of 1024 at
+#                    8.9 GB besides its checkpoint copies (AMD EPYC; ~550 MB/Mpx), and
+#                    4096×3072 in 12 tiles of 1024 with 10 pairs to the end at 15.5 GB once
+#                    the step graphs shrank the arena (Intel Xeon; ~290 MB/Mpx; 21.4 GB and
+#                    ~750 before). Both ran with the history copied at each update, which
+#                    the per-pair term still counts (written in place since: on the safe side)
 
 
 def window_shape(h: int, w: int, tile: int, margin: int) -> tuple[int, int]:
