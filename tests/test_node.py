@@ -109,3 +109,14 @@ def test_node_stylize_refuses_a_foreign_model_in_one_line(models_dir, tmp_path):
         r = _stylize_js(model, png, png, tmp_path / "out.png", 2)
         assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1, r.stderr
         assert words in r.stderr and not (tmp_path / "out.png").exists()
+
+
+def test_the_node_example_reads_the_model_format_the_library_writes():
+    """Without node too: the example's own format constant is the export's (a format bump
+    that forgets it makes every exported model foreign to it)."""
+    import re
+
+    from nst_onnx.graphs.export import FORMAT
+
+    js = (Path(__file__).parents[1] / "examples/node/stylize.js").read_text()
+    assert re.search(r"^const FORMAT = (\d+);", js, re.M).group(1) == str(FORMAT)
