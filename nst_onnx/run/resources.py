@@ -170,8 +170,8 @@ VECTOR_MB = 550.0  # per megapixel: what a tiled run still keeps image-sized (th
 #                    history, the step graphs' intermediates); the larger of two runs (the
 #                    safe side), not a fit like CPU_MB's: 2048×1536 in tiles of 1024 at
 #                    8.9 GB besides its checkpoint copies (AMD EPYC; ~550 MB/Mpx), and
-#                    4096×3072 in 12 tiles of 1024 with 10 pairs to the end at 15.5 GB once
-#                    the step graphs shrank the arena (Intel Xeon; ~290 MB/Mpx; 21.4 GB and
+#                    4096×3072 in 12 tiles of 1024 with 10 pairs to the end at 15.5 GiB once
+#                    the step graphs shrank the arena (Intel Xeon; ~320 MB/Mpx; 20.4 GiB and
 #                    ~750 before). Both ran with the history copied at each update, which
 #                    the per-pair term still counts (written in place since: on the safe side)
 
