@@ -100,11 +100,8 @@ class Rows:
             np.take(self.source, self.order, axis=0, out=out[self.shape[0] - len(self.order):])
         return out if dtype is None else out.astype(dtype)
 
-    def __getitem__(self, index):
+    def __getitem__(self, index):  # a resume from the in-memory state slices it
         return np.asarray(self)[index]
-
-    def __len__(self) -> int:
-        return self.shape[0]
 
 
 @dataclass
