@@ -612,15 +612,19 @@ def _clock(seconds: float) -> str:
     return f"{m // 60}:{m % 60:02d}:{s:02d}" if m >= 60 else f"{m}:{s:02d}"
 
 
+TIME_EXPONENT = 1.1  # an iteration's time grows as pixels ** this: a larger image costs
+#                     more per pixel (caches), and tiles add their halos and statistics pass
+#                     at the sizes that need them (README, "Print sizes": the fit behind it)
+
+
 class _Progress:
     """One status line on stderr: iteration, loss and its terms, s/iteration, ETA; with
     coarse-to-fine or tiles, the scale at hand (and its tiles).
 
     The rate is the scale at hand's, timed from its first report on, so neither the warm-up
     nor a scale's preparation inflates it. The ETA counts each later scale of ``plan`` at
-    that rate times its pixels over this scale's: time per iteration grows with the pixels
-    (tiles add their halos and statistics pass on top, so a tiled scale's first report
-    raises it)."""
+    that rate times its pixels over this scale's to the power :data:`TIME_EXPONENT` (counted
+    by pixels alone, a 4096 px run's ETA was half an hour short)."""
 
     def __init__(self, quiet: bool):
         self.quiet = quiet
@@ -639,7 +643,7 @@ class _Progress:
         if p.iteration > it0:
             self.rate = ((now - t0) / (p.iteration - it0), p.scale)
         elif self.rate and self.rate[1] and p.scale:  # a new scale: the last one's, grown
-            return self.rate[0] * (p.scale / self.rate[1]) ** 2
+            return self.rate[0] * (p.scale / self.rate[1]) ** (2 * TIME_EXPONENT)
         else:  # the optimiser's own clock, over the iterations it ran at this scale
             k = self._index(p)
             before = sum(self.plan[1][:k]) if k is not None else 0
@@ -656,7 +660,8 @@ class _Progress:
         if k is None:
             return spi * (p.iterations - p.iteration)
         sizes, its = self.plan
-        later = sum(n * (s / p.scale) ** 2 for s, n in zip(sizes[k + 1:], its[k + 1:]))
+        later = sum(n * (s / p.scale) ** (2 * TIME_EXPONENT)
+                    for s, n in zip(sizes[k + 1:], its[k + 1:]))
         return spi * (sum(its[:k + 1]) - p.iteration + later)
 
     def __call__(self, p) -> None:

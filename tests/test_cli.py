@@ -316,11 +316,15 @@ def test_batch_force_overrides_the_memory_estimate(models_dir, images, tmp_path,
 
 def test_the_eta_counts_later_scales_by_their_pixels():
     """Coarse-to-fine: the rate is the scale at hand's; each later scale's iterations count
-    at that rate times its pixels over this scale's, and a new scale starts from the last
-    rate grown by its pixels (at 4096 px the flat ETA said minutes for hours of work)."""
+    at that rate times its pixels over this scale's to the power TIME_EXPONENT, and a new
+    scale starts from the last rate grown so (at 4096 px the flat ETA said minutes for hours
+    of work)."""
     from types import SimpleNamespace
 
-    from nst_onnx.cli import _clock, _Progress
+    from nst_onnx.cli import TIME_EXPONENT, _clock, _Progress
+
+    grown = 4 ** TIME_EXPONENT  # twice the side
+    assert grown > 4
 
     progress = _Progress(quiet=True)
     progress.plan = ([512, 1024, 2048], [120, 35, 35])
@@ -331,7 +335,7 @@ def test_the_eta_counts_later_scales_by_their_pixels():
     assert progress.seconds_per_iteration(at(121, 1024), now=100.0) == pytest.approx(1.0)
     spi = progress.seconds_per_iteration(at(131, 1024), now=120.0)
     assert spi == pytest.approx(2.0)
-    assert progress.eta(at(131, 1024), spi) == pytest.approx(2.0 * (155 - 131 + 35 * 4))
-    assert progress.seconds_per_iteration(at(156, 2048), now=200.0) == pytest.approx(8.0)
+    assert progress.eta(at(131, 1024), spi) == pytest.approx(2.0 * (155 - 131 + 35 * grown))
+    assert progress.seconds_per_iteration(at(156, 2048), now=200.0) == pytest.approx(2 * grown)
     assert progress.eta(at(156, 2048), 8.0) == pytest.approx(8.0 * (190 - 156))
     assert _clock(3725) == "1:02:05" and _clock(125) == "2:05"

@@ -15,9 +15,10 @@ pairs on the host; lbfgs-onnx and adam keep float32 state in onnxruntime's arena
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 
-from ..config import DEFAULT_HISTORY, FEWER_HISTORY, RunOptions
+from ..config import DEFAULT_HISTORY, FEWER_HISTORY, TILE_GRID, RunOptions
 from ..errors import BadInput
 
 RUN = RunOptions()  # the defaults
@@ -201,13 +202,11 @@ def estimate_tiled_mb(device: str, spec, h: int, w: int, tile: int, regions: int
 
 
 def checkpoint_mb(run: RunOptions, mpx: float) -> float:
-    """What writing a checkpoint holds on the host besides the run: the image and the
-    optimiser's state brought home (float32; at print sizes the history is gigabytes) —
-    L-BFGS's S, then Y, each ``history`` image-sized rows, written one after the other."""
-    if not run.checkpoint_every:
-        return 0.0
-    vectors = {"lbfgs-onnx": run.pairs + 1, "adam": 3}.get(run.optimizer, 1)
-    return 12 * vectors * mpx
+    """What writing a checkpoint holds on the host besides the run: the image, fetched as
+    float64 and written as float32. The optimiser's state adds nothing on the CPU: its
+    arrays are the arena's own (to_host), and L-BFGS's ring is written row by row
+    (run.progress.Rows)."""
+    return 36 * mpx if run.checkpoint_every else 0.0
 
 
 def _untiled_mb(device: str, spec, h: int, w: int, style_pixels: int, regions: int,
@@ -258,9 +257,17 @@ def choose_tile(device: str, spec, h: int, w: int, style_pixels: int, regions: i
 
 def window_share(spec, h: int, w: int, tile: int) -> float:
     """Σ window pixels / image pixels: what each pass of a tiled evaluation costs."""
-    from .tiled import tiles_for, window_pixels
+    from ..vgg19 import halo
 
-    return window_pixels(tiles_for(spec, h, w, tile)) / (h * w)
+    return _window_share(halo(list(spec.all_layers), TILE_GRID), h, w, tile)
+
+
+@functools.lru_cache(maxsize=4096)
+def _window_share(margin: int, h: int, w: int, tile: int) -> float:
+    # the planner asks for the same plans many times over (every side × every history)
+    from .tiled import plan_tiles, window_pixels
+
+    return window_pixels(plan_tiles(h, w, tile, margin)) / (h * w)
 
 
 def what_of(device: str) -> str:
