@@ -213,7 +213,8 @@ def prepare(engine: Engine, content, styles, size: int, masks=None,
     if tile_size is not None:
         fixed = _fixed_inputs(spec, lw, content_feats, style_feats, guides, (h, w))
         evaluator = TiledEvaluator(*engine.window_sessions(spec.guided), spec, fixed, (h, w),
-                                   tile_size, engine.device)
+                                   tile_size, engine.device,
+                                   engine.window_moves() if engine.device == "cuda" else None)
         return Problem((h, w, 3), x_content, style_arrays, evaluator, lw,
                        engine.model(spec)[1], content_rgb)
     fixed = _fixed_inputs(spec, lw, content_feats, style_feats, guides, (h, w))

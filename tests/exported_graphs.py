@@ -14,10 +14,12 @@ from nst_onnx.graphs.networks import (
     build_window_loss_graph,
 )
 from nst_onnx.graphs.steps import STEP_GRAPHS
+from nst_onnx.graphs.windows import WINDOW_MOVES
 
 
 def _graphs() -> list[tuple]:
-    """(name, model, interface) for each loss variant, features, window and step graph."""
+    """(name, model, interface) for each loss variant, features, window, window-move and
+    step graph."""
     weights = random_weights(0, upto="conv5_1")
     scales = {"pool1": [1.0] * 64}
     out = []
@@ -35,6 +37,8 @@ def _graphs() -> list[tuple]:
                         interface.features_io(spec)))
     for name, (io, build) in STEP_GRAPHS.items():
         out.append((f"step-{name}", build(), io() if callable(io) else io))
+    for name, (io, build) in WINDOW_MOVES.items():
+        out.append((name.replace("_", "-"), build(), io()))
     return out
 
 

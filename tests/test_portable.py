@@ -17,6 +17,9 @@ from nst_onnx.graphs.portable import portability_problems
 from nst_onnx.run.sessions import make_session
 
 H, W, R, M = 37, 42, 2, 3  # odd sizes: the floored-away edges of every pool
+WINDOW = (5, 6, 30, 23)  # y0, x0, y1, x1 of the window graphs' window
+INTS = {"starts": WINDOW[:2], "ends": WINDOW[2:],  # the window graphs' int64 inputs
+        "pads": (0, 0, WINDOW[0], WINDOW[1], 0, 0, H - WINDOW[2], W - WINDOW[3])}
 
 
 def _dim(d: int | str) -> int:
@@ -27,6 +30,8 @@ def _dim(d: int | str) -> int:
         return H if d == "H" else W
     if d in ("R", "M"):
         return R if d == "R" else M
+    if d in ("h", "w"):  # a window (graphs/windows.py): WINDOW's
+        return WINDOW[2] - WINDOW[0] if d == "h" else WINDOW[3] - WINDOW[1]
     if d == "N":
         return 3 * H * W
     if d.startswith(("h_", "w_")):
@@ -44,7 +49,8 @@ def test_graph_is_portable_and_keeps_its_declared_shapes(name, model, io):
     rng = np.random.default_rng(0)
     feeds = {t.name: (rng.uniform(0, 255, [_dim(d) for d in t.shape]) if t.name in ("image", "x")
                       else rng.uniform(0.1, 1.0, [_dim(d) for d in t.shape])).astype(np.float32)
-             for t in io.inputs}
+             for t in io.inputs if t.dtype == "float32"}
+    feeds |= {t.name: np.array(INTS[t.name], np.int64) for t in io.inputs if t.dtype == "int64"}
     session = make_session(model.SerializeToString(), threads=1)
     outs = session.run(None, feeds)
     got = {o.name: v for o, v in zip(session.get_outputs(), outs)}

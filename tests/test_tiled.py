@@ -20,8 +20,9 @@ from nst_onnx.graphs.networks import (
     build_window_features_graph,
     build_window_loss_graph,
 )
-from nst_onnx.run.binding import Evaluator
-from nst_onnx.run.tiled import TiledEvaluator, plan_tiles, tiled_features
+from nst_onnx.graphs.windows import WINDOW_MOVES
+from nst_onnx.run.binding import Evaluator, Traffic, to_device
+from nst_onnx.run.tiled import DeviceWindows, TiledEvaluator, plan_tiles, tiled_features
 from nst_onnx.vgg19 import channels, downsampling, halo
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
@@ -100,6 +101,44 @@ def test_tiled_equals_untiled(real_weights, spec, shape, core):
     assert untiled.loss == pytest.approx(exact, rel=1e-4)  # the untiled graph sums in float32
     assert np.linalg.norm(got.grad - untiled.grad) <= 1e-5 * np.linalg.norm(untiled.grad)
     assert set(got.terms) == set(untiled.terms)
+
+
+def _moves():
+    return {name: (io(), _session(build())) for name, (io, build) in WINDOW_MOVES.items()}
+
+
+def test_window_graphs_cut_and_add_as_numpy_does():
+    """The window graphs alone (what a GPU runs so that no window leaves it): each cut is
+    the image's slice, and the windows' gradients add up as numpy's overlap-add does."""
+    h, w = 37, 53
+    rng = np.random.default_rng(3)
+    image = rng.normal(size=(1, 3, h, w)).astype(np.float32)
+    tiles = plan_tiles(h, w, 16, 16)
+    moves = DeviceWindows(_moves(), "cpu", Traffic(), (h, w))
+    grad, want = moves.zero(), np.zeros_like(image)
+    for t in tiles:
+        y0, y1, x0, x1 = t.window
+        cut = moves.crop(to_device(image, "cpu"), t).numpy()
+        np.testing.assert_array_equal(cut, image[:, :, y0:y1, x0:x1])
+        part = rng.normal(size=cut.shape).astype(np.float32)
+        grad = moves.add(grad, to_device(part, "cpu"), t)
+        want[:, :, y0:y1, x0:x1] += part
+    np.testing.assert_allclose(grad.numpy(), want, rtol=1e-6, atol=1e-6)
+    assert not moves.zero().numpy().any()  # the shared zero was read, never written
+
+
+def test_tiled_on_the_window_graphs_is_the_host_s(real_weights):
+    """With the window graphs (a GPU's path, run here on the CPU) the objective is the
+    one numpy's windows give, to float32 rounding."""
+    spec, (h, w), core = SHALLOW, (131, 157), 48
+    (features, _, windows, window_loss), content, style, rng = _setup(real_weights, spec, h, w)
+    fixed = _fixed(spec, _features(features, content), _features(features, style), h, w)
+    x = np.clip(content + rng.normal(0, 30, content.shape), 0, 255).astype(np.float32)
+    host = TiledEvaluator(windows, window_loss, spec, fixed, (h, w), core)(x)
+    moved = TiledEvaluator(windows, window_loss, spec, fixed, (h, w), core, moves=_moves())(x)
+    assert moved.loss == pytest.approx(host.loss, rel=1e-6)
+    assert moved.terms == pytest.approx(host.terms, rel=1e-6)
+    assert np.linalg.norm(moved.grad - host.grad) <= 1e-6 * np.linalg.norm(host.grad)
 
 
 @pytest.mark.parametrize("h, w, core", [(251, 333, 96), (17, 500, 128), (160, 160, 16)])
@@ -286,12 +325,15 @@ def test_a_window_out_of_memory_keeps_the_best_image_and_names_the_remedy(st, im
     real = ev.loss_session
 
     class Failing:
-        def run(self, names, feeds):
+        def __getattr__(self, name):
+            return getattr(real, name)
+
+        def run_with_iobinding(self, binding, options=None):
             calls["n"] += 1
             if calls["n"] > 4 * 6:  # six evaluations of four windows, then no more memory
                 raise RuntimeError("[ONNXRuntimeError] : 6 : RUNTIME_EXCEPTION : Failed to "
                                    "allocate memory for requested buffer of size 123456")
-            return real.run(names, feeds)
+            return real.run_with_iobinding(binding, options)
     ev.loss_session = Failing()
     r = st.run(tiled, iterations=50, optimizer="lbfgs")
     e = r.optimize.error

@@ -11,7 +11,7 @@ const path = require("path");
 const ort = require("onnxruntime-node");
 const {PNG} = require("pngjs");
 
-const FORMAT = 6;  // the manifest format this program reads (nst_onnx/graphs/export.py)
+const FORMAT = 7;  // the manifest format this program reads (nst_onnx/graphs/export.py)
 
 function fail(message) {
   console.error(`error: ${message}`);

@@ -54,13 +54,15 @@ from .networks import (
 )
 from .steps import STEP_GRAPHS
 from .weights import Weights, default_cache_dir, load_weights, weights_identity
+from .windows import WINDOW_MOVES
 
-FORMAT = 6  # bump when graphs change incompatibly; older model directories are re-exported
+FORMAT = 7  # bump when graphs change incompatibly; older model directories are re-exported
 MODEL_GRAPHS = ((features_io, build_features_graph), (loss_io, build_loss_graph),
                 (temporal_loss_io, build_temporal_loss_graph))  # the last: nst video
 # tiled evaluation (nst_onnx.run.tiled); a guided model's take the masks
 WINDOW_GRAPHS = ((window_features_io, build_window_features_graph),
                  (window_loss_io, build_window_loss_graph))
+SHARED_GRAPHS = {**STEP_GRAPHS, **WINDOW_MOVES}  # no weights: the same in every model
 
 
 def model_graphs(spec: LossSpec) -> tuple:
@@ -131,7 +133,7 @@ def _export(spec: LossSpec, out: Path, weights: Weights | None, weights_path, ca
     files, io = {}, {}
     graphs = [(declare(spec), lambda b=build: b(weights, spec, pool_scales))
               for declare, build in model_graphs(spec)]
-    graphs += [(declare(), build) for declare, build in STEP_GRAPHS.values()]
+    graphs += [(declare(), build) for declare, build in SHARED_GRAPHS.values()]
     for iface, build in graphs:
         data = build().SerializeToString()
         write_bytes(out / iface.file, data)
@@ -200,7 +202,7 @@ def _current_manifest(out: Path, spec: LossSpec) -> dict | None:
     ok = (m.get("format") == FORMAT and m.get("key") == spec.key
           and (spec.pooling != "avg" or m.get("avg_pool_rescale") is not None)
           and all((out / declare(spec).file).exists() for declare, _ in model_graphs(spec))
-          and all((out / declare().file).exists() for declare, _ in STEP_GRAPHS.values()))
+          and all((out / declare().file).exists() for declare, _ in SHARED_GRAPHS.values()))
     return m if ok else None
 
 

@@ -88,12 +88,19 @@ class DeviceGraph:
     arrays copied there once."""
 
     DEVICE_ROLES = ("state", "grad", "image")
+    OUT_OF_MEMORY = ("the GPU ran out of memory: use a smaller --size or --history, or raise "
+                     "--gpu-mem-limit")
 
     def __init__(self, session: ort.InferenceSession, io: Interface, device: str,
                  traffic: Traffic, fixed: dict[str, np.ndarray] | None = None,
-                 run_options: ort.RunOptions | None = None):
+                 run_options: ort.RunOptions | None = None, outputs: list[str] | None = None,
+                 out_of_memory: str | None = None):
+        """``outputs``: only these are bound (and fetched); ``out_of_memory``: the one line
+        an allocation failure becomes, on the CPU too (else a GPU's alone, this class's)."""
         self.session, self.io, self.device, self.traffic = session, io, device, traffic
         self.run_options = run_options
+        self.outputs = [t for t in io.outputs if outputs is None or t.name in outputs]
+        self.out_of_memory = out_of_memory
         self.seconds = 0.0
         self.fixed = {k: v if isinstance(v, ort.OrtValue) else to_device(v, device)
                       for k, v in (fixed or {}).items()}
@@ -115,19 +122,19 @@ class DeviceGraph:
                 self.traffic.bytes += arr.nbytes
                 b.bind_cpu_input(t.name, arr)
         into = into or {}
-        for t in self.io.outputs:
+        for t in self.outputs:
             if t.name in into:
                 ptr, shape = into[t.name]
                 b.bind_output(t.name, self.device, 0, np.float32, list(shape), ptr)
             else:
                 b.bind_output(t.name, self.device if t.role in self.DEVICE_ROLES else "cpu")
         start = time.perf_counter()
-        with out_of_memory_as(self.device, "the GPU ran out of memory: use a smaller --size "
-                              "or --history, or raise --gpu-mem-limit"):
+        with out_of_memory_as(self.device, self.out_of_memory or self.OUT_OF_MEMORY,
+                              cpu_too=self.out_of_memory is not None):
             self.session.run_with_iobinding(b, self.run_options)
         self.seconds += time.perf_counter() - start
         out = {}
-        for t, v in zip(self.io.outputs, b.get_outputs()):
+        for t, v in zip(self.outputs, b.get_outputs()):
             if t.role in self.DEVICE_ROLES:
                 out[t.name] = v
             else:

@@ -19,6 +19,7 @@ from ..config import EngineOptions, LossSpec
 from ..graphs.export import export_model, read_manifest
 from ..graphs.interface import features_io, loss_io, window_features_io, window_loss_io
 from ..graphs.steps import STEP_GRAPHS
+from ..graphs.windows import WINDOW_MOVES
 from .binding import DeviceGraph, Evaluator, Traffic
 from .cuda import out_of_memory_as
 from .device_optim import Loop
@@ -56,6 +57,7 @@ class Engine:
         self._features_session = None
         self._window_sessions: dict[bool, tuple] = {}
         self._step_sessions: dict | None = None
+        self._window_moves: dict | None = None
         self.model_dir, self.manifest = self.model(spec)
         self.providers: list[str] = []  # what the loss session actually runs on
 
@@ -97,6 +99,15 @@ class Engine:
             self._window_sessions[guided] = tuple(self.session(model_dir / io(spec).file)
                                                   for io in (window_features_io, window_loss_io))
         return self._window_sessions[guided]
+
+    def window_moves(self) -> dict[str, tuple]:
+        """{name: (interface, session)} of the graphs that cut windows and add their
+        gradients on the device (a GPU's tiled evaluation), kept."""
+        if self._window_moves is None:
+            self._window_moves = {name: (io(), self.session(self.model_dir / io().file,
+                                                            spinning=False))
+                                  for name, (io, _) in WINDOW_MOVES.items()}
+        return self._window_moves
 
     def features(self, images: list[np.ndarray]) -> list[dict[str, np.ndarray]]:
         """(1, 3, H, W) float32 images → [{'features_relu4_2': …, 'gram_relu1_1': …}, …].

@@ -193,12 +193,27 @@ def estimate_tiled_mb(device: str, spec, h: int, w: int, tile: int, regions: int
     mpx, window_mpx = h * w / 1e6, wh * ww / 1e6
     masks = 4 * regions * mpx  # the guides, float32, whole
     if device == "cuda":
-        state = device_state_images(run.optimizer, run.pairs)
+        state = device_state_images(run.optimizer, run.pairs) + WINDOW_MOVES_IMAGES
         return estimate_gpu_mb(dataclasses.replace(spec, guided=regions > 0), wh, ww, regions) \
-            + (state + 6) * 12 * h * w / 2 ** 20 + masks
+            + (state + 6) * 12 * h * w / 2 ** 20 + masks + _window_crops_mb(spec, h, w, tile,
+                                                                             regions)
     base, per, per_pair = CPU_MB[run.optimizer]
     return base + (per - VECTOR_MB + REGION_MB * regions) * window_mpx \
         + (VECTOR_MB + per_pair * run.pairs) * mpx + checkpoint_mb(run, mpx) + masks
+
+
+WINDOW_MOVES_IMAGES = 4  # on a GPU, image-sized tensors of the window graphs: the zero the
+#                         gradient starts from, the sum so far, the next, Pad's output
+#                         (derived from the graphs, not measured on a GPU)
+
+
+def _window_crops_mb(spec, h: int, w: int, tile: int, regions: int) -> float:
+    """On a GPU, every window's fixed inputs kept there: its crops of the content targets
+    and of the masks (float32), the windows overlapping by their halos."""
+    from ..vgg19 import channels, downsampling
+
+    per_pixel = sum(4 * channels(n) / 4 ** downsampling(n) for n in spec.content_layers)
+    return window_share(spec, h, w, tile) * (per_pixel + 4 * regions) * h * w / 2 ** 20
 
 
 def checkpoint_mb(run: RunOptions, mpx: float) -> float:

@@ -32,8 +32,7 @@ from ..graphs.interface import (
     window_loss_io,
 )
 from ..vgg19 import channels, downsampling, halo
-from .binding import Terms, to_device, to_host
-from .cuda import out_of_memory_as
+from .binding import DeviceGraph, Terms, Traffic, to_device
 
 GRID = TILE_GRID  # core edges on the pooling grid keep every window's pooling aligned
 
@@ -167,18 +166,20 @@ class TiledEvaluator:
     """The loss graph's objective at an image of ``shape`` (H, W), evaluated in windows of
     ``core`` px cores: same targets and weights as :class:`~.binding.Evaluator`'s ``fixed``
     (the style targets blended; or, with masks — a guided ``spec`` and its ``guides`` —
-    one per region), same :class:`~.binding.Terms` out."""
+    one per region), same :class:`~.binding.Terms` out. ``moves``: the window graphs
+    (Engine.window_moves), which keep the windows on the device; without them (the CPU)
+    numpy cuts the windows and adds their gradients."""
 
     def __init__(self, features_session, loss_session, spec, fixed: dict[str, np.ndarray],
-                 shape: tuple[int, int], core: int, device: str = "cpu"):
+                 shape: tuple[int, int], core: int, device: str = "cpu",
+                 moves: dict[str, tuple] | None = None):
         self.features_session, self.loss_session, self.spec = features_session, loss_session, spec
-        self.shape, self.core, self.device = shape, core, device
+        self.shape, self.core, self.device, self.moves = shape, core, device, moves
         self.tiles = tiles_for(spec, *shape, core)
         self.fixed = {k: np.asarray(v, np.float32) for k, v in fixed.items()}
         self.inv = _inv_n(spec, *shape)
         self.stat_names = [f"gram_sum_{n}" for n in spec.style_layers]
-        io = window_loss_io(spec)
-        self.loss_names, self.term_names = io.names("outputs"), io.names("outputs", "term")
+        self.term_names = window_loss_io(spec).names("outputs", "term")
         # what each window's runs take besides the image, fixed for the problem: built once
         stats, loss = owned_levels(spec, loss=False), owned_levels(spec, loss=True)
         weights = {k: self.fixed[k] for k in ("content_weights", "style_weights", "tv_weight",
@@ -201,62 +202,135 @@ class TiledEvaluator:
             "smaller --tile-size or --size" + (", or raise --gpu-mem-limit" if cuda else ""))
         self.host_bytes = 0
         self.evaluations = 0
+        self._graph: TiledGraph | None = None  # for calls with host arrays
 
-    def device_graph(self, device: str, traffic) -> TiledGraph:
+    def device_graph(self, device: str, traffic: Traffic) -> TiledGraph:
         return TiledGraph(self, device, traffic)
 
     @property
     def window_pixels(self) -> int:
         return window_pixels(self.tiles)
 
-    def grams(self, x: np.ndarray) -> dict[str, np.ndarray]:
-        """The statistics pass: every style layer's Gram of the whole image x (1, 3, H, W)
-        (with masks, one per region: (R, C, C))."""
-        total = dict.fromkeys(self.spec.style_layers, 0.0)
-        for t, fixed in zip(self.tiles, self.stat_inputs):
-            with out_of_memory_as(self.device, self.out_of_memory, cpu_too=True):
-                out = self.features_session.run(self.stat_names,
-                                                {"image": _window(x, t), **fixed})
-            for n, g in zip(self.spec.style_layers, out):
-                total[n] = total[n] + g.astype(np.float64)
-        return {n: g * self.norm[n] for n, g in total.items()}
+    @property
+    def graph(self) -> TiledGraph:
+        if self._graph is None:
+            self._graph = TiledGraph(self, self.device, Traffic())
+        return self._graph
+
+    def grams(self, image: np.ndarray) -> dict[str, np.ndarray]:
+        """The statistics pass alone (scripts/bench_tiled.py times it)."""
+        return self.graph.grams(to_device(image, self.device))
 
     def __call__(self, image: np.ndarray) -> Terms:
         x = np.asarray(image, np.float32).reshape(1, 3, *self.shape)
-        spec, f = self.spec, self.fixed
-        grams = self.grams(x)
-        diffs = {n: grams[n] - f[f"target_gram_{n}"] for n in spec.style_layers}
-        terms = {term_name("style", n): float(f["style_weights"][i] * np.mean(diffs[n] ** 2))
-                 for i, n in enumerate(spec.style_layers)}
-        terms.update(dict.fromkeys(self.term_names, 0.0))
-        grad = np.zeros((1, 3, *self.shape), np.float32)
-        gram_diff = {f"gram_diff_{n}": d.astype(np.float32) for n, d in diffs.items()}
-        for t, fixed in zip(self.tiles, self.loss_inputs):
-            with out_of_memory_as(self.device, self.out_of_memory, cpu_too=True):
-                out = dict(zip(self.loss_names, self.loss_session.run(self.loss_names, {
-                    "image": _window(x, t), **fixed, **gram_diff})))
-            y0, y1, x0, x1 = t.window
-            grad[:, :, y0:y1, x0:x1] += out["grad"]
-            for k in self.term_names:
-                terms[k] += float(out[k])
-        self.evaluations += 1
+        out = self.graph(to_device(x, self.device))
+        value = out.pop("grad")  # held while copied: its numpy() view dies with it
+        grad = np.array(value.numpy())
         self.host_bytes += x.nbytes + grad.nbytes
-        return Terms(sum(terms.values()), grad, terms)
+        return Terms(out.pop("loss"), grad, out)
 
 
 class TiledGraph:
-    """A :class:`TiledEvaluator` where a device loop expects its loss graph: the image comes
-    home for the windows and the gradient goes back (on the CPU both are cheap copies; on a
-    GPU the windows are not yet kept on the device)."""
+    """A :class:`TiledEvaluator` where a device loop expects its loss graph: the image in,
+    the loss, its terms and the gradient out, the image and the gradient as OrtValues on
+    the device. Per evaluation: the statistics pass (each window's Gram sums come home:
+    C×C numbers), the whole image's ``G − A`` (on the host, in float64), then the gradient
+    pass, each window's gradient added into the image's."""
 
-    def __init__(self, evaluator: TiledEvaluator, device: str, traffic):
-        self.evaluator, self.device, self.traffic = evaluator, device, traffic
-        self.io = loss_io(evaluator.spec)  # the same loss and terms as the untiled graph
+    def __init__(self, evaluator: TiledEvaluator, device: str, traffic: Traffic):
+        ev = self.evaluator = evaluator
+        self.device, self.traffic = device, traffic
+        self.io = loss_io(ev.spec)  # the same loss and terms as the untiled graph
+        self.stats = DeviceGraph(ev.features_session, window_features_io(ev.spec), device,
+                                 traffic, outputs=ev.stat_names, out_of_memory=ev.out_of_memory)
+        self.loss = DeviceGraph(ev.loss_session, window_loss_io(ev.spec), device, traffic,
+                                out_of_memory=ev.out_of_memory)
+        # each window's fixed inputs on the device, once (on the CPU: the arrays themselves)
+        self.stat_inputs = [_on(d, device) for d in ev.stat_inputs]
+        self.loss_inputs = [_on(d, device) for d in ev.loss_inputs]
+        self.windows = DeviceWindows(ev.moves, device, traffic, ev.shape) if ev.moves \
+            else HostWindows(ev.shape)
         self.seconds = 0.0
+
+    def grams(self, image) -> dict[str, np.ndarray]:
+        """The statistics pass: every style layer's Gram of the whole image (float64; with
+        masks, one per region: (R, C, C))."""
+        ev = self.evaluator
+        total = dict.fromkeys(ev.spec.style_layers, 0.0)
+        for t, fixed in zip(ev.tiles, self.stat_inputs):
+            out = self.stats(image=self.windows.crop(image, t), **fixed)
+            for n in total:
+                total[n] = total[n] + out[f"gram_sum_{n}"].astype(np.float64)
+        return {n: g * ev.norm[n] for n, g in total.items()}
 
     def __call__(self, image) -> dict:
         start = time.perf_counter()
-        t = self.evaluator(to_host(image, self.traffic))
-        self.traffic.bytes += t.grad.nbytes
+        ev = self.evaluator
+        diffs = {n: g - ev.fixed[f"target_gram_{n}"] for n, g in self.grams(image).items()}
+        terms = {term_name("style", n): float(ev.fixed["style_weights"][i] * np.mean(d ** 2))
+                 for i, (n, d) in enumerate(diffs.items())}
+        terms.update(dict.fromkeys(ev.term_names, 0.0))
+        gram_diff = _on({f"gram_diff_{n}": d.astype(np.float32) for n, d in diffs.items()},
+                        self.device)
+        self.traffic.bytes += sum(4 * d.size for d in diffs.values())
+        grad = self.windows.zero()
+        for t, fixed in zip(ev.tiles, self.loss_inputs):
+            out = self.loss(image=self.windows.crop(image, t), **fixed, **gram_diff)
+            grad = self.windows.add(grad, out["grad"], t)
+            for k in ev.term_names:
+                terms[k] += float(out[k])
+        ev.evaluations += 1
         self.seconds += time.perf_counter() - start
-        return {"loss": t.loss, **t.terms, "grad": to_device(t.grad, self.device)}
+        return {"loss": sum(terms.values()), **terms, "grad": grad}
+
+
+def _on(arrays: dict[str, np.ndarray], device: str) -> dict:
+    return {k: to_device(v, device) for k, v in arrays.items()}
+
+
+class HostWindows:
+    """Windows cut, and their gradients added, by numpy on the arrays themselves: on the
+    CPU an OrtValue is the array (no copy either way), and the gradient is summed in place."""
+
+    def __init__(self, shape: tuple[int, int]):
+        self.shape = shape
+
+    def crop(self, image, t: Tile):
+        return to_device(_window(image.numpy(), t), "cpu")
+
+    def zero(self):
+        return to_device(np.zeros((1, 3, *self.shape), np.float32), "cpu")
+
+    def add(self, grad, window_grad, t: Tile):
+        y0, y1, x0, x1 = t.window
+        grad.numpy()[:, :, y0:y1, x0:x1] += window_grad.numpy()
+        return grad
+
+
+class DeviceWindows:
+    """Windows cut, and their gradients added, by the window graphs where the image is
+    (graphs.windows): on a GPU nothing image-sized crosses to the host."""
+
+    def __init__(self, moves: dict[str, tuple], device: str, traffic: Traffic,
+                 shape: tuple[int, int]):
+        from ..graphs.windows import WINDOW_ADD, WINDOW_CROP
+
+        (crop_io, crop), (add_io, add) = moves[WINDOW_CROP], moves[WINDOW_ADD]
+        self.cut = DeviceGraph(crop, crop_io, device, traffic)
+        self.sum = DeviceGraph(add, add_io, device, traffic)
+        self.shape, self.device = shape, device
+        self._zero = None
+
+    def crop(self, image, t: Tile):
+        y0, y1, x0, x1 = t.window
+        return self.cut(image=image, starts=np.array([y0, x0]), ends=np.array([y1, x1]))["window"]
+
+    def zero(self):
+        if self._zero is None:  # read, never written: one for every evaluation
+            self._zero = to_device(np.zeros((1, 3, *self.shape), np.float32), self.device)
+        return self._zero
+
+    def add(self, grad, window_grad, t: Tile):
+        (y0, y1, x0, x1), (h, w) = t.window, self.shape
+        pads = np.array([0, 0, y0, x0, 0, 0, h - y1, w - x1])
+        return self.sum(grad=grad, window_grad=window_grad, pads=pads)["grad_sum"]
