@@ -26,9 +26,10 @@ RUN = RunOptions()  # the defaults
 # Per optimiser: (base MB, MB per megapixel besides the history, MB per megapixel per L-BFGS
 # pair), least-squares fits rounded up to the safe side (README, Memory estimate). scipy's: 2
 # iterations at 256–1024 px plus its float64 pairs by size, checked on 1024×768 runs of 35–40
-# iterations; lbfgs-onnx's: 25 iterations at 256–1024 px with history 10 and 20 (its pairs
-# cost twice their 24 bytes per pixel: the update makes the new S and Y while the old are
-# alive); adam's: 10 iterations at 256–768 px.
+# iterations; lbfgs-onnx's: 25 iterations at 256–1024 px with history 10 and 20, when its
+# pairs cost twice their 24 bytes per pixel (written in place since: a re-fit could not tell
+# the history from run-to-run noise, and 2048×1536 with 10 pairs still peaks as estimated,
+# docs/benchmarks.md); adam's: 10 iterations at 256–768 px.
 CPU_MB = {"lbfgs": (300.0, 3350.0, 48.0), "lbfgs-onnx": (350.0, 2850.0, 50.0),
           "adam": (400.0, 2450.0, 0.0)}
 REGION_MB = 390.0  # per megapixel per --masks region: F⊙T_r at every style layer (measured:
