@@ -384,9 +384,8 @@ class _Scales:
                 self.run = dataclasses.replace(self.run, history=self.memory["history"])
         # the free memory the memory check read as the job began (resources.choose_tile)
         free = self.memory.get("available_mb", self.memory.get("gpu_free_mb"))
-        tile = None if self.temporal is not None else \
-            resources.choose_tile(e.device, e.spec, *shape, style_pixels, regions, self.run,
-                                  free)
+        tile = resources.choose_tile(e.device, e.spec, *shape, style_pixels, regions, self.run,
+                                     free)
         return prepare(e, i.content, i.styles, self.sizes[index], i.masks, self.weights,
                        self.run.max_image_pixels, tile, self.temporal)
 

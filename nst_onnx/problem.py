@@ -18,6 +18,7 @@ from PIL import Image
 from .config import LossWeights, check_tile_size
 from .errors import BadInput
 from .graphs.interface import inv_pixels, inv_sizes, loss_io
+from .graphs.windows import TEMPORAL_ADD
 from .io import color
 from .io.images import fit_longest_side, fitted_size, load_image, to_nchw, to_pil
 from .run.binding import Evaluator, Terms
@@ -180,9 +181,6 @@ def prepare(engine: Engine, content, styles, size: int, masks=None,
     lw = weights or LossWeights()
     spec, log = engine.spec, engine.log
     check_tile_size(tile_size)
-    if tile_size is not None and temporal is not None:
-        raise BadInput("tiled evaluation does not take the temporal term yet: use a smaller "
-                       "--size for video")
     styles = listed(styles)
     if not styles:
         raise BadInput("give at least one style image")
@@ -210,18 +208,19 @@ def prepare(engine: Engine, content, styles, size: int, masks=None,
     else:
         content_feats, *style_feats = engine.features([x_content, *style_arrays])
     spec = dataclasses.replace(spec, guided=guides is not None)
+    fixed = _fixed_inputs(spec, lw, content_feats, style_feats, guides, (h, w))
+    if temporal is not None and temporal.reliability.shape != (h, w):
+        raise BadInput(f"the temporal term is {temporal.reliability.shape[1]}×"
+                       f"{temporal.reliability.shape[0]}, the content {w}×{h}")
     if tile_size is not None:
-        fixed = _fixed_inputs(spec, lw, content_feats, style_feats, guides, (h, w))
-        evaluator = TiledEvaluator(*engine.window_sessions(spec.guided), spec, fixed, (h, w),
-                                   tile_size, engine.device,
-                                   engine.window_moves() if engine.device == "cuda" else None)
+        moves = engine.window_moves()
+        evaluator = TiledEvaluator(
+            *engine.window_sessions(spec.guided), spec, fixed, (h, w), tile_size, engine.device,
+            moves if engine.device == "cuda" else None,
+            None if temporal is None else (temporal.fixed(), moves[TEMPORAL_ADD]))
         return Problem((h, w, 3), x_content, style_arrays, evaluator, lw,
                        engine.model(spec)[1], content_rgb)
-    fixed = _fixed_inputs(spec, lw, content_feats, style_feats, guides, (h, w))
     if temporal is not None:
-        if temporal.reliability.shape != (h, w):
-            raise BadInput(f"the temporal term is {temporal.reliability.shape[1]}×"
-                           f"{temporal.reliability.shape[0]}, the content {w}×{h}")
         fixed |= temporal.fixed()
     manifest, session = engine.loss_session(spec.guided, temporal is not None)
     return Problem((h, w, 3), x_content, style_arrays,

@@ -61,6 +61,28 @@ def test_temporal_graph_is_the_loss_plus_the_term(st, images):
     np.testing.assert_allclose(b.grad[0], want, rtol=1e-4, atol=1e-4 * np.abs(want).max())
 
 
+def test_the_temporal_term_in_tiles_is_the_untiled_one(st, images):
+    """A frame too large for the memory is tiled with its temporal term: the windows give
+    the style, content and TV terms, the term is added on the whole image (temporal_add)."""
+    from nst_onnx.problem import prepare
+
+    h, w = st.prepare(images["tubingen"], images["starry_night"], size=64).shape[:2]
+    rng = np.random.default_rng(1)
+    warped = rng.uniform(0, 255, (h, w, 3)).astype(np.float32)
+    c = rng.uniform(0, 1, (h, w)).astype(np.float32)
+    c[: h // 2] = 0
+    frame = Temporal(warped, c, 1e3)
+    whole, tiled = [prepare(st.engine, images["tubingen"], images["starry_night"], 64,
+                            tile_size=t, temporal=frame) for t in (None, 32)]
+    assert len(tiled.evaluator.tiles) == 4
+    x = rng.uniform(0, 255, (3, h, w))
+    a, b = whole.evaluate(x), tiled.evaluate(x)
+    assert b.loss == pytest.approx(a.loss, rel=1e-4)  # the untiled graph sums in float32
+    assert b.terms == pytest.approx(a.terms, rel=1e-4)
+    assert b.terms["temporal_loss"] > 1e-3 * b.loss  # the term is there, not lost in the sum
+    assert np.linalg.norm(b.grad - a.grad) <= 1e-5 * np.linalg.norm(a.grad)
+
+
 def test_reliability_on_a_known_motion():
     """A pan: the flow matches the true motion, and what leaves the frame is not trusted."""
     from nst_onnx.video.flow import dis_flow, reliability

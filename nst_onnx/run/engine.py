@@ -101,8 +101,9 @@ class Engine:
         return self._window_sessions[guided]
 
     def window_moves(self) -> dict[str, tuple]:
-        """{name: (interface, session)} of the graphs that cut windows and add their
-        gradients on the device (a GPU's tiled evaluation), kept."""
+        """{name: (interface, session)} of the weightless graphs of a tiled evaluation
+        (graphs/windows.py): cutting windows and adding their gradients on the device (a
+        GPU's), and a video frame's temporal term on the whole image (any device), kept."""
         if self._window_moves is None:
             self._window_moves = {name: (io(), self.session(self.model_dir / io().file,
                                                             spinning=False))

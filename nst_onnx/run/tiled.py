@@ -168,13 +168,17 @@ class TiledEvaluator:
     (the style targets blended; or, with masks — a guided ``spec`` and its ``guides`` —
     one per region), same :class:`~.binding.Terms` out. ``moves``: the window graphs
     (Engine.window_moves), which keep the windows on the device; without them (the CPU)
-    numpy cuts the windows and adds their gradients."""
+    numpy cuts the windows and adds their gradients. ``temporal``: a video frame's term,
+    (its fixed inputs — problem.Temporal.fixed() — and the temporal_add graph's
+    (interface, session)), added on the whole image after the windows."""
 
     def __init__(self, features_session, loss_session, spec, fixed: dict[str, np.ndarray],
                  shape: tuple[int, int], core: int, device: str = "cpu",
-                 moves: dict[str, tuple] | None = None):
+                 moves: dict[str, tuple] | None = None,
+                 temporal: tuple[dict[str, np.ndarray], tuple] | None = None):
         self.features_session, self.loss_session, self.spec = features_session, loss_session, spec
         self.shape, self.core, self.device, self.moves = shape, core, device, moves
+        self.temporal = temporal
         self.tiles = tiles_for(spec, *shape, core)
         self.fixed = {k: np.asarray(v, np.float32) for k, v in fixed.items()}
         self.inv = _inv_n(spec, *shape)
@@ -240,7 +244,7 @@ class TiledGraph:
     def __init__(self, evaluator: TiledEvaluator, device: str, traffic: Traffic):
         ev = self.evaluator = evaluator
         self.device, self.traffic = device, traffic
-        self.io = loss_io(ev.spec)  # the same loss and terms as the untiled graph
+        self.io = loss_io(ev.spec, ev.temporal is not None)  # the untiled graph's terms
         self.stats = DeviceGraph(ev.features_session, window_features_io(ev.spec), device,
                                  traffic, outputs=ev.stat_names, out_of_memory=ev.out_of_memory)
         self.loss = DeviceGraph(ev.loss_session, window_loss_io(ev.spec), device, traffic,
@@ -250,6 +254,10 @@ class TiledGraph:
         self.loss_inputs = [_on(d, device) for d in ev.loss_inputs]
         self.windows = DeviceWindows(ev.moves, device, traffic, ev.shape) if ev.moves \
             else HostWindows(ev.shape)
+        self.temporal = None
+        if ev.temporal is not None:
+            fixed, (io, session) = ev.temporal
+            self.temporal = DeviceGraph(session, io, device, traffic, fixed)
         self.seconds = 0.0
 
     def grams(self, image) -> dict[str, np.ndarray]:
@@ -279,6 +287,9 @@ class TiledGraph:
             grad = self.windows.add(grad, out["grad"], t)
             for k in ev.term_names:
                 terms[k] += float(out[k])
+        if self.temporal is not None:  # per pixel: the whole image at once
+            out = self.temporal(grad=grad, image=image)
+            grad, terms[term_name("temporal")] = out["grad_sum"], float(out[term_name("temporal")])
         ev.evaluations += 1
         self.seconds += time.perf_counter() - start
         return {"loss": sum(terms.values()), **terms, "grad": grad}
