@@ -213,10 +213,11 @@ def prepare(engine: Engine, content, styles, size: int, masks=None,
         raise BadInput(f"the temporal term is {temporal.reliability.shape[1]}×"
                        f"{temporal.reliability.shape[0]}, the content {w}×{h}")
     if tile_size is not None:
-        moves = engine.window_moves()
+        cuda = engine.device == "cuda"
+        moves = engine.window_moves() if cuda or temporal is not None else {}
         evaluator = TiledEvaluator(
             *engine.window_sessions(spec.guided), spec, fixed, (h, w), tile_size, engine.device,
-            moves if engine.device == "cuda" else None,
+            moves if cuda else None,
             None if temporal is None else (temporal.fixed(), moves[TEMPORAL_ADD]))
         return Problem((h, w, 3), x_content, style_arrays, evaluator, lw,
                        engine.model(spec)[1], content_rgb)

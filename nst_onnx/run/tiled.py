@@ -18,6 +18,7 @@ The result equals the untiled loss and gradient up to float32 summation order.
 
 from __future__ import annotations
 
+import functools
 import time
 from dataclasses import dataclass
 
@@ -208,6 +209,13 @@ class TiledEvaluator:
         self.evaluations = 0
         self._graph: TiledGraph | None = None  # for calls with host arrays
 
+    @functools.cached_property
+    def bound(self) -> tuple[list[dict], list[dict]]:
+        """Each window's fixed inputs (statistics pass, gradient pass) on the device, placed
+        once for every graph of this evaluator (on the CPU: the arrays themselves)."""
+        return ([_on(d, self.device) for d in self.stat_inputs],
+                [_on(d, self.device) for d in self.loss_inputs])
+
     def device_graph(self, device: str, traffic: Traffic) -> TiledGraph:
         return TiledGraph(self, device, traffic)
 
@@ -249,9 +257,7 @@ class TiledGraph:
                                  traffic, outputs=ev.stat_names, out_of_memory=ev.out_of_memory)
         self.loss = DeviceGraph(ev.loss_session, window_loss_io(ev.spec), device, traffic,
                                 out_of_memory=ev.out_of_memory)
-        # each window's fixed inputs on the device, once (on the CPU: the arrays themselves)
-        self.stat_inputs = [_on(d, device) for d in ev.stat_inputs]
-        self.loss_inputs = [_on(d, device) for d in ev.loss_inputs]
+        self.stat_inputs, self.loss_inputs = ev.bound
         self.windows = DeviceWindows(ev.moves, device, traffic, ev.shape) if ev.moves \
             else HostWindows(ev.shape)
         self.temporal = None
